@@ -1,0 +1,3 @@
+from heartbeat_platform.cli import app
+
+app(prog_name="heartbeat-platform")

@@ -1,0 +1,71 @@
+"""One settings object for the CLI, Dagster and tests, read from the environment and `.env`.
+
+Every knob has a default that works on a laptop: with no `DATABASE_URL` and no
+`KAFKA_BOOTSTRAP_SERVERS` the platform starts embedded services under `HEARTBEAT_STATE_DIR`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL (postgresql://user:pass@host:port/db); unset = embedded",
+    )
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="Kafka bootstrap servers (host:port,...); unset = embedded"
+    )
+    kafka_topic: str = "heartbeat-events"
+    kafka_group_id: str = "heartbeat-consumer"
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
+    heartbeat_state_dir: Path = Path(".heartbeat")
+
+    heartbeat_customer_count: int = Field(default=10_000, ge=1, le=9_999_999_999)
+    heartbeat_anomaly_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    heartbeat_fault_rate: float = Field(default=0.005, ge=0.0, le=1.0)
+
+    heartbeat_consume_batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
+    heartbeat_stats_every: int = Field(default=100, ge=1)
+
+    @field_validator("database_url", "kafka_bootstrap_servers", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`DATABASE_URL=` in a .env file means "use the embedded service", not an empty URL."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "DATABASE_URL must start with postgresql:// (for example "
+                "postgresql://heartbeat:secret@localhost:5433/heartbeat)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_state_dir(self) -> Settings:
+        object.__setattr__(self, "heartbeat_state_dir", self.heartbeat_state_dir.resolve())
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when at least one service must be started locally."""
+        return self.database_url is None or self.kafka_bootstrap_servers is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from env/.env, with explicit overrides (used by tests and CLI flags)."""
+    return Settings(**overrides)

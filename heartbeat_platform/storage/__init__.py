@@ -1,0 +1,1 @@
+"""PostgreSQL side of the platform: schema migrations and the batch writer."""

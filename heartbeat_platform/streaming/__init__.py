@@ -1,0 +1,1 @@
+"""Kafka side of the platform: topic admin, producer and the batch consumer."""

@@ -1,0 +1,87 @@
+"""Create the heartbeat topic idempotently and describe it.
+
+The topic must exist before anything produces to it: Tansu would otherwise auto-create
+it with 4 partitions, and real Kafka with the broker default.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 10
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not answer in time."""
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 5000})
+
+
+def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:
+    """The topic and its partition count, or None when it does not exist.
+
+    Asks for all topics: a metadata request naming the topic can auto-create it.
+    """
+    try:
+        metadata = admin_client(bootstrap_servers).list_topics(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer: {exc}") from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return TopicInfo(topic, len(found.partitions))
+
+
+def ensure_topic(
+    bootstrap_servers: str, topic: str, partitions: int = 3, retention_ms: int = 86_400_000
+) -> bool:
+    """Create the topic if missing; True when this call created it.
+
+    An existing topic is left as it is; a partition count other than asked is logged, since
+    adding partitions would move customers to other partitions and break their ordering.
+    """
+    admin = admin_client(bootstrap_servers)  # must outlive the future
+    future = admin.create_topics(
+        [
+            NewTopic(
+                topic,
+                num_partitions=partitions,
+                replication_factor=-1,  # the broker's default: 1 locally, 3 on a real cluster
+                config={"retention.ms": str(retention_ms)},
+            )
+        ],
+        request_timeout=ADMIN_TIMEOUT_S,
+    )[topic]
+    try:
+        future.result(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise BrokerUnavailable(
+                f"could not create topic {topic!r} on {bootstrap_servers}: {error.str()}"
+            ) from exc
+        info = describe_topic(bootstrap_servers, topic)
+        if info and info.partitions != partitions:
+            log.warning(
+                "topic %s has %d partitions, settings ask for %d; leaving it as it is",
+                topic, info.partitions, partitions,
+            )
+        return False
+    except TimeoutError as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer in time") from exc
+    log.info("created topic %s with %d partitions", topic, partitions)
+    return True

@@ -60,9 +60,10 @@ def init_db() -> None:
     prepared = platform.prepare(settings, services)
     for name in services.started:
         console.print(f"started embedded {name} (stop it with `heartbeat-platform down`)")
+    applied = ", ".join(prepared.migrations_applied)
     console.print(
         f"PostgreSQL {describe(prepared.endpoints.database_url)}: schema "
-        f"{'applied ' + ', '.join(prepared.migrations_applied) if prepared.migrations_applied else 'up to date'}\n"
+        f"{'applied ' + applied if applied else 'up to date'}\n"
         f"Kafka {prepared.endpoints.bootstrap_servers}: topic {settings.kafka_topic} "
         f"{'created' if prepared.topic_created else 'exists'}"
     )
@@ -106,7 +107,7 @@ def _print_status(report: dict) -> None:
 def down() -> None:
     """Stop the embedded PostgreSQL and broker of this state folder (data in the broker is lost)."""
     stopped = LocalServices(_settings()).stop_all()
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "no embedded service was running")
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing embedded was running")
 
 
 @app.command()

@@ -44,7 +44,7 @@ def _bin_dir() -> Path:
 
 
 class EmbeddedPostgres:
-    """One PostgreSQL server whose data lives in `root/data`; its port is kept in `root/server.json`."""
+    """One server with its data in `root/data` and its port in `root/server.json`."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1"):
         self.root = root.resolve()

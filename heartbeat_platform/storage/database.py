@@ -22,4 +22,5 @@ def sqlalchemy_url(database_url: str, driver: str = "psycopg") -> str:
 def describe(database_url: str) -> str:
     """host:port/dbname without the password, for logs and status output."""
     params = conninfo_to_dict(database_url)
-    return f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
+    host, port = params.get("host", "localhost"), params.get("port", 5432)
+    return f"{host}:{port}/{params.get('dbname', '')}"

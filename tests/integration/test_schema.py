@@ -94,7 +94,7 @@ def test_concurrent_migrations_apply_each_file_exactly_once(database_url: str, d
     assert [r[0] for r in rows] == [m.version for m in load_migrations()]
 
 
-def test_concurrent_init_db_processes(database_url: str, services, topic_name, db, tmp_path) -> None:
+def test_concurrent_init_db_processes(database_url, services, topic_name, db, tmp_path) -> None:
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

@@ -1,3 +1,3 @@
-from heartbeat_platform.cli import app
+from heartbeat_platform.cli import run
 
-app(prog_name="heartbeat-platform")
+run()

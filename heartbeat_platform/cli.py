@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
+import psycopg
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from heartbeat_platform import platform
 from heartbeat_platform.config import Settings, load_settings
+from heartbeat_platform.local.broker import EmbeddedBrokerError
+from heartbeat_platform.local.postgres import EmbeddedPostgresError
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.status import collect_status
 from heartbeat_platform.storage.database import describe
+from heartbeat_platform.storage.migrations import MigrationError
+from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from heartbeat_platform.streaming.producer import HeartbeatProducer
+from heartbeat_platform.streaming.topics import BrokerUnavailable
 
 app = typer.Typer(
     help="Real-time heart-rate monitoring on Kafka, PostgreSQL, Dagster and Grafana.",
@@ -45,6 +56,18 @@ def _settings() -> Settings:
             field = ".".join(str(p) for p in problem["loc"]).upper()
             err.print(f"[red]configuration error[/red] {field}: {problem['msg']}")
         raise typer.Exit(2) from None
+
+
+def run() -> None:
+    """Console entry point: known failures become one clear line, not a traceback."""
+    try:
+        app(prog_name="heartbeat-platform")
+    except (
+        MigrationError, BrokerUnavailable, EmbeddedPostgresError, EmbeddedBrokerError,
+        psycopg.OperationalError,
+    ) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(1) from None
 
 
 def _not_built(command: str) -> None:
@@ -110,16 +133,90 @@ def down() -> None:
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing embedded was running")
 
 
-@app.command()
-def produce() -> None:
-    """Generate heart-rate events and send them to Kafka."""
-    _not_built("produce")
+@contextmanager
+def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM ask for a clean stop (flush, commit) instead of killing mid-batch."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda *_: stop())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()
-def consume() -> None:
+def produce(
+    rate: Annotated[
+        float, typer.Option(help="Events per second; 0 = as fast as possible.", min=0)
+    ] = 1000.0,
+    events: Annotated[int | None, typer.Option(help="Stop after N events.", min=1)] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after S seconds.", min=0)
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
+) -> None:
+    """Generate heart-rate events and send them to Kafka (until Ctrl-C without limits)."""
+    if events is not None and duration is not None:
+        err.print("give --events or --duration, not both")
+        raise typer.Exit(2)
+    settings = _settings()
+    prepared = platform.prepare(settings)
+    producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
+    with _stop_on_signals(producer.request_stop), _progress(events, "producing") as advance:
+        report = producer.run(
+            platform.generator(settings, seed),
+            rate=rate or None, events=events, duration=duration,
+            progress=lambda r: advance(r.sent),
+        )
+    console.print(
+        f"sent {report.sent:,}  delivered {report.delivered:,}  failed {report.failed:,}  "
+        f"in {report.seconds:.1f}s ({report.rate:,.0f} events/s)"
+    )
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@app.command()
+def consume(
+    batch_size: Annotated[
+        int | None, typer.Option(help="Messages per batch/transaction.", min=1)
+    ] = None,
+    stop_when_idle: Annotated[
+        float | None,
+        typer.Option(help="Exit 0 after S seconds without a new message.", min=0),
+    ] = None,
+) -> None:
     """Consume events in batches and land them in PostgreSQL exactly once."""
-    _not_built("consume")
+    settings = _settings()
+    prepared = platform.prepare(settings)
+    overrides = {"batch_size": batch_size} if batch_size else {}
+    consumer = HeartbeatConsumer(
+        platform.consumer_config(settings, prepared.endpoints, **overrides)
+    )
+    with _stop_on_signals(consumer.request_stop):
+        report = consumer.run(stop_when_idle=stop_when_idle)
+    stats = report.stats
+    console.print(
+        f"consumed {stats.messages_consumed:,} in {report.seconds:.1f}s: "
+        f"records {stats.records_written:,}, anomalies "
+        f"{stats.anomalies_bradycardia + stats.anomalies_tachycardia + stats.anomalies_invalid:,}, "
+        f"dead letters {stats.dead_letters:,}, duplicates dropped {stats.duplicates_dropped:,}"
+    )
+
+
+@contextmanager
+def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; nothing when output goes to a file or pipe."""
+    if not console.is_terminal:
+        yield lambda _done: None
+        return
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 @app.command()

@@ -1,0 +1,130 @@
+"""Synthetic heart-rate events for a pool of customers.
+
+Each reading is, independently: a sensor fault with probability ``fault_rate``; otherwise
+a cardiac anomaly with probability ``anomaly_rate`` (half bradycardia 15..39, half
+tachycardia 181..220); otherwise a normal rate ``round(gauss(75, 15))`` clamped to 40..180.
+Because the rolls are sequential, any pair of rates in [0, 1] is coherent.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+__all__ = [
+    "DEFAULT_ANOMALY_RATE",
+    "DEFAULT_CUSTOMER_COUNT",
+    "DEFAULT_FAULT_RATE",
+    "MAX_CUSTOMER_COUNT",
+    "SENSOR_FAULT_VALUES",
+    "HeartbeatGenerator",
+    "customer_id",
+]
+
+DEFAULT_CUSTOMER_COUNT = 10_000
+DEFAULT_ANOMALY_RATE = 0.05
+DEFAULT_FAULT_RATE = 0.005
+SENSOR_FAULT_VALUES = (0, -1, 301, 400)
+# The consumer accepts CUST_ followed by at most 10 digits.
+MAX_CUSTOMER_COUNT = 9_999_999_999
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MICROSECOND = timedelta(microseconds=1)
+_time_ns = time.time_ns
+
+
+def customer_id(n: int) -> str:
+    """Customer ``n`` of the pool (1-based), e.g. ``CUST_00042``."""
+    return "CUST_%05d" % n  # noqa: UP031 - about twice as fast as an f-string here
+
+
+class HeartbeatGenerator:
+    """Seeded source of heart-rate events; the same seed gives the same customers and rates.
+
+    Timestamps come from ``clock`` (default: now in UTC) but are made strictly increasing,
+    one microsecond apart at least, because downstream deduplicates on
+    (customer_id, timestamp) and two events must never collide by accident.
+    """
+
+    __slots__ = (
+        "customer_count",
+        "anomaly_rate",
+        "fault_rate",
+        "_rng",
+        "_clock",
+        "_last_micros",
+        "_prefix_second",
+        "_prefix",
+    )
+
+    def __init__(
+        self,
+        customer_count: int = DEFAULT_CUSTOMER_COUNT,
+        anomaly_rate: float = DEFAULT_ANOMALY_RATE,
+        fault_rate: float = DEFAULT_FAULT_RATE,
+        seed: int | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        if type(customer_count) is not int or not 1 <= customer_count <= MAX_CUSTOMER_COUNT:
+            raise ValueError(
+                f"customer_count must be an integer from 1 to {MAX_CUSTOMER_COUNT}, "
+                f"got {customer_count!r}"
+            )
+        for name, rate in (("anomaly_rate", anomaly_rate), ("fault_rate", fault_rate)):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+                raise ValueError(f"{name} must be a probability from 0 to 1, got {rate!r}")
+        self.customer_count = customer_count
+        self.anomaly_rate = float(anomaly_rate)
+        self.fault_rate = float(fault_rate)
+        self._rng = random.Random(seed)
+        self._clock = clock  # None: read the system clock directly, the fast path
+        self._last_micros = -1
+        self._prefix_second: int | None = None
+        self._prefix = ""
+
+    def generate_heart_rate(self) -> int:
+        """One rate in beats per minute, drawn as described in the module docstring."""
+        rng = self._rng
+        random_ = rng.random
+        if random_() < self.fault_rate:
+            return SENSOR_FAULT_VALUES[int(random_() * 4)]
+        if random_() < self.anomaly_rate:
+            if random_() < 0.5:
+                return 15 + int(random_() * 25)  # 15..39
+            return 181 + int(random_() * 40)  # 181..220
+        bpm = round(rng.gauss(75.0, 15.0))
+        return 40 if bpm < 40 else 180 if bpm > 180 else bpm
+
+    def generate_heartbeat_event(self) -> dict:
+        """A wire-ready event: ``customer_id``, ``heart_rate`` and a ``...Z`` UTC timestamp."""
+        return {
+            "customer_id": customer_id(1 + int(self._rng.random() * self.customer_count)),
+            "heart_rate": self.generate_heart_rate(),
+            "timestamp": self._next_timestamp(),
+        }
+
+    def generate_events(self, n: int) -> list[dict]:
+        """``n`` events in a row, for producers that send in batches."""
+        event = self.generate_heartbeat_event
+        return [event() for _ in range(n)]
+
+    def _next_timestamp(self) -> str:
+        """ISO-8601 UTC with microseconds and ``Z``, strictly later than the previous one."""
+        clock = self._clock
+        micros = _time_ns() // 1000 if clock is None else _epoch_micros(clock())
+        if micros <= self._last_micros:
+            micros = self._last_micros + 1
+        self._last_micros = micros
+        second, fraction = divmod(micros, 1_000_000)
+        if second != self._prefix_second:  # formatting a whole date is slow; once a second
+            self._prefix_second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return "%s.%06dZ" % (self._prefix, fraction)  # noqa: UP031 - faster than f-string
+
+
+def _epoch_micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ValueError("clock returned a naive datetime; it must be timezone-aware")
+    return (when - _EPOCH) // _ONE_MICROSECOND

@@ -1,0 +1,265 @@
+"""Write one consumed batch to PostgreSQL in ONE transaction, together with the consumer's progress.
+
+Rows go in with COPY into session-local staging tables and one INSERT ... SELECT per table
+with ON CONFLICT DO NOTHING, so a replay adds nothing. The progress row of each partition
+is moved forward only from the offset this consumer expects (a compare-and-set): when
+another consumer of the group got there first, the whole batch is rolled back and
+`StaleProgress` says which partitions to re-read. Rows and progress commit together or
+not at all, which is what makes a kill -9 at any instant lose and double nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+import psycopg
+
+from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.storage.database import connect
+
+log = logging.getLogger(__name__)
+
+RecordRow = tuple[str, datetime, int, int, int, int]
+"""customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset"""
+AnomalyRow = tuple[str, datetime, int, str, str, int, int, int]
+"""customer_id, event_timestamp, heart_rate, anomaly_type, raw_payload, epoch, partition, offset"""
+DeadLetterRow = tuple[int, int, int, bytes | None, bytes | None, str]
+"""log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason"""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionProgress:
+    """Where a partition stands: the epoch of its log and the next offset to read."""
+
+    log_epoch: int
+    next_offset: int
+
+
+@dataclass(slots=True)
+class Batch:
+    records: list[RecordRow] = field(default_factory=list)
+    anomalies: list[AnomalyRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
+    metrics: list[MetricRow] = field(default_factory=list)
+    # partition -> (progress this consumer expects in the table or None if new, progress after)
+    progress: dict[int, tuple[PartitionProgress | None, PartitionProgress]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def message_count(self) -> int:
+        return len(self.records) + len(self.anomalies) + len(self.dead_letters)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    records: int
+    duplicates: int
+    anomalies: int
+    dead_letters: int
+    metrics: int
+
+
+class StaleProgress(RuntimeError):
+    """Another consumer moved these partitions on; this batch was rolled back."""
+
+    def __init__(self, partitions: Sequence[int]):
+        super().__init__(f"progress of partitions {sorted(partitions)} moved on elsewhere")
+        self.partitions = list(partitions)
+
+
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS stage_records (
+    customer_id text, event_timestamp timestamptz, heart_rate integer,
+    log_epoch integer, kafka_partition integer, kafka_offset bigint) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_anomalies (
+    customer_id text, event_timestamp timestamptz, heart_rate integer, anomaly_type text,
+    raw_payload text, log_epoch integer, kafka_partition integer, kafka_offset bigint
+) ON COMMIT DELETE ROWS;
+"""
+
+_INSERT_RECORDS = """
+INSERT INTO heartbeat_records
+    (customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset)
+SELECT customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset
+FROM stage_records
+ON CONFLICT DO NOTHING
+"""
+
+_INSERT_ANOMALIES = """
+INSERT INTO heartbeat_anomalies (customer_id, event_timestamp, heart_rate, anomaly_type,
+                                 raw_payload, log_epoch, kafka_partition, kafka_offset)
+SELECT customer_id, event_timestamp, heart_rate, anomaly_type,
+       raw_payload, log_epoch, kafka_partition, kafka_offset
+FROM stage_anomalies
+ON CONFLICT DO NOTHING
+"""
+
+_INSERT_DEAD_LETTERS = """
+INSERT INTO heartbeat_dead_letters
+    (log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+_INSERT_METRIC = """
+INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
+                              kafka_partition, kafka_offset, labels)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (metric_name, log_epoch, kafka_partition, kafka_offset)
+    WHERE kafka_offset IS NOT NULL DO NOTHING
+"""
+
+_ADVANCE = """
+UPDATE consumer_progress
+SET next_offset = %(next_offset)s, log_epoch = %(new_epoch)s, updated_at = now()
+WHERE consumer_group = %(group)s AND topic = %(topic)s AND kafka_partition = %(partition)s
+  AND next_offset = %(expected_offset)s AND log_epoch = %(expected_epoch)s
+"""
+
+_CLAIM = """
+INSERT INTO consumer_progress (consumer_group, topic, kafka_partition, log_epoch, next_offset)
+VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s)
+ON CONFLICT DO NOTHING
+"""
+
+
+class BatchWriter:
+    """One PostgreSQL connection that writes batches for one (consumer group, topic)."""
+
+    def __init__(self, database_url: str, group: str, topic: str):
+        self.database_url = database_url
+        self.group = group
+        self.topic = topic
+        self._conn: psycopg.Connection | None = None
+
+    # -- connection -----------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            conn = connect(self.database_url)
+            conn.execute(_STAGING)
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    # -- progress -------------------------------------------------------------------------
+    def load_progress(self, partitions: Iterable[int]) -> dict[int, PartitionProgress]:
+        """Stored progress of these partitions; missing ones have never been consumed."""
+        conn = self._connection()
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT kafka_partition, log_epoch, next_offset FROM consumer_progress "
+                "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
+                (self.group, self.topic, list(partitions)),
+            ).fetchall()
+        return {p: PartitionProgress(epoch, offset) for p, epoch, offset in rows}
+
+    def next_epoch(self, partition: int) -> int:
+        """A log epoch never used for this partition by any group, for a log that was reset."""
+        conn = self._connection()
+        with conn.transaction():
+            row = conn.execute(
+                "SELECT coalesce(max(log_epoch), -1) + 1 FROM consumer_progress "
+                "WHERE topic = %s AND kafka_partition = %s",
+                (self.topic, partition),
+            ).fetchone()
+        return row[0]
+
+    def move_progress(
+        self, partition: int, expected: PartitionProgress | None, new: PartitionProgress
+    ) -> None:
+        """Move a partition's progress without rows (log reset or truncation handling)."""
+        self.write(Batch(progress={partition: (expected, new)}))
+
+    # -- the batch ------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Raise psycopg.OperationalError while the database is unreachable."""
+        self._connection().execute("SELECT 1")
+        self._conn.rollback()
+
+    def write(
+        self,
+        batch: Batch,
+        extra_metrics: Callable[[WriteResult], list[MetricRow]] | None = None,
+    ) -> WriteResult:
+        """Write the batch and move progress; `extra_metrics` sees the counts before commit.
+
+        It lets the caller add a stats snapshot that includes this batch, in the same
+        transaction, so a rolled-back batch leaves no snapshot behind.
+        """
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                self._advance_progress(conn, batch)
+                records = duplicates = anomalies = dead = 0
+                if batch.records:
+                    with conn.cursor().copy(
+                        "COPY stage_records FROM STDIN"
+                    ) as copy:
+                        for row in batch.records:
+                            copy.write_row(row)
+                    records = conn.execute(_INSERT_RECORDS).rowcount
+                    duplicates = len(batch.records) - records
+                if batch.anomalies:
+                    with conn.cursor().copy("COPY stage_anomalies FROM STDIN") as copy:
+                        for row in batch.anomalies:
+                            copy.write_row(row)
+                    anomalies = conn.execute(_INSERT_ANOMALIES).rowcount
+                if batch.dead_letters:
+                    with conn.cursor() as cur:
+                        cur.executemany(_INSERT_DEAD_LETTERS, batch.dead_letters)
+                        dead = len(batch.dead_letters)
+                result = WriteResult(records, duplicates, anomalies, dead, len(batch.metrics))
+                metrics = batch.metrics + (extra_metrics(result) if extra_metrics else [])
+                if metrics:
+                    with conn.cursor() as cur:
+                        cur.executemany(_INSERT_METRIC, [_metric_params(m) for m in metrics])
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        return result
+
+    def _advance_progress(self, conn: psycopg.Connection, batch: Batch) -> None:
+        stale = []
+        for partition, (expected, new) in batch.progress.items():
+            params = {
+                "group": self.group,
+                "topic": self.topic,
+                "partition": partition,
+                "next_offset": new.next_offset,
+                "new_epoch": new.log_epoch,
+            }
+            if expected is None:
+                moved = conn.execute(_CLAIM, params).rowcount
+            else:
+                params["expected_offset"] = expected.next_offset
+                params["expected_epoch"] = expected.log_epoch
+                moved = conn.execute(_ADVANCE, params).rowcount
+            if moved != 1:
+                stale.append(partition)
+        if stale:
+            raise StaleProgress(stale)
+
+
+def _metric_params(row: MetricRow) -> tuple:
+    return (
+        row.metric_name,
+        row.metric_value,
+        row.customer_id,
+        row.log_epoch,
+        row.kafka_partition,
+        row.kafka_offset,
+        orjson.dumps(row.labels).decode(),
+    )

@@ -1,0 +1,403 @@
+"""The batch consumer: Kafka -> validate/classify -> PostgreSQL, with an exactly-once effect.
+
+Guarantees (what survives what):
+- Progress lives in PostgreSQL (`consumer_progress`), written in the same transaction as
+  the rows of the batch; on assignment the consumer seeks to it. A kill -9 at any instant
+  therefore neither loses nor doubles a reading. Kafka's committed offsets are updated
+  after the database commit, for lag tools only.
+- A batch is written whole or not at all. When the database goes away the batch is
+  abandoned, the partitions are rewound to the stored progress and paused, and the
+  consumer retries with backoff until the database is back; it never exits for that.
+- A rebalance can only happen inside `consume()`, between batches, so nothing is in
+  flight when partitions are revoked. A consumer that lost a partition without noticing
+  cannot overwrite another's work: progress moves by compare-and-set (see the writer).
+- A stored offset the broker's log no longer has is never skipped silently: below the
+  log start (retention deleted unread messages) is logged as an error and consumption
+  resumes at the log start; beyond the log end (the log was reset, e.g. the memory-only
+  embedded broker restarted) starts a new log epoch from the beginning of the new log.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from heartbeat_platform.domain.alerts import AlertManager, MetricRow, PipelineStats
+from heartbeat_platform.domain.events import (
+    HeartbeatClass,
+    InvalidMessage,
+    classify_heart_rate,
+    validate_message,
+)
+from heartbeat_platform.storage.writer import (
+    Batch,
+    BatchWriter,
+    PartitionProgress,
+    StaleProgress,
+    WriteResult,
+)
+
+log = logging.getLogger(__name__)
+
+_NORMAL = HeartbeatClass.NORMAL
+_ANOMALY_STAT = {
+    HeartbeatClass.BRADYCARDIA: "anomalies_bradycardia",
+    HeartbeatClass.TACHYCARDIA: "anomalies_tachycardia",
+    HeartbeatClass.INVALID: "anomalies_invalid",
+}
+_UNKNOWN_WATERMARK = -1001
+
+
+@dataclass
+class ConsumerConfig:
+    bootstrap_servers: str
+    database_url: str
+    topic: str
+    group_id: str
+    batch_size: int = 5_000
+    max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
+    stats_every: int = 100
+    session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
+    kafka_overrides: dict = field(default_factory=dict)
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
+
+
+@dataclass
+class ConsumerReport:
+    stats: PipelineStats
+    partitions_seen: set[int]
+    seconds: float
+
+
+class HeartbeatConsumer:
+    def __init__(
+        self,
+        config: ConsumerConfig,
+        alerts: AlertManager | None = None,
+        on_batch: Callable[[WriteResult, PipelineStats], None] | None = None,
+    ):
+        self.config = config
+        self.alerts = alerts or AlertManager()
+        self.stats = PipelineStats()
+        self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._positions: dict[int, PartitionProgress | None] = {}  # None: never consumed
+        self._next: dict[int, int] = {}  # next offset to read, per assigned partition
+        self._watermark_at_assign: dict[int, int] = {}
+        self._partitions_seen: set[int] = set()
+        self._last_activity = time.monotonic()
+        self._error_logged_at: dict[int, float] = {}
+        self._consumer: Consumer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current batch and stop; safe from a signal handler or another thread."""
+        self._stop.set()
+
+    def run(self, stop_when_idle: float | None = None) -> ConsumerReport:
+        started = time.monotonic()
+        c = self.config
+        self._consumer = consumer = Consumer(
+            {
+                "bootstrap.servers": c.bootstrap_servers,
+                "group.id": c.group_id,
+                "client.id": c.name,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "error",  # out-of-range must reach us, not be papered over
+                "session.timeout.ms": c.session_timeout_ms,
+                "heartbeat.interval.ms": max(1000, c.session_timeout_ms // 3),
+                "error_cb": self._on_kafka_error,
+                **c.kafka_overrides,
+            }
+        )
+        consumer.subscribe(
+            [c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info("consumer %s subscribed to %s in group %s", c.name, c.topic, c.group_id)
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(c.batch_size, timeout=c.max_wait_s)
+                self._check_for_log_reset()
+                if messages:
+                    self._last_activity = time.monotonic()
+                    self._process(messages)
+                elif (
+                    stop_when_idle is not None
+                    and self._partitions_seen
+                    and time.monotonic() - self._last_activity >= stop_when_idle
+                ):
+                    log.info("no new message for %.1fs: stopping", stop_when_idle)
+                    break
+        finally:
+            self.alerts.flush_banners()
+            try:
+                consumer.close()  # leaves the group; nothing is in flight here
+            finally:
+                self.writer.close()
+                self._consumer = None
+        return ConsumerReport(self.stats, set(self._partitions_seen), time.monotonic() - started)
+
+    # -- rebalance ------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [tp.partition for tp in partitions]
+        stored = self._with_database(lambda: self.writer.load_progress(ids), "load progress")
+        if stored is None:  # stopping while the database was down
+            consumer.assign([])
+            return
+        for tp in partitions:
+            progress = stored.get(tp.partition)
+            self._positions[tp.partition] = progress
+            self._next[tp.partition] = progress.next_offset if progress else 0
+            tp.offset = progress.next_offset if progress else OFFSET_BEGINNING
+        consumer.assign(partitions)
+        for tp in partitions:
+            self._watermark_at_assign[tp.partition] = self._cached_watermarks(tp.partition)[1]
+        self._partitions_seen.update(ids)
+        self._last_activity = time.monotonic()
+        log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._positions.pop(tp.partition, None)
+            self._next.pop(tp.partition, None)
+            self._watermark_at_assign.pop(tp.partition, None)
+        consumer.unassign()
+        log.info("revoked partitions %s", [tp.partition for tp in partitions])
+
+    # -- one batch ------------------------------------------------------------------------
+    def _process(self, messages: list[Message]) -> None:
+        batch, counts, out_of_range = self._build_batch(messages)
+        for partition in out_of_range:
+            self._handle_out_of_range(partition)
+        if not batch.progress:
+            return
+        pending = copy.copy(self.stats)
+
+        def snapshot(result: WriteResult) -> list[MetricRow]:
+            pending.record_batch(
+                messages_consumed=batch.message_count,
+                records_written=result.records,
+                duplicates_dropped=result.duplicates,
+                dead_letters=len(batch.dead_letters),
+                alerts_triggered=len(batch.anomalies),
+                **counts,
+            )
+            if pending.should_flush(self.config.stats_every):
+                return pending.flush_stats({"consumer": self.config.name})
+            return []
+
+        try:
+            result = self.writer.write(batch, snapshot)
+        except psycopg.OperationalError as exc:
+            log.error("database unavailable, batch of %d rolled back: %s", batch.message_count,
+                      str(exc).strip())
+            self._rewind_and_wait_for_database()
+            return
+        except StaleProgress as exc:
+            log.warning("%s; re-reading them from the stored progress", exc)
+            self._rewind(exc.partitions)
+            return
+        self.stats = pending
+        for partition, (_, after) in batch.progress.items():
+            if partition in self._positions:
+                self._positions[partition] = after
+        self._commit_kafka_offsets(batch)
+        if self._on_batch:
+            self._on_batch(result, self.stats)
+
+    def _build_batch(self, messages: list[Message]) -> tuple[Batch, dict[str, int], set[int]]:
+        batch = Batch()
+        records, anomalies, dead, metrics = (
+            batch.records, batch.anomalies, batch.dead_letters, batch.metrics,
+        )
+        counts = dict.fromkeys(_ANOMALY_STAT.values(), 0)
+        out_of_range: set[int] = set()
+        nxt = self._next
+        positions = self._positions
+        progress = batch.progress
+        trigger = self.alerts.trigger_alert
+        for message in messages:
+            error = message.error()
+            partition = message.partition()
+            if error is not None:
+                if error.code() == KafkaError._AUTO_OFFSET_RESET and partition in positions:
+                    out_of_range.add(partition)
+                elif error.code() != KafkaError._PARTITION_EOF:
+                    self._log_rate_limited(error.code(), "Kafka error: %s", error)
+                continue
+            offset = message.offset()
+            expected = nxt.get(partition)
+            if expected is None or offset < expected:
+                continue  # revoked meanwhile, or already written (after a rewind)
+            before = positions[partition]
+            epoch = before.log_epoch if before else 0
+            raw = message.value()
+            try:
+                reading = validate_message(raw)
+            except InvalidMessage as exc:
+                dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
+            else:
+                klass = classify_heart_rate(reading.heart_rate)
+                if klass is _NORMAL:
+                    records.append(
+                        (reading.customer_id, reading.timestamp, reading.heart_rate,
+                         epoch, partition, offset)
+                    )
+                else:
+                    anomalies.append(
+                        (reading.customer_id, reading.timestamp, reading.heart_rate, klass.value,
+                         raw.decode(), epoch, partition, offset)
+                    )
+                    counts[_ANOMALY_STAT[klass]] += 1
+                    metrics.append(trigger(reading, klass, partition, offset, epoch))
+            nxt[partition] = offset + 1
+            progress[partition] = (before, PartitionProgress(epoch, offset + 1))
+        return batch, counts, out_of_range
+
+    def _commit_kafka_offsets(self, batch: Batch) -> None:
+        """Tell Kafka too, so lag tools see progress; the database stays the truth."""
+        offsets = [
+            TopicPartition(self.config.topic, p, after.next_offset)
+            for p, (_, after) in batch.progress.items()
+        ]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
+            self._log_rate_limited(-1, "could not commit offsets to Kafka: %s", exc)
+
+    # -- recovery -------------------------------------------------------------------------
+    def _rewind(self, partitions: list[int]) -> None:
+        """Seek partitions back to their stored progress (after a rollback or a stale write)."""
+        stored = self._with_database(lambda: self.writer.load_progress(partitions), "reload")
+        if stored is None:
+            return
+        for p in partitions:
+            if p not in self._positions:
+                continue
+            progress = stored.get(p)
+            self._positions[p] = progress
+            self._next[p] = progress.next_offset if progress else 0
+            self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
+
+    def _rewind_and_wait_for_database(self) -> None:
+        assignment = self._consumer.assignment()
+        self._consumer.pause(assignment)
+        for p, progress in self._positions.items():
+            self._next[p] = progress.next_offset if progress else 0
+        self._with_database(self.writer.ping, "reconnect")
+        for p, progress in list(self._positions.items()):
+            self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
+        self._consumer.resume(self._consumer.assignment())
+
+    def _with_database(self, action: Callable, what: str):
+        """Run `action`, retrying with backoff while the database is unavailable."""
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except psycopg.OperationalError as exc:
+                if self._stop.is_set():
+                    return None
+                log.error("database unavailable (%s), retrying in %.1fs: %s", what, delay,
+                          str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline and not self._stop.is_set():
+                    if self._consumer is not None:
+                        self._consumer.poll(0.2)  # keeps group membership; partitions paused
+                    else:
+                        time.sleep(0.2)
+                delay = min(delay * 2, 10.0)
+
+    def _seek(self, partition: int, offset: int) -> None:
+        tp = TopicPartition(self.config.topic, partition, offset)
+        try:
+            self._consumer.seek(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet: assign-level offset applies
+            self._consumer.assign(
+                [TopicPartition(self.config.topic, p, self._next[p] or OFFSET_BEGINNING)
+                 for p in self._positions]
+            )
+
+    # -- log reset / truncation -------------------------------------------------------------
+    def _cached_watermarks(self, partition: int) -> tuple[int, int]:
+        try:
+            return self._consumer.get_watermark_offsets(
+                TopicPartition(self.config.topic, partition), cached=True
+            )
+        except Exception:  # noqa: BLE001
+            return (_UNKNOWN_WATERMARK, _UNKNOWN_WATERMARK)
+
+    def _check_for_log_reset(self) -> None:
+        """Catch a log that ends before our stored offset, which some brokers never report.
+
+        Uses the watermarks of the latest fetch response (cached), and only once one arrived
+        after the assignment: a broker query can lag behind (the embedded broker's does).
+        """
+        for partition, progress in list(self._positions.items()):
+            if progress is None:
+                continue
+            low, high = self._cached_watermarks(partition)
+            fresh = high >= 0 and high != self._watermark_at_assign.get(partition)
+            if fresh and high < progress.next_offset:
+                self._handle_out_of_range(partition, (low, high))
+
+    def _handle_out_of_range(self, partition: int, watermarks: tuple[int, int] | None = None):
+        progress = self._positions.get(partition)
+        if progress is None:
+            return
+        if watermarks is None:
+            watermarks = self._consumer.get_watermark_offsets(
+                TopicPartition(self.config.topic, partition), timeout=10
+            )
+        low, high = watermarks
+        low = max(low, 0)
+        if progress.next_offset < low:
+            log.error(
+                "partition %d: messages at offsets %d..%d were deleted by the broker before "
+                "they were consumed (retention); %d readings are lost at the source. "
+                "Resuming at offset %d.",
+                partition, progress.next_offset, low - 1, low - progress.next_offset, low,
+            )
+            new = PartitionProgress(progress.log_epoch, low)
+        else:
+            epoch = self._with_database(lambda: self.writer.next_epoch(partition), "new epoch")
+            if epoch is None:
+                return
+            log.warning(
+                "partition %d: the broker's log ends at offset %d but %d were already stored: "
+                "the log was reset (e.g. the broker restarted without its data). Starting log "
+                "epoch %d from offset %d; rows of the old log keep epoch %d.",
+                partition, high, progress.next_offset, epoch, low, progress.log_epoch,
+            )
+            new = PartitionProgress(epoch, low)
+        try:
+            self._with_database(lambda: self.writer.move_progress(partition, progress, new),
+                                "move progress")
+        except StaleProgress:
+            self._rewind([partition])
+            return
+        self._positions[partition] = new
+        self._next[partition] = new.next_offset
+        self._watermark_at_assign[partition] = high
+        self._seek(partition, new.next_offset)
+
+    # -- logging --------------------------------------------------------------------------
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        self._log_rate_limited(error.code(), "Kafka: %s (retrying)", error.str())
+
+    def _log_rate_limited(self, key: int, message: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._error_logged_at.get(key, 0.0) >= 10.0:
+            self._error_logged_at[key] = now
+            log.warning(message, *args)

@@ -1,0 +1,172 @@
+"""Generator -> Kafka: JSON values, gzip, key = customer_id, acks=all, idempotent.
+
+Every message ends in exactly one delivery report, counted as delivered or failed. A
+fatal producer error (an idempotent producer whose broker lost its state, e.g. after a
+restart of the memory-only embedded broker) re-creates the producer instead of failing
+forever; the messages the old one could not deliver are counted as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from heartbeat_platform.domain.events import encode_event
+from heartbeat_platform.domain.generator import HeartbeatGenerator
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2_000  # events generated and handed to librdkafka at a time
+
+
+@dataclass
+class ProducerReport:
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+    recreated: int = 0
+    seconds: float = 0.0
+    # partition -> [lowest, highest] offset delivered, to find these messages downstream
+    delivered_offsets: dict[int, list[int]] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class ProducerConfig:
+    bootstrap_servers: str
+    topic: str
+    kafka_overrides: dict = field(default_factory=dict)
+
+
+class HeartbeatProducer:
+    def __init__(self, config: ProducerConfig):
+        self.config = config
+        self.report = ProducerReport()
+        self._stop = threading.Event()
+        self._fatal: KafkaError | None = None
+        self._producer = self._create()
+
+    def _create(self) -> Producer:
+        return Producer(
+            {
+                "bootstrap.servers": self.config.bootstrap_servers,
+                "acks": "all",
+                "enable.idempotence": True,
+                "compression.type": "gzip",
+                "linger.ms": 20,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": 500_000,
+                "error_cb": self._on_error,
+                **self.config.kafka_overrides,
+            }
+        )
+
+    def request_stop(self) -> None:
+        """Stop sending; `run` then flushes what is queued. Safe from a signal handler."""
+        self._stop.set()
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, events: list[dict]) -> None:
+        """Queue events; blocks (serving delivery reports) while librdkafka's queue is full."""
+        topic, produce, on_delivery = self.config.topic, self._producer.produce, self._on_delivery
+        for event in events:
+            key = event["customer_id"]
+            value = encode_event(event)
+            while True:
+                try:
+                    produce(topic, value, key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+                except KafkaException as exc:
+                    if not exc.args[0].fatal():
+                        raise
+                    self._fatal = exc.args[0]
+                    self._recreate()
+                    produce, on_delivery = self._producer.produce, self._on_delivery
+            self.report.sent += 1
+        self._producer.poll(0)
+        if self._fatal is not None:
+            self._recreate()
+
+    def run(
+        self,
+        generator: HeartbeatGenerator,
+        rate: float | None = None,
+        events: int | None = None,
+        duration: float | None = None,
+        progress: Callable[[ProducerReport], None] | None = None,
+    ) -> ProducerReport:
+        """Send until `events` are sent, `duration` seconds pass, or a stop is requested.
+
+        `rate` is events per second (None or 0: as fast as possible).
+        """
+        started = time.monotonic()
+        chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
+        try:
+            while not self._stop.is_set():
+                elapsed = time.monotonic() - started
+                if duration is not None and elapsed >= duration:
+                    break
+                remaining = None if events is None else events - self.report.sent
+                if remaining is not None and remaining <= 0:
+                    break
+                n = chunk if remaining is None else min(chunk, remaining)
+                if rate:
+                    allowed = int(rate * elapsed) - self.report.sent
+                    if allowed <= 0:
+                        time.sleep(min(0.01, (self.report.sent + 1) / rate - elapsed))
+                        self._producer.poll(0)
+                        continue
+                    n = min(n, allowed)
+                self.send(generator.generate_events(n))
+                if progress:
+                    progress(self.report)
+        finally:
+            self.flush()
+            self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding delivery reports; returns how many are still undelivered."""
+        left = self._producer.flush(timeout)
+        if left:
+            log.error("%d messages still undelivered after %.0fs", left, timeout)
+        return left
+
+    # -- callbacks ------------------------------------------------------------------------
+    def _on_delivery(self, error: KafkaError | None, message) -> None:
+        if error is not None:
+            self.report.failed += 1
+            return
+        self.report.delivered += 1
+        offset = message.offset()
+        span = self.report.delivered_offsets.get(message.partition())
+        if span is None:
+            self.report.delivered_offsets[message.partition()] = [offset, offset]
+        elif offset > span[1]:
+            span[1] = offset
+        elif offset < span[0]:
+            span[0] = offset
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal = error
+        log.warning("Kafka producer: %s", error.str())
+
+    def _recreate(self) -> None:
+        log.error("fatal producer error (%s): re-creating the producer", self._fatal)
+        old = self._producer
+        old.purge(in_queue=True, in_flight=True)
+        old.flush(5)  # purged messages report failure to _on_delivery
+        self._fatal = None
+        self._producer = self._create()
+        self.report.recreated += 1

@@ -11,9 +11,10 @@ not at all, which is what makes a kill -9 at any instant lose and double nothing
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
@@ -80,6 +81,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_anomalies (
     customer_id text, event_timestamp timestamptz, heart_rate integer, anomaly_type text,
     raw_payload text, log_epoch integer, kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_metrics (
+    metric_name text, metric_value double precision, customer_id text, log_epoch integer,
+    kafka_partition integer, kafka_offset bigint, labels jsonb) ON COMMIT DELETE ROWS;
 """
 
 _INSERT_RECORDS = """
@@ -106,10 +110,11 @@ VALUES (%s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 """
 
-_INSERT_METRIC = """
+_INSERT_METRICS = """
 INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
                               kafka_partition, kafka_offset, labels)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+SELECT metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels
+FROM stage_metrics
 ON CONFLICT (metric_name, log_epoch, kafka_partition, kafka_offset)
     WHERE kafka_offset IS NOT NULL DO NOTHING
 """
@@ -142,6 +147,10 @@ class BatchWriter:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             conn = connect(self.database_url)
+            # Safe here, and much faster: progress commits with the rows, so a server crash
+            # that loses the last commits loses their progress too, and those messages are
+            # read from Kafka again. No reading is lost or doubled.
+            conn.execute("SET synchronous_commit = off")
             conn.execute(_STAGING)
             conn.commit()
             self._conn = conn
@@ -203,29 +212,31 @@ class BatchWriter:
         try:
             with conn.transaction():
                 self._advance_progress(conn, batch)
-                records = duplicates = anomalies = dead = 0
+                records = anomalies = 0
                 if batch.records:
-                    with conn.cursor().copy(
-                        "COPY stage_records FROM STDIN"
-                    ) as copy:
-                        for row in batch.records:
-                            copy.write_row(row)
-                    records = conn.execute(_INSERT_RECORDS).rowcount
-                    duplicates = len(batch.records) - records
+                    records = _insert(
+                        conn, _RECORDS, _records_binary(batch.records), len(batch.records)
+                    )
+                duplicates = len(batch.records) - records
                 if batch.anomalies:
-                    with conn.cursor().copy("COPY stage_anomalies FROM STDIN") as copy:
-                        for row in batch.anomalies:
-                            copy.write_row(row)
-                    anomalies = conn.execute(_INSERT_ANOMALIES).rowcount
+                    anomalies = _insert(
+                        conn, _ANOMALIES, _anomalies_text(batch.anomalies), len(batch.anomalies)
+                    )
+                dead = 0
                 if batch.dead_letters:
-                    with conn.cursor() as cur:
-                        cur.executemany(_INSERT_DEAD_LETTERS, batch.dead_letters)
+                    with conn.cursor() as cur:  # rare: plain parameters, NUL made visible
+                        cur.executemany(
+                            _INSERT_DEAD_LETTERS,
+                            [
+                                (*row[:5], row[5].replace("\x00", "\\x00"))
+                                for row in batch.dead_letters
+                            ],
+                        )
                         dead = len(batch.dead_letters)
                 result = WriteResult(records, duplicates, anomalies, dead, len(batch.metrics))
                 metrics = batch.metrics + (extra_metrics(result) if extra_metrics else [])
                 if metrics:
-                    with conn.cursor() as cur:
-                        cur.executemany(_INSERT_METRIC, [_metric_params(m) for m in metrics])
+                    _insert(conn, _METRICS, _metrics_text(metrics), len(metrics))
         except psycopg.OperationalError:
             self.close()
             raise
@@ -253,13 +264,112 @@ class BatchWriter:
             raise StaleProgress(stale)
 
 
-def _metric_params(row: MetricRow) -> tuple:
-    return (
-        row.metric_name,
-        row.metric_value,
-        row.customer_id,
-        row.log_epoch,
-        row.kafka_partition,
-        row.kafka_offset,
-        orjson.dumps(row.labels).decode(),
+# -- COPY text format, built in one pass: psycopg's per-row formatting was the hot spot ----
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A table written by COPY, its staging twin, and the duplicate-free fallback insert."""
+
+    table: str
+    stage: str
+    columns: str
+    fallback: str
+
+
+_RECORDS = _Target(
+    "heartbeat_records", "stage_records",
+    "customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset",
+    _INSERT_RECORDS,
+)
+_ANOMALIES = _Target(
+    "heartbeat_anomalies", "stage_anomalies",
+    "customer_id, event_timestamp, heart_rate, anomaly_type, raw_payload, log_epoch, "
+    "kafka_partition, kafka_offset",
+    _INSERT_ANOMALIES,
+)
+_METRICS = _Target(
+    "pipeline_metrics", "stage_metrics",
+    "metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels",
+    _INSERT_METRICS,
+)
+
+
+def _copy(conn: psycopg.Connection, target: str, data: str | bytes) -> None:
+    binary = isinstance(data, bytes)
+    statement = f"COPY {target} FROM STDIN" + (" (FORMAT binary)" if binary else "")
+    with conn.cursor().copy(statement) as copy:
+        copy.write(data if binary else data.encode())
+
+
+def _insert(conn: psycopg.Connection, target: _Target, data: str | bytes, rows: int) -> int:
+    """COPY straight into the table; if a row is already there, redo it without duplicates.
+
+    Replays are rare (progress is stored with the rows), so the fast path nearly always
+    wins; the fallback stages the rows and inserts with ON CONFLICT DO NOTHING, which
+    PostgreSQL runs about a third slower. Returns the number of rows inserted.
+    """
+    try:
+        with conn.transaction():  # a savepoint: a conflict undoes only this COPY
+            _copy(conn, f"{target.table} ({target.columns})", data)
+        return rows
+    except psycopg.errors.UniqueViolation:
+        _copy(conn, target.stage, data)
+        return conn.execute(target.fallback).rowcount
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_BINARY_TRAILER = b"\xff\xff"
+_record_structs: dict[int, struct.Struct] = {}
+
+
+def _record_struct(id_length: int) -> struct.Struct:
+    """Binary COPY layout of a record row: 6 fields, each length-prefixed."""
+    layout = _record_structs.get(id_length)
+    if layout is None:
+        layout = _record_structs[id_length] = struct.Struct(f">hi{id_length}siqiiiiiiiq")
+    return layout
+
+
+def _records_binary(rows: list[RecordRow]) -> bytes:
+    """Records in COPY's binary format: about three times cheaper to build than text, and
+    PostgreSQL skips parsing timestamps, its most expensive step for this table."""
+    out = [_BINARY_HEADER]
+    append = out.append
+    for customer, when, bpm, epoch, partition, offset in rows:
+        encoded = customer.encode()
+        append(
+            _record_struct(len(encoded)).pack(
+                6, len(encoded), encoded, 8, (when - _PG_EPOCH) // _MICROSECOND,
+                4, bpm, 4, epoch, 4, partition, 8, offset,
+            )
+        )
+    append(_BINARY_TRAILER)
+    return b"".join(out)
+
+
+def _anomalies_text(rows: list[AnomalyRow]) -> str:
+    return "".join(
+        [
+            f"{customer}\t{when.isoformat()}\t{bpm}\t{kind}\t{raw.translate(_COPY_ESCAPES)}"
+            f"\t{epoch}\t{partition}\t{offset}\n"
+            for customer, when, bpm, kind, raw, epoch, partition, offset in rows
+        ]
+    )
+
+
+def _metrics_text(rows: list[MetricRow]) -> str:
+    def value(v: object) -> str:
+        return "\\N" if v is None else str(v)
+
+    return "".join(
+        [
+            f"{m.metric_name}\t{m.metric_value!r}\t{value(m.customer_id)}\t{value(m.log_epoch)}"
+            f"\t{value(m.kafka_partition)}\t{value(m.kafka_offset)}"
+            f"\t{orjson.dumps(m.labels).decode().translate(_COPY_ESCAPES)}\n"
+            for m in rows
+        ]
     )

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -97,6 +98,11 @@ class HeartbeatConsumer:
         self._last_activity = time.monotonic()
         self._error_logged_at: dict[int, float] = {}
         self._consumer: Consumer | None = None
+        # One batch is written by this thread while the next is consumed and classified:
+        # PostgreSQL and Python then work at the same time instead of taking turns.
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="heartbeat-writer")
+        self._inflight: tuple[Future, Batch, PipelineStats] | None = None
+        self._projected = self.stats  # the stats once the in-flight batch commits
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -140,16 +146,21 @@ class HeartbeatConsumer:
                     log.info("no new message for %.1fs: stopping", stop_when_idle)
                     break
         finally:
-            self.alerts.flush_banners()
             try:
-                consumer.close()  # leaves the group; nothing is in flight here
+                self._settle(recover=False)  # the last batch commits (or is abandoned) first
             finally:
-                self.writer.close()
-                self._consumer = None
+                self.alerts.flush_banners()
+                try:
+                    consumer.close()  # leaves the group; nothing is in flight any more
+                finally:
+                    self._writer_thread.shutdown()
+                    self.writer.close()
+                    self._consumer = None
         return ConsumerReport(self.stats, set(self._partitions_seen), time.monotonic() - started)
 
     # -- rebalance ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle(recover=False)
         ids = [tp.partition for tp in partitions]
         stored = self._with_database(lambda: self.writer.load_progress(ids), "load progress")
         if stored is None:  # stopping while the database was down
@@ -168,6 +179,7 @@ class HeartbeatConsumer:
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle(recover=False)  # in-flight work commits or is abandoned, whole, first
         for tp in partitions:
             self._positions.pop(tp.partition, None)
             self._next.pop(tp.partition, None)
@@ -182,7 +194,11 @@ class HeartbeatConsumer:
             self._handle_out_of_range(partition)
         if not batch.progress:
             return
-        pending = copy.copy(self.stats)
+        for partition, (_, after) in batch.progress.items():
+            self._positions[partition] = after  # the next batch continues from here
+        if not self._settle():
+            return  # the previous batch failed: this one followed it and is abandoned too
+        pending = copy.copy(self._projected)  # complete now that the previous write is done
 
         def snapshot(result: WriteResult) -> list[MetricRow]:
             pending.record_batch(
@@ -197,24 +213,40 @@ class HeartbeatConsumer:
                 return pending.flush_stats({"consumer": self.config.name})
             return []
 
+        self._projected = pending
+        future = self._writer_thread.submit(self.writer.write, batch, snapshot)
+        self._inflight = (future, batch, pending)
+
+    def _settle(self, recover: bool = True) -> bool:
+        """Wait for the in-flight batch; True when it committed (or none was in flight).
+
+        On failure every assigned partition is rewound to its stored progress (after the
+        database is back), unless `recover` is off because the partitions are going away.
+        """
+        if self._inflight is None:
+            return True
+        future, batch, pending = self._inflight
+        self._inflight = None
         try:
-            result = self.writer.write(batch, snapshot)
+            result = future.result()
         except psycopg.OperationalError as exc:
-            log.error("database unavailable, batch of %d rolled back: %s", batch.message_count,
-                      str(exc).strip())
-            self._rewind_and_wait_for_database()
-            return
+            log.error("database unavailable, batch of %d rolled back: %s",
+                      batch.message_count, str(exc).strip())
+            self._projected = self.stats
+            if recover:
+                self._rewind_and_wait_for_database()
+            return False
         except StaleProgress as exc:
-            log.warning("%s; re-reading them from the stored progress", exc)
-            self._rewind(exc.partitions)
-            return
+            log.warning("%s; re-reading from the stored progress", exc)
+            self._projected = self.stats
+            if recover:
+                self._rewind(list(self._positions))
+            return False
         self.stats = pending
-        for partition, (_, after) in batch.progress.items():
-            if partition in self._positions:
-                self._positions[partition] = after
         self._commit_kafka_offsets(batch)
         if self._on_batch:
             self._on_batch(result, self.stats)
+        return True
 
     def _build_batch(self, messages: list[Message]) -> tuple[Batch, dict[str, int], set[int]]:
         batch = Batch()
@@ -227,6 +259,7 @@ class HeartbeatConsumer:
         positions = self._positions
         progress = batch.progress
         trigger = self.alerts.trigger_alert
+        classify = classify_heart_rate
         for message in messages:
             error = message.error()
             partition = message.partition()
@@ -248,16 +281,13 @@ class HeartbeatConsumer:
             except InvalidMessage as exc:
                 dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
             else:
-                klass = classify_heart_rate(reading.heart_rate)
+                customer, bpm, when = reading
+                klass = classify(bpm)
                 if klass is _NORMAL:
-                    records.append(
-                        (reading.customer_id, reading.timestamp, reading.heart_rate,
-                         epoch, partition, offset)
-                    )
+                    records.append((customer, when, bpm, epoch, partition, offset))
                 else:
                     anomalies.append(
-                        (reading.customer_id, reading.timestamp, reading.heart_rate, klass.value,
-                         raw.decode(), epoch, partition, offset)
+                        (customer, when, bpm, klass.value, raw.decode(), epoch, partition, offset)
                     )
                     counts[_ANOMALY_STAT[klass]] += 1
                     metrics.append(trigger(reading, klass, partition, offset, epoch))
@@ -291,13 +321,9 @@ class HeartbeatConsumer:
             self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
 
     def _rewind_and_wait_for_database(self) -> None:
-        assignment = self._consumer.assignment()
-        self._consumer.pause(assignment)
-        for p, progress in self._positions.items():
-            self._next[p] = progress.next_offset if progress else 0
+        self._consumer.pause(self._consumer.assignment())
         self._with_database(self.writer.ping, "reconnect")
-        for p, progress in list(self._positions.items()):
-            self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
+        self._rewind(list(self._positions))
         self._consumer.resume(self._consumer.assignment())
 
     def _with_database(self, action: Callable, what: str):
@@ -353,6 +379,8 @@ class HeartbeatConsumer:
                 self._handle_out_of_range(partition, (low, high))
 
     def _handle_out_of_range(self, partition: int, watermarks: tuple[int, int] | None = None):
+        if not self._settle():
+            return
         progress = self._positions.get(partition)
         if progress is None:
             return

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import psycopg
@@ -186,6 +188,9 @@ def consume(
         float | None,
         typer.Option(help="Exit 0 after S seconds without a new message.", min=0),
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON report (with peak RSS) at the end.")
+    ] = False,
 ) -> None:
     """Consume events in batches and land them in PostgreSQL exactly once."""
     settings = _settings()
@@ -196,6 +201,10 @@ def consume(
     )
     with _stop_on_signals(consumer.request_stop):
         report = consumer.run(stop_when_idle=stop_when_idle)
+    if as_json:
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        console.print_json(json.dumps({**report.as_dict(), "peak_rss_mb": round(peak_rss_mb, 1)}))
+        return
     stats = report.stats
     console.print(
         f"consumed {stats.messages_consumed:,} in {report.seconds:.1f}s: "
@@ -220,15 +229,57 @@ def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
 
 
 @app.command()
-def demo() -> None:
-    """Produce N events, consume them and print a summary."""
-    _not_built("demo")
+def demo(
+    events: Annotated[int, typer.Option(help="How many events to send.", min=1)] = 20_000,
+    rate: Annotated[
+        float, typer.Option(help="Events per second; 0 = as fast as possible.", min=0)
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Produce N events, consume them, print a summary; exit 1 if any is unaccounted for."""
+    from heartbeat_platform.demo import run_demo
+
+    summary = run_demo(_settings(), events, rate=rate or None, seed=seed)
+    if as_json:
+        console.print_json(json.dumps(summary.as_dict()))
+    else:
+        table = Table(title="heartbeat demo", show_header=False)
+        table.add_row("produced / delivered / failed",
+                      f"{summary.produced:,} / {summary.delivered:,} / {summary.failed:,}")
+        for kind in ("NORMAL", "BRADYCARDIA", "TACHYCARDIA", "INVALID"):
+            table.add_row(f"  {kind}", f"{summary.by_class.get(kind, 0):,}")
+        table.add_row("dead letters", f"{summary.dead_letters:,}")
+        table.add_row("alerts", f"{summary.alerts:,}")
+        table.add_row("unaccounted for", f"{summary.unaccounted:,}")
+        table.add_row("throughput", f"{summary.events_per_s:,.0f} events/s over {summary.seconds}s")
+        table.add_row("end-to-end latency p50 / p99",
+                      f"{summary.latency_p50_ms} ms / {summary.latency_p99_ms} ms")
+        console.print(table)
+    raise typer.Exit(0 if summary.ok else 1)
 
 
 @app.command()
-def bench() -> None:
-    """Measure producer, consumer and end-to-end performance (JSON)."""
-    _not_built("bench")
+def bench(
+    events: Annotated[int, typer.Option(help="Events for the throughput stages.", min=1)] = 400_000,
+    latency_rate: Annotated[
+        float, typer.Option(help="Produce rate for the latency stage.", min=1)
+    ] = 10_000,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Duration of the latency stage.", min=1)
+    ] = 15,
+    output: Annotated[
+        Path | None, typer.Option(help="Also write the JSON results to this file.")
+    ] = None,
+) -> None:
+    """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON)."""
+    from heartbeat_platform.bench import run_bench, write_json
+
+    results = run_bench(
+        _settings(), events=events, latency_rate=latency_rate, latency_seconds=latency_seconds,
+        log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
+    )
+    print(write_json(results, output))
 
 
 @app.command()

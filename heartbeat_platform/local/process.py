@@ -11,11 +11,20 @@ from pathlib import Path
 import psutil
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
+    """A TCP port nobody listens on right now: `preferred` if it is free, else one the OS picks.
+
+    A restarted service keeps its port when it can, so clients configured with it reconnect.
+    """
+    for port in ((preferred, 0) if preferred else (0,)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError(f"no free TCP port on {host}")
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

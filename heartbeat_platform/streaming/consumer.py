@@ -76,6 +76,27 @@ class ConsumerReport:
     stats: PipelineStats
     partitions_seen: set[int]
     seconds: float
+    busy_seconds: float  # first message received -> last batch committed
+
+    @property
+    def rate(self) -> float:
+        """Messages committed per second while there was work."""
+        return self.stats.messages_consumed / self.busy_seconds if self.busy_seconds else 0.0
+
+    def as_dict(self) -> dict:
+        stats = self.stats
+        return {
+            "messages": stats.messages_consumed,
+            "records": stats.records_written,
+            "anomalies": stats.anomalies_bradycardia + stats.anomalies_tachycardia
+            + stats.anomalies_invalid,
+            "dead_letters": stats.dead_letters,
+            "duplicates_dropped": stats.duplicates_dropped,
+            "batches": stats.batches,
+            "seconds": round(self.seconds, 3),
+            "busy_seconds": round(self.busy_seconds, 3),
+            "messages_per_s": round(self.rate, 1),
+        }
 
 
 class HeartbeatConsumer:
@@ -91,6 +112,7 @@ class HeartbeatConsumer:
         self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
         self._on_batch = on_batch
         self._stop = threading.Event()
+        self.assigned = threading.Event()  # set once the group gave this consumer partitions
         self._positions: dict[int, PartitionProgress | None] = {}  # None: never consumed
         self._next: dict[int, int] = {}  # next offset to read, per assigned partition
         self._watermark_at_assign: dict[int, int] = {}
@@ -103,6 +125,8 @@ class HeartbeatConsumer:
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="heartbeat-writer")
         self._inflight: tuple[Future, Batch, PipelineStats] | None = None
         self._projected = self.stats  # the stats once the in-flight batch commits
+        self._first_message_at: float | None = None
+        self._last_commit_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -137,6 +161,8 @@ class HeartbeatConsumer:
                 self._check_for_log_reset()
                 if messages:
                     self._last_activity = time.monotonic()
+                    if self._first_message_at is None:
+                        self._first_message_at = self._last_activity
                     self._process(messages)
                 elif (
                     stop_when_idle is not None
@@ -156,7 +182,14 @@ class HeartbeatConsumer:
                     self._writer_thread.shutdown()
                     self.writer.close()
                     self._consumer = None
-        return ConsumerReport(self.stats, set(self._partitions_seen), time.monotonic() - started)
+        busy = (
+            self._last_commit_at - self._first_message_at
+            if self._first_message_at is not None and self._last_commit_at is not None
+            else 0.0
+        )
+        return ConsumerReport(
+            self.stats, set(self._partitions_seen), time.monotonic() - started, busy
+        )
 
     # -- rebalance ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -176,6 +209,7 @@ class HeartbeatConsumer:
             self._watermark_at_assign[tp.partition] = self._cached_watermarks(tp.partition)[1]
         self._partitions_seen.update(ids)
         self._last_activity = time.monotonic()
+        self.assigned.set()
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -243,6 +277,7 @@ class HeartbeatConsumer:
                 self._rewind(list(self._positions))
             return False
         self.stats = pending
+        self._last_commit_at = time.monotonic()
         self._commit_kafka_offsets(batch)
         if self._on_batch:
             self._on_batch(result, self.stats)
@@ -325,6 +360,8 @@ class HeartbeatConsumer:
         self._with_database(self.writer.ping, "reconnect")
         self._rewind(list(self._positions))
         self._consumer.resume(self._consumer.assignment())
+        self._last_activity = time.monotonic()  # the outage is not idleness
+        log.info("database is back: resuming from the stored progress")
 
     def _with_database(self, action: Callable, what: str):
         """Run `action`, retrying with backoff while the database is unavailable."""

@@ -1,0 +1,231 @@
+"""What survives what: kill -9, a database outage, a reset broker log, two consumers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from heartbeat_platform import platform
+from heartbeat_platform.local.broker import EmbeddedBroker
+from heartbeat_platform.local.postgres import EmbeddedPostgres
+from heartbeat_platform.local.services import Endpoints
+from heartbeat_platform.storage.migrations import migrate
+from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress, StaleProgress
+from heartbeat_platform.streaming.producer import HeartbeatProducer
+
+
+class ConsumerProcess:
+    """`heartbeat-platform -v consume` in a subprocess, its log collected line by line."""
+
+    def __init__(self, settings, *args: str):
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "KAFKA_TOPIC": settings.kafka_topic,
+            "KAFKA_GROUP_ID": settings.kafka_group_id,
+            "HEARTBEAT_CONSUME_BATCH_SIZE": str(settings.heartbeat_consume_batch_size),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "heartbeat_platform", "-v", "consume", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.log: list[str] = []
+        self.assigned = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if "assigned at offsets" in line:
+                self.assigned.set()
+
+    def text(self) -> str:
+        return "".join(self.log)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def finish(self, timeout: float = 180) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._reader.join(5)
+        return self.proc.returncode, out
+
+
+def landed(conn: psycopg.Connection) -> Counter:
+    """(epoch, partition, offset) -> how many rows hold that message, over the three tables."""
+    return Counter(
+        conn.execute(
+            """SELECT log_epoch, kafka_partition, kafka_offset FROM heartbeat_records
+               UNION ALL SELECT log_epoch, kafka_partition, kafka_offset FROM heartbeat_anomalies
+               UNION ALL
+               SELECT log_epoch, kafka_partition, kafka_offset FROM heartbeat_dead_letters"""
+        ).fetchall()
+    )
+
+
+def expected_positions(reports, epoch: int = 0) -> set[tuple[int, int, int]]:
+    spans: dict[int, list[int]] = {}
+    for report in reports:
+        for p, (low, high) in report.delivered_offsets.items():
+            span = spans.setdefault(p, [low, high])
+            span[0], span[1] = min(span[0], low), max(span[1], high)
+    return {(epoch, p, o) for p, (low, high) in spans.items() for o in range(low, high + 1)}
+
+
+def assert_exactly_once(conn: psycopg.Connection, expected: set) -> None:
+    counts = landed(conn)
+    missing = expected - set(counts)
+    doubled = {k: v for k, v in counts.items() if v > 1}
+    assert not missing, f"{len(missing)} messages missing, e.g. {sorted(missing)[:5]}"
+    assert not doubled, f"doubled: {list(doubled.items())[:5]}"
+    assert set(counts) == expected
+    alerts = conn.execute(
+        "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%'"
+    ).fetchone()[0]
+    assert alerts == conn.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
+
+
+def produce_in_background(settings, **run) -> tuple[threading.Thread, list]:
+    reports: list = []
+    endpoints = Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
+
+    def send() -> None:
+        producer = HeartbeatProducer(platform.producer_config(settings, endpoints))
+        reports.append(producer.run(platform.generator(settings, run.pop("seed", 1)), **run))
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, reports
+
+
+def test_kill_9_at_random_moments_loses_and_doubles_nothing(settings_factory, database_url, db):
+    settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=1000)
+    platform.prepare(settings)
+    producing, reports = produce_in_background(settings, rate=2_500, events=40_000)
+    rng = random.Random(20261125)
+    kills = 0
+    while producing.is_alive() or kills < 4:
+        consumer = ConsumerProcess(settings)
+        assert consumer.assigned.wait(60), consumer.text()
+        time.sleep(rng.uniform(0.05, 1.5))  # mid-batch, between batches, mid-commit...
+        consumer.kill()
+        kills += 1
+    producing.join()
+    assert reports[0].failed == 0 and reports[0].delivered == 40_000
+    final = ConsumerProcess(settings, "--stop-when-idle", "4")
+    code, _ = final.finish()
+    assert code == 0, final.text()
+    assert kills >= 4
+    assert_exactly_once(db, expected_positions(reports))
+
+
+def test_database_outage_mid_stream(settings_factory, tmp_path_factory, services):
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("outage") / "postgres")
+    server.start()
+    try:
+        settings = settings_factory(database_url=server.url(), heartbeat_consume_batch_size=500)
+        platform.prepare(settings)
+        consumer = ConsumerProcess(settings, "--stop-when-idle", "6", "--json")
+        assert consumer.assigned.wait(60), consumer.text()
+        producing, reports = produce_in_background(settings, rate=2_000, events=12_000)
+        time.sleep(2)
+        server.stop()  # the database goes away mid-stream
+        time.sleep(4)
+        assert consumer.proc.poll() is None, "the consumer must survive the outage"
+        server.start()  # same port: the consumer reconnects by itself
+        producing.join()
+        code, out = consumer.finish()
+        assert code == 0, consumer.text()
+        assert "database unavailable" in consumer.text()
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            assert_exactly_once(conn, expected_positions(reports))
+        assert json.loads(out[out.find("{"):])["messages"] >= 1
+    finally:
+        server.stop()
+
+
+def test_two_consumers_share_partitions_and_count_every_event_once(
+    settings_factory, database_url, db
+):
+    settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=500)
+    platform.prepare(settings)
+    first = ConsumerProcess(settings, "--stop-when-idle", "8", "--json")
+    second = ConsumerProcess(settings, "--stop-when-idle", "8", "--json")
+    assert first.assigned.wait(60) and second.assigned.wait(60)
+    producing, reports = produce_in_background(settings, rate=4_000, events=20_000)
+    producing.join()
+    results = [c.finish() for c in (first, second)]
+    assert [code for code, _ in results] == [0, 0]
+    consumed = [json.loads(out[out.find("{"):])["messages"] for _, out in results]
+    assert all(n > 0 for n in consumed), consumed  # both had partitions and work
+    assert sum(consumed) == 20_000
+    assert_exactly_once(db, expected_positions(reports))
+
+
+def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
+    settings_factory, database_url, db, tmp_path_factory
+):
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("reset") / "broker")
+    broker.start()
+    try:
+        settings = settings_factory(
+            database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers
+        )
+        platform.prepare(settings)
+        thread, before = produce_in_background(settings, events=3_000, seed=1)
+        thread.join()
+        first = ConsumerProcess(settings, "--stop-when-idle", "3")
+        assert first.finish()[0] == 0, first.text()
+
+        broker.stop()
+        broker.start()  # memory-only: the topic and its offsets are gone
+        platform.prepare(settings)
+        thread, after = produce_in_background(settings, events=300, seed=2)
+        thread.join()
+        second = ConsumerProcess(settings, "--stop-when-idle", "3")
+        code, _ = second.finish()
+        assert code == 0, second.text()
+        assert "log was reset" in second.text()
+        counts = landed(db)
+        assert set(counts.values()) == {1}
+        assert set(counts) == expected_positions(before, 0) | expected_positions(after, 1)
+    finally:
+        broker.stop()
+
+
+def test_progress_moves_only_from_the_expected_offset(database_url):
+    """The compare-and-set that stops a consumer which lost its partition from writing."""
+    migrate(database_url)
+    one = BatchWriter(database_url, "group", "topic")
+    two = BatchWriter(database_url, "group", "topic")
+    try:
+        one.move_progress(0, None, PartitionProgress(0, 10))
+        with pytest.raises(StaleProgress):
+            two.move_progress(0, None, PartitionProgress(0, 10))  # claimed already
+        two.move_progress(0, PartitionProgress(0, 10), PartitionProgress(0, 20))
+        stale = Batch(
+            records=[("CUST_00001", datetime.now(UTC), 70, 0, 0, 10)],
+            progress={0: (PartitionProgress(0, 10), PartitionProgress(0, 11))},
+        )
+        with pytest.raises(StaleProgress):
+            one.write(stale)  # `one` still believes it is at 10
+        assert one.load_progress([0]) == {0: PartitionProgress(0, 20)}
+        with psycopg.connect(database_url) as conn:
+            assert conn.execute("SELECT count(*) FROM heartbeat_records").fetchone()[0] == 0
+    finally:
+        one.close()
+        two.close()

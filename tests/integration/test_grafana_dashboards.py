@@ -1,0 +1,599 @@
+"""The committed Grafana dashboards, every panel run the way Grafana 10.4 would run it.
+
+There is no Grafana binary here, so these tests do Grafana's part: expand template
+variables and the PostgreSQL datasource's macros (a small expander, unit-tested below),
+run each panel's SQL as the SELECT-only role Grafana logs in as, against a database filled
+by the real producer -> broker -> consumer pipeline, and check that each panel gets the
+rows and columns its visualisation needs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from confluent_kafka import Producer
+
+from heartbeat_platform import platform
+from heartbeat_platform.config import load_settings
+from heartbeat_platform.storage.migrations import migrate, sql_dir
+from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from heartbeat_platform.streaming.producer import HeartbeatProducer
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "grafana"
+DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
+READER = "heartbeat_grafana_reader"
+ANOMALY_TYPES = {"BRADYCARDIA", "TACHYCARDIA", "INVALID"}
+INTERVAL = timedelta(seconds=1)  # finer than the 5 s minimum: a few seconds of data, many buckets
+
+
+# -- Grafana's SQL expansion --------------------------------------------------------------------
+# Grafana 10.4 first substitutes dashboard variables and $__interval / $__interval_ms, then the
+# PostgreSQL datasource's macros (pkg/tsdb/grafana-postgresql-datasource/macros.go).
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)")
+_MACRO = re.compile(r"\$(\w+)\(([^)]*)\)")
+_INTERVAL = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class QueryContext:
+    """What Grafana knows when it runs a panel: time range, interval, variable values."""
+
+    time_from: datetime
+    time_to: datetime
+    interval: timedelta = INTERVAL
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def format_interval(interval: timedelta) -> str:
+    """Go's gtime.FormatInterval: the largest whole unit, truncated (90 s -> "1m")."""
+    ms = interval // timedelta(milliseconds=1)
+    for unit, size in (("y", 31_536_000_000), ("d", 86_400_000), ("h", 3_600_000),
+                       ("m", 60_000), ("s", 1_000), ("ms", 1)):
+        if ms >= size:
+            return f"{ms // size}{unit}"
+    return "1ms"
+
+
+def rfc3339(moment: datetime) -> str:
+    """Go's time.RFC3339Nano in UTC: no trailing zeros in the fraction, a "Z" zone."""
+    utc = moment.astimezone(UTC)
+    fraction = f"{utc.microsecond:06d}".rstrip("0")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+def _seconds(text: str) -> str:
+    match = _INTERVAL.fullmatch(text.strip().strip("'"))
+    if not match:
+        raise ValueError(f"error parsing interval {text}")
+    seconds = Decimal(match.group(1)) * Decimal(str(_UNITS[match.group(2)]))
+    return format(seconds.normalize(), "f")
+
+
+def _variable(match: re.Match, variables: dict[str, str]) -> str:
+    name = match.group(1) or match.group(3)
+    if name not in variables:
+        return match.group(0)  # Grafana's own $__ names, handled below
+    value, fmt = variables[name], match.group(2)
+    if fmt in (None, "raw"):
+        return value  # a single-value variable goes in as it is
+    if fmt == "sqlstring":
+        return "'" + value.replace("'", "''") + "'"
+    raise ValueError(f"variable format {fmt!r} is not handled here")
+
+
+def expand(sql: str, ctx: QueryContext) -> str:
+    """The SQL Grafana sends to PostgreSQL for `sql` in `ctx`."""
+    sql = _VARIABLE.sub(lambda m: _variable(m, ctx.variables), sql)
+    sql = sql.replace("$__interval_ms", str(ctx.interval // timedelta(milliseconds=1)))
+    sql = sql.replace("$__interval", format_interval(ctx.interval))
+
+    def macro(match: re.Match) -> str:
+        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
+        if name == "__timeGroup" and sql[match.end():match.end() + 1] == ",":
+            name = "__timeGroupAlias"  # Grafana's pre-5.3 compatibility rule
+        if name == "__timeFilter":
+            return f"{args[0]} BETWEEN '{rfc3339(ctx.time_from)}' AND '{rfc3339(ctx.time_to)}'"
+        if name == "__timeFrom":
+            return f"'{rfc3339(ctx.time_from)}'"
+        if name == "__timeTo":
+            return f"'{rfc3339(ctx.time_to)}'"
+        if name in ("__timeGroup", "__timeGroupAlias"):
+            if len(args) < 2:
+                raise ValueError(f"macro {name} needs a time column and an interval")
+            seconds = _seconds(args[1])  # a third argument (fill) is applied by Grafana
+            group = f"floor(extract(epoch from {args[0]})/{seconds})*{seconds}"
+            return group + (' AS "time"' if name == "__timeGroupAlias" else "")
+        raise ValueError(f"unknown macro {name!r}")
+
+    sql = _MACRO.sub(macro, sql)
+    left = re.search(r"\$\{?\w+", sql)
+    if left:
+        raise ValueError(f"{left.group(0)} was not expanded")
+    return sql
+
+
+# -- the expander itself ------------------------------------------------------------------------
+
+CTX = QueryContext(
+    time_from=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    time_to=datetime(2026, 1, 2, 3, 19, 5, 500_000, tzinfo=UTC),
+    interval=timedelta(minutes=1),
+    variables={"customer": "O'Brien"},
+)
+
+
+@pytest.mark.parametrize(
+    ("sql", "expanded"),
+    [
+        ("WHERE $__timeFilter(ts)",
+         "WHERE ts BETWEEN '2026-01-02T03:04:05Z' AND '2026-01-02T03:19:05.5Z'"),
+        ("$__timeFrom() < $__timeTo()", "'2026-01-02T03:04:05Z' < '2026-01-02T03:19:05.5Z'"),
+        ("SELECT $__timeGroupAlias(ts, $__interval)",
+         'SELECT floor(extract(epoch from ts)/60)*60 AS "time"'),
+        ("SELECT $__timeGroupAlias(ts, '500ms', 0)",
+         'SELECT floor(extract(epoch from ts)/0.5)*0.5 AS "time"'),
+        ("SELECT $__timeGroup(ts, 5m), v GROUP BY $__timeGroup(ts, 5m)",
+         'SELECT floor(extract(epoch from ts)/300)*300 AS "time", v '
+         "GROUP BY floor(extract(epoch from ts)/300)*300"),
+        ("x / $__interval_ms", "x / 60000"),
+        ("c = ${customer:sqlstring}", "c = 'O''Brien'"),
+        ("c = '$customer' OR c = '${customer}'", "c = 'O'Brien' OR c = 'O'Brien'"),
+    ],
+)
+def test_expand_matches_grafana(sql: str, expanded: str) -> None:
+    """Each rule gives the text Grafana's PostgreSQL datasource would send."""
+    assert expand(sql, CTX) == expanded
+
+
+@pytest.mark.parametrize(
+    ("sql", "error"),
+    [
+        ("$__timeFiltre(ts)", "unknown macro"),
+        ("c = $custmer", "$custmer was not expanded"),
+        ("c = ${customer:percentencode}", "format"),
+        ("$__timeGroup(ts)", "needs a time column"),
+        ("$__timeGroup(ts, soon)", "error parsing interval"),
+    ],
+)
+def test_expand_refuses_what_grafana_would_not_run(sql: str, error: str) -> None:
+    """A typo must fail here, not show an empty panel in production."""
+    with pytest.raises(ValueError, match=re.escape(error)):
+        expand(sql, CTX)
+
+
+@pytest.mark.parametrize(
+    ("interval", "text"),
+    [(timedelta(milliseconds=500), "500ms"), (timedelta(seconds=90), "1m"),
+     (timedelta(hours=2), "2h"), (timedelta(days=8), "8d")],
+)
+def test_format_interval_truncates_like_go(interval: timedelta, text: str) -> None:
+    assert format_interval(interval) == text
+
+
+def test_time_filter_means_utc_in_any_session_time_zone(db: psycopg.Connection) -> None:
+    """The RFC 3339 bounds carry their zone: a viewer's time zone cannot shift the range."""
+    db.execute("SET TIME ZONE 'America/New_York'")
+    inside = CTX.time_from + timedelta(minutes=1)
+    sql = expand("SELECT count(*) FROM (VALUES (%s), (%s), (%s)) AS t(ts) "
+                 "WHERE $__timeFilter(ts)", CTX)
+    rows = db.execute(sql, (CTX.time_from, inside, CTX.time_to + timedelta(hours=1))).fetchone()
+    assert rows == (2,)
+
+
+# -- the dashboards as files --------------------------------------------------------------------
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _panels(dashboard: dict) -> list[dict]:
+    """Every panel that runs queries (rows only group them)."""
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def _provisioned_datasource() -> dict:
+    config = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "heartbeat.yaml").read_text()
+    )
+    (datasource,) = config["datasources"]
+    return datasource
+
+
+def test_committed_json_is_the_builders_output() -> None:
+    """The JSON Grafana loads must be what grafana/build_dashboards.py makes of its SQL."""
+    spec = importlib.util.spec_from_file_location("build_dashboards",
+                                                  GRAFANA / "build_dashboards.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    assert sorted(builder.DASHBOARDS) == [p.name for p in DASHBOARD_FILES]
+    for name, build in builder.DASHBOARDS.items():
+        committed = (GRAFANA / "dashboards" / name).read_text()
+        assert committed == builder.render(build), f"{name}: run grafana/build_dashboards.py"
+
+
+def test_every_query_uses_the_provisioned_datasource() -> None:
+    """A panel pointing at another uid shows "datasource not found" in Grafana."""
+    provisioned = _provisioned_datasource()
+    want = {"type": provisioned["type"], "uid": provisioned["uid"]}
+    seen = 0
+    for path in DASHBOARD_FILES:
+        dashboard = _load(path)
+        for panel in _panels(dashboard):
+            assert panel["datasource"] == want, panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"] == want, (panel["title"], target["refId"])
+                seen += 1
+        for variable in dashboard["templating"]["list"]:
+            assert variable["datasource"] == want, variable["name"]
+    assert seen > 0
+
+
+def test_monitoring_dashboard_has_the_designed_panels() -> None:
+    """The original design's panels plus throughput, lag and the customer drill-down."""
+    dashboard = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
+    assert dashboard["uid"] == "heartbeat-monitoring"
+    assert dashboard["title"] == "Customer Heartbeat Monitoring"
+    assert dashboard["refresh"] == "5s"
+    assert dashboard["time"] == {"from": "now-15m", "to": "now"}
+    kinds = {p["title"]: p["type"] for p in dashboard["panels"]}
+    assert kinds == {
+        "Valid readings": "stat", "Anomalies": "stat", "Anomalies (last 5 min)": "stat",
+        "Active customers (5 min)": "stat", "Dead letters": "stat", "Latest reading": "stat",
+        "Fleet Average BPM": "timeseries", "Anomaly Type breakdown": "piechart",
+        "Throughput": "timeseries", "Consumer lag": "timeseries", "Recent Anomalies": "table",
+        "Customer $customer": "row", "BPM of $customer": "timeseries",
+        "$customer in the time range": "stat", "Anomalies of $customer (last 24 h)": "table",
+    }
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["name"] == "customer" and variable["type"] == "query"
+
+
+def test_panels_do_not_overlap() -> None:
+    """Overlapping gridPos rectangles are rearranged by Grafana into a different layout."""
+    for path in DASHBOARD_FILES:
+        boxes = [(p["title"], p["gridPos"]) for p in _load(path)["panels"]]
+        for i, (title_a, a) in enumerate(boxes):
+            assert a["x"] + a["w"] <= 24, title_a
+            for title_b, b in boxes[i + 1:]:
+                apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+                         or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"])
+                assert apart, (title_a, title_b)
+
+
+# -- the panels against data --------------------------------------------------------------------
+
+BAD_MESSAGES = [b"not json", b'{"customer_id": "CUST_00001"}', b"[1, 2, 3]"]
+
+
+@dataclass
+class FilledDatabase:
+    url: str
+    started: datetime
+    consumer_name: str
+
+
+@pytest.fixture(scope="module")
+def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
+    """3,000 readings of 20 customers and a few dead letters, through the real pipeline."""
+    started = datetime.now(UTC)
+    url = embedded_postgres.ensure_database(f"grafana_{uuid.uuid4().hex[:12]}")
+    settings = load_settings(
+        database_url=url,
+        kafka_bootstrap_servers=services.bootstrap_servers,
+        kafka_topic=f"grafana-{uuid.uuid4().hex[:8]}",
+        heartbeat_state_dir=tmp_path_factory.mktemp("grafana-state"),
+        heartbeat_customer_count=20,
+        heartbeat_consume_batch_size=200,
+        heartbeat_stats_every=100,
+        _env_file=None,
+    )
+    prepared = platform.prepare(settings)
+    producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
+    report = producer.run(platform.generator(settings, seed=5), events=3_000)
+    assert report.delivered == 3_000
+    raw = Producer({"bootstrap.servers": services.bootstrap_servers})
+    for i, payload in enumerate(BAD_MESSAGES):
+        raw.produce(settings.kafka_topic, value=payload, partition=i % 3)
+    assert raw.flush(10) == 0
+    config = platform.consumer_config(settings, prepared.endpoints)
+    result = HeartbeatConsumer(config).run(stop_when_idle=1.5)
+    assert result.stats.messages_consumed == 3_000 + len(BAD_MESSAGES)
+    return FilledDatabase(url, started, config.name)
+
+
+@pytest.fixture(scope="module")
+def reader(filled: FilledDatabase) -> Iterator[psycopg.Connection]:
+    """A connection with Grafana's privileges: SET ROLE to the SELECT-only role."""
+    with psycopg.connect(filled.url, autocommit=True) as conn:
+        conn.execute(f"SET ROLE {READER}")
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def owner(filled: FilledDatabase) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(filled.url, autocommit=True) as conn:
+        yield conn
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    rows: list[tuple]
+
+    def column(self, name: str) -> list:
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+
+@pytest.fixture(scope="module")
+def context(filled: FilledDatabase, reader: psycopg.Connection) -> QueryContext:
+    """The dashboard's view of the data: a range around it, the customer picked first."""
+    monitoring = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
+    (variable,) = monitoring["templating"]["list"]
+    customers = reader.execute(variable["query"]).fetchall()
+    assert customers
+    return QueryContext(
+        time_from=filled.started - timedelta(minutes=1),
+        time_to=datetime.now(UTC) + timedelta(minutes=1),
+        variables={"customer": customers[0][0]},
+    )
+
+
+def run(conn: psycopg.Connection, target: dict, ctx: QueryContext) -> Result:
+    cursor = conn.execute(expand(target["rawSql"], ctx))
+    return Result([c.name for c in cursor.description], cursor.fetchall())
+
+
+def _numeric(value: object) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def _check_time_series(result: Result) -> None:
+    """Grafana needs a "time" column, numeric values, rows sorted by time."""
+    assert result.columns[0] == "time", result.columns
+    times = result.column("time")
+    assert all(isinstance(t, datetime) or _numeric(t) for t in times)
+    assert times == sorted(times)
+    values = [c for c in result.columns[1:] if all(_numeric(v) for v in result.column(c))]
+    labels = [c for c in result.columns[1:] if c not in values]
+    assert values, result.columns
+    assert labels in ([], ["metric"]), labels  # long format: one series per metric value
+
+
+def _check_table(result: Result) -> None:
+    assert result.rows
+
+
+def _check_stat(result: Result) -> None:
+    """One row of numbers: one stat each."""
+    assert len(result.rows) == 1
+    assert all(_numeric(v) for v in result.rows[0]), result.rows
+
+
+def _check_pie(result: Result) -> None:
+    """A label column and a value column, one slice per row."""
+    assert len(result.columns) == 2
+    assert all(isinstance(label, str) for label in result.column(result.columns[0]))
+    assert all(_numeric(v) and v > 0 for v in result.column(result.columns[1]))
+
+
+CHECKS = {"timeseries": _check_time_series, "table": _check_table, "stat": _check_stat,
+          "piechart": _check_pie}
+FORMATS = {"timeseries": "time_series", "table": "table", "stat": "table", "piechart": "table"}
+PANELS = [
+    pytest.param(panel, id=f"{path.stem}-{panel['id']}-{panel['title']}")
+    for path in DASHBOARD_FILES
+    for panel in _panels(_load(path))
+]
+
+
+@pytest.mark.parametrize("panel", PANELS)
+def test_panel_query_returns_what_its_panel_needs(panel: dict, reader, context) -> None:
+    """Every query runs as the reader role; a target may be empty only while another of
+    the same panel has rows (the lag panel's Dagster snapshot series before Dagster runs)."""
+    results = []
+    for target in panel["targets"]:
+        assert target["format"] == FORMATS[panel["type"]], target["refId"]
+        result = run(reader, target, context)
+        if result.rows:
+            CHECKS[panel["type"]](result)
+        results.append(result)
+    assert any(r.rows for r in results), panel["title"]
+
+
+def _panel(title: str) -> dict:
+    dashboard = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+    return panel
+
+
+def _single(title: str, reader, context) -> Result:
+    (target,) = _panel(title)["targets"]
+    return run(reader, target, context)
+
+
+def test_health_stats_count_what_the_tables_hold(reader, owner, context) -> None:
+    """The stat panels show the same numbers as the tables they summarise."""
+    expected = {
+        "Valid readings": "SELECT count(*) FROM heartbeat_records",
+        "Anomalies": "SELECT count(*) FROM heartbeat_anomalies",
+        "Anomalies (last 5 min)": "SELECT count(*) FROM heartbeat_anomalies "
+                                  "WHERE detected_at > now() - interval '5 minutes'",
+        "Active customers (5 min)": "SELECT count(DISTINCT customer_id) FROM heartbeat_records "
+                                    "WHERE event_timestamp > now() - interval '5 minutes'",
+        "Dead letters": "SELECT count(*) FROM heartbeat_dead_letters",
+    }
+    for title, sql in expected.items():
+        (value,) = owner.execute(sql).fetchone()
+        assert value > 0, title
+        assert _single(title, reader, context).rows == [(value,)], title
+    assert _single("Dead letters", reader, context).rows == [(len(BAD_MESSAGES),)]
+    latest = _single("Latest reading", reader, context).rows[0][0]
+    (newest,) = owner.execute("SELECT max(event_timestamp) FROM heartbeat_records").fetchone()
+    assert float(latest) == pytest.approx(newest.timestamp() * 1000)
+
+
+def test_fleet_average_is_one_normal_value_per_interval(reader, owner, context) -> None:
+    """Readings are averaged per $__interval bucket, never listed one by one."""
+    result = _single("Fleet Average BPM", reader, context)
+    (seconds,) = owner.execute(
+        "SELECT count(DISTINCT floor(extract(epoch FROM event_timestamp))) FROM heartbeat_records"
+    ).fetchone()
+    assert len(result.rows) == seconds  # INTERVAL is one second
+    assert all(40 <= v <= 180 for v in result.column("fleet average bpm"))
+
+
+def test_anomaly_breakdown_adds_up(reader, owner, context) -> None:
+    result = _single("Anomaly Type breakdown", reader, context)
+    counts = dict(result.rows)
+    assert set(counts) <= ANOMALY_TYPES and len(counts) >= 2
+    total = owner.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
+    assert sum(counts.values()) == total
+
+
+def test_throughput_accounts_for_every_message_between_snapshots(reader, owner, filled,
+                                                                 context) -> None:
+    """Rates times the bucket width add up to the consumer's counter increase in range."""
+    result = _single("Throughput", reader, context)
+    assert len(result.rows) >= 1
+    rates = result.column("consumed msg/s")
+    assert all(r > 0 for r in rates)
+    first, last = owner.execute(
+        "SELECT min(metric_value), max(metric_value) FROM pipeline_metrics "
+        "WHERE metric_name = 'stats_messages_consumed' AND labels->>'consumer' = %s",
+        (filled.consumer_name,),
+    ).fetchone()
+    assert last > first
+    assert float(sum(rates)) * INTERVAL.total_seconds() == pytest.approx(last - first)
+
+
+def test_consumer_lag_shows_delay_per_partition_now(reader, context) -> None:
+    """Before any Dagster snapshot: the per-partition event-to-database delay."""
+    snapshot, delay = (run(reader, t, context) for t in _panel("Consumer lag")["targets"])
+    assert snapshot.rows == []
+    assert set(delay.column("metric")) == {f"partition {p} delay" for p in range(3)}
+    assert all(v >= 0 for v in delay.column("value"))
+
+
+def test_consumer_lag_reads_the_dagster_health_snapshot(database_url, context) -> None:
+    """The contract with pipeline_health_snapshot: health_consumer_lag rows, labels.partition."""
+    migrate(database_url)
+    now = datetime.now(UTC)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for partition, lag in ((0, 12.0), (1, 0.0), (2, 5.0)):
+            conn.execute(
+                "INSERT INTO pipeline_metrics (metric_name, metric_value, labels, recorded_at) "
+                "VALUES ('health_consumer_lag', %s, %s, %s)",
+                (lag, json.dumps({"partition": partition}), now),
+            )
+        conn.execute(f"SET ROLE {READER}")
+        snapshot = run(conn, _panel("Consumer lag")["targets"][0], context)
+    _check_time_series(snapshot)
+    assert sorted(zip(snapshot.column("metric"), snapshot.column("value"), strict=True)) == [
+        ("partition 0 lag", 12.0), ("partition 1 lag", 0.0), ("partition 2 lag", 5.0),
+    ]
+
+
+def test_recent_anomalies_newest_first(reader, owner, context) -> None:
+    result = _single("Recent Anomalies", reader, context)
+    total = owner.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
+    assert len(result.rows) == min(total, 100)
+    detected = result.column("detected")
+    assert detected == sorted(detected, reverse=True)
+    assert set(result.column("type")) <= ANOMALY_TYPES
+
+
+def test_customer_variable_lists_the_most_anomalous_customer_first(reader, owner,
+                                                                   context) -> None:
+    (most,) = owner.execute("SELECT max(anomaly_count) FROM vw_customer_bpm_summary").fetchone()
+    (picked,) = owner.execute(
+        "SELECT anomaly_count FROM vw_customer_bpm_summary WHERE customer_id = %s",
+        (context.variables["customer"],),
+    ).fetchone()
+    assert picked == most > 0
+
+
+def test_customer_drilldown_shows_only_that_customer(reader, owner, context) -> None:
+    customer = context.variables["customer"]
+    readings, anomalies = owner.execute(
+        "SELECT (SELECT count(*) FROM heartbeat_records WHERE customer_id = %(c)s), "
+        "(SELECT count(*) FROM heartbeat_anomalies WHERE customer_id = %(c)s)",
+        {"c": customer},
+    ).fetchone()
+    line, points = (run(reader, t, context) for t in _panel("BPM of $customer")["targets"])
+    assert len(line.rows) == readings > 0
+    assert len(points.rows) == anomalies > 0
+    assert set(points.column("metric")) <= ANOMALY_TYPES
+    summary = _single("$customer in the time range", reader, context)
+    assert summary.column("readings") == [readings]
+    assert summary.column("anomalies") == [anomalies]
+    table = _single("Anomalies of $customer (last 24 h)", reader, context)
+    assert len(table.rows) == min(anomalies, 50)
+
+
+def test_customer_value_is_quoted_not_spliced(reader, context) -> None:
+    """A hostile variable value stays a string literal and matches no customer."""
+    hostile = QueryContext(context.time_from, context.time_to,
+                           variables={"customer": "x' OR '1'='1"})
+    line, _ = (run(reader, t, hostile) for t in _panel("BPM of $customer")["targets"])
+    assert line.rows == []
+
+
+# -- the SELECT-only role -----------------------------------------------------------------------
+
+def test_reader_role_reads_everything_and_changes_nothing(database_url) -> None:
+    """Grafana never writes: SELECT on every table and view, including ones added later."""
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE added_later (x int)")
+        relations = [name for (name,) in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm')"
+        )]
+        assert {"heartbeat_records", "vw_pipeline_summary", "added_later"} <= set(relations)
+        for name in relations:
+            privileges = conn.execute(
+                "SELECT has_table_privilege(%(r)s, %(t)s, 'SELECT'), "
+                "has_table_privilege(%(r)s, %(t)s, 'INSERT, UPDATE, DELETE, TRUNCATE')",
+                {"r": READER, "t": name},
+            ).fetchone()
+            assert privileges == (True, False), name
+        conn.execute(f"SET ROLE {READER}")
+        assert conn.execute("SELECT count(*) FROM added_later").fetchone() == (0,)
+        for statement in ("INSERT INTO added_later VALUES (1)",
+                          "DELETE FROM heartbeat_records",
+                          "CREATE TABLE grafana_was_here (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_reader_migration_can_run_again(database_url) -> None:
+    """The role is cluster-wide: a second database (or a re-run) finds it and only grants."""
+    migrate(database_url)
+    sql = (sql_dir() / "003_grafana_reader.sql").read_text()
+    assert "PASSWORD" not in sql.split("DO $$")[1]  # no secret: login is granted at deploy time
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql)
+        (roles,) = conn.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname = %s", (READER,)
+        ).fetchone()
+        readable = conn.execute(
+            "SELECT has_table_privilege(%s, 'heartbeat_anomalies', 'SELECT')", (READER,)
+        ).fetchone()
+    assert roles == 1 and readable == (True,)

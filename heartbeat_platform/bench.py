@@ -106,10 +106,11 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
     )
     try:
         producer = HeartbeatProducer(platform.producer_config(settings, _endpoints(settings)))
+        # One event first, through the same producer: the consumer has joined its group and
+        # the producer is connected before the clock starts.
         warmup = producer.run(platform.generator(settings, seed=2), events=1)
         _wait_for_offsets(settings, warmup.delivered_offsets, timeout=60)
         started_at = time.time()
-        producer = HeartbeatProducer(platform.producer_config(settings, _endpoints(settings)))
         report = producer.run(platform.generator(settings, seed=3), rate=rate, duration=seconds)
         _wait_for_offsets(settings, report.delivered_offsets, timeout=120)
     finally:

@@ -20,7 +20,11 @@ CREATE TABLE heartbeat_records (
     ingested_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (customer_id, event_timestamp)
 );
-CREATE INDEX heartbeat_records_event_timestamp_idx ON heartbeat_records (event_timestamp);
+-- BRIN, not B-tree: readings arrive roughly in time order, so block ranges summarise time
+-- well for dashboards' time filters, and the index costs next to nothing per insert (the
+-- B-tree cost about a fifth of ingest throughput).
+CREATE INDEX heartbeat_records_event_timestamp_idx
+    ON heartbeat_records USING brin (event_timestamp);
 
 CREATE TABLE heartbeat_anomalies (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -107,8 +107,10 @@ class HeartbeatProducer:
     ) -> ProducerReport:
         """Send until `events` are sent, `duration` seconds pass, or a stop is requested.
 
-        `rate` is events per second (None or 0: as fast as possible).
+        `rate` is events per second (None or 0: as fast as possible). Each call reports
+        on its own events (`self.report` starts afresh).
         """
+        self.report = ProducerReport()
         started = time.monotonic()
         chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
         try:

@@ -1,8 +1,9 @@
 """Build the Grafana dashboard JSON in `grafana/dashboards/` from this file.
 
-The SQL lives here as readable text; the committed JSON is this script's output, and
-`tests/integration/test_grafana_dashboards.py` fails when the two drift apart. After editing,
-run `python grafana/build_dashboards.py` and commit both.
+The dashboards are declared with Grafana's own dashboards-as-code SDK, grafana-foundation-sdk
+(the build for Grafana 10.4). The SQL lives here as readable text; the committed JSON is this
+script's output, and `tests/integration/test_grafana_dashboards.py` fails when the two drift
+apart. After editing, run `python grafana/build_dashboards.py` and commit both.
 
 Target: Grafana 10.4 (dashboard schemaVersion 39), the PostgreSQL datasource provisioned in
 `grafana/provisioning/datasources/heartbeat.yaml` (uid below), connected as the SELECT-only
@@ -13,11 +14,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Literal, Self
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import piechart, stat, table, timeseries
+from grafana_foundation_sdk.builders.dashboard import (
+    Dashboard,
+    QueryVariable,
+    Row,
+    ThresholdsConfig,
+    TimePicker,
+)
+from grafana_foundation_sdk.builders.dashboard import FieldColor as Color
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    DynamicConfigValue,
+    FieldColorModeId,
+    GridPos,
+    Threshold,
+    ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
+    VariableHide,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.piechart import (
+    PieChartLabels,
+    PieChartLegendValues,
+    PieChartType,
+)
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
-DATASOURCE = {"type": "grafana-postgresql-datasource", "uid": "heartbeat-postgres"}
+DATASOURCE = DataSourceRef(type_val="grafana-postgresql-datasource", uid="heartbeat-postgres")
 CUSTOMER = "${customer:sqlstring}"  # quoted and escaped by Grafana: never raw SQL
 ANOMALY_COLORS = {"BRADYCARDIA": "blue", "TACHYCARDIA": "red", "INVALID": "orange"}
+SCHEMA_VERSION = 39  # Grafana 10.4's dashboard schema
 
 
 def _sql(text: str) -> str:
@@ -27,99 +64,135 @@ def _sql(text: str) -> str:
     return "\n".join(line[indent:] for line in lines)
 
 
-def _target(sql: str, fmt: str, ref: str = "A") -> dict:
-    return {
-        "datasource": DATASOURCE,
-        "editorMode": "code",
-        "format": fmt,
-        "rawQuery": True,
-        "rawSql": _sql(sql),
-        "refId": ref,
-    }
+# -- the PostgreSQL query ------------------------------------------------------------------------
+# The SDK ships query types for the core datasources but none for grafana-postgresql-datasource;
+# this is its documented extension point ("Defining a custom query type"): a Dataquery variant
+# and a builder for it, usable with every panel builder's `with_target`.
+
+class SqlQuery(cogvariants.Dataquery):
+    """A raw-SQL target of Grafana's PostgreSQL datasource, as its code editor saves it."""
+
+    def __init__(self, raw_sql: str, fmt: str = "table", ref_id: str = "A",
+                 datasource: DataSourceRef | None = None) -> None:
+        self.raw_sql = raw_sql
+        self.format = fmt
+        self.ref_id = ref_id
+        self.datasource = datasource
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "datasource": self.datasource,
+            "editorMode": "code",
+            "format": self.format,
+            "rawQuery": True,
+            "rawSql": self.raw_sql,
+            "refId": self.ref_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        datasource = data.get("datasource")
+        return cls(data["rawSql"], data.get("format", "table"), data.get("refId", "A"),
+                   DataSourceRef.from_json(datasource) if datasource else None)
 
 
-def _panel(pid: int, kind: str, title: str, grid: tuple[int, int, int, int], description: str,
-           targets: list[dict], defaults: dict | None = None, overrides: list | None = None,
-           options: dict | None = None) -> dict:
-    x, y, w, h = grid
-    return {
-        "id": pid,
-        "type": kind,
-        "title": title,
-        "description": description,
-        "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "datasource": DATASOURCE,
-        "targets": targets,
-        "fieldConfig": {"defaults": defaults or {}, "overrides": overrides or []},
-        "options": options or {},
-    }
+class Sql(cogbuilder.Builder[SqlQuery]):
+    """`Sql('''SELECT ...''').time_series().ref_id("B")`: the indentation is stripped."""
+
+    def __init__(self, sql: str) -> None:
+        self._internal = SqlQuery(_sql(sql), datasource=DATASOURCE)
+
+    def build(self) -> SqlQuery:
+        return self._internal
+
+    def format(self, fmt: Literal["table", "time_series"]) -> Self:
+        self._internal.format = fmt
+        return self
+
+    def time_series(self) -> Self:
+        return self.format("time_series")
+
+    def ref_id(self, ref_id: str) -> Self:
+        self._internal.ref_id = ref_id
+        return self
 
 
-def _stat(pid: int, title: str, grid: tuple[int, int, int, int], description: str, sql: str,
-          unit: str = "short", color: str = "green") -> dict:
-    return _panel(
-        pid, "stat", title, grid, description, [_target(sql, "table")],
-        defaults={
-            "unit": unit,
-            "color": {"mode": "thresholds"},
-            "thresholds": {"mode": "absolute", "steps": [{"color": color, "value": None}]},
-        },
-        options={
-            "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
-            "colorMode": "value",
-            "graphMode": "none",
-            "justifyMode": "auto",
-            "orientation": "auto",
-            "textMode": "auto",
-        },
+# -- shared panel settings -----------------------------------------------------------------------
+
+def _grid(x: int, y: int, w: int, h: int) -> GridPos:
+    return GridPos(x=x, y=y, w=w, h=h)
+
+
+def _single_color(color: str) -> ThresholdsConfig:
+    return ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([Threshold(color=color)])
+
+
+def _last_not_null(values: bool) -> cb.ReduceDataOptions:
+    return cb.ReduceDataOptions().values(values).calcs(["lastNotNull"]).fields("")
+
+
+def _stat(pid: int, title: str, grid: GridPos, description: str, sql: str,
+          color: str, unit: str = "short") -> stat.Panel:
+    """One number (or one per column), colored by a single threshold color."""
+    return (
+        stat.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        .datasource(DATASOURCE).with_target(Sql(sql))
+        .unit(unit)
+        .color_scheme(Color().mode(FieldColorModeId.THRESHOLDS))
+        .thresholds(_single_color(color))
+        .reduce_options(_last_not_null(values=False))
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .justify_mode(common.BigValueJustifyMode.AUTO)
+        .orientation(common.VizOrientation.AUTO)
+        .text_mode(common.BigValueTextMode.AUTO)
     )
 
 
-def _timeseries_defaults(unit: str, axis_label: str = "") -> dict:
-    return {
-        "unit": unit,
-        "color": {"mode": "palette-classic"},
-        "custom": {
-            "drawStyle": "line",
-            "lineWidth": 2,
-            "fillOpacity": 10,
-            "pointSize": 4,
-            "showPoints": "auto",
-            "spanNulls": False,
-            "axisLabel": axis_label,
-        },
-    }
+def _timeseries(pid: int, title: str, grid: GridPos, description: str, unit: str,
+                axis_label: str = "") -> timeseries.Panel:
+    """Lines in the classic palette, a list legend below, a shared (multi) tooltip."""
+    return (
+        timeseries.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
+        .draw_style(common.GraphDrawStyle.LINE)
+        .line_width(2)
+        .fill_opacity(10)
+        .point_size(4)
+        .show_points(common.VisibilityMode.AUTO)
+        .span_nulls(False)
+        .axis_label(axis_label)
+        .legend(cb.VizLegendOptions().display_mode(common.LegendDisplayMode.LIST)
+                .placement(common.LegendPlacement.BOTTOM).show_legend(True))
+        .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
+                 .sort(common.SortOrder.NONE))
+    )
 
 
-_TIMESERIES_OPTIONS = {
-    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-    "tooltip": {"mode": "multi", "sort": "none"},
-}
-
-
-def _anomaly_type_mapping() -> list[dict]:
-    return [
-        {
-            "type": "value",
-            "options": {
-                name: {"color": color, "index": i}
+def _table(pid: int, title: str, grid: GridPos, description: str, sql: str) -> table.Panel:
+    """Small rows, no footer; the anomaly type column colored like everywhere else."""
+    return (
+        table.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        .datasource(DATASOURCE).with_target(Sql(sql))
+        .show_header(True)
+        .cell_height(common.TableCellHeight.SM)
+        .footer(cb.TableFooterOptions().show(False).reducer([]))
+        .override_by_name("type", [
+            DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
+                name: ValueMappingResult(color=color, index=i)
                 for i, (name, color) in enumerate(ANOMALY_COLORS.items())
-            },
-        }
-    ]
+            })]),
+            DynamicConfigValue(id_val="custom.cellOptions",
+                               value=common.TableColoredBackgroundCellOptions()),
+        ])
+    )
 
 
-def _colored_type_column(name: str) -> dict:
-    return {
-        "matcher": {"id": "byName", "options": name},
-        "properties": [
-            {"id": "mappings", "value": _anomaly_type_mapping()},
-            {"id": "custom.cellOptions", "value": {"type": "color-background"}},
-        ],
-    }
+# -- the rows of the monitoring dashboard -------------------------------------------------------
 
-
-def pipeline_health(y: int) -> list[dict]:
+def pipeline_health(y: int) -> list[stat.Panel]:
     """One stat per number the original design's Pipeline Health row showed."""
     health = [
         ("Valid readings", "total_records", "NORMAL readings stored in heartbeat_records.",
@@ -134,221 +207,191 @@ def pipeline_health(y: int) -> list[dict]:
          "Messages that were not readings at all (see heartbeat_dead_letters.reason).", "purple"),
     ]
     panels = [
-        _stat(1 + i, title, (4 * i, y, 4, 4), f"{text} Reads vw_pipeline_summary.",
-              f'SELECT {column} AS "{title}" FROM vw_pipeline_summary', color=color)
+        _stat(1 + i, title, _grid(4 * i, y, 4, 4), f"{text} Reads vw_pipeline_summary.",
+              f'SELECT {column} AS "{title}" FROM vw_pipeline_summary', color)
         for i, (title, column, text, color) in enumerate(health)
     ]
-    panels.append(
-        _stat(
-            6, "Latest reading", (20, y, 4, 4),
-            "Event time of the newest valid reading. Reads vw_pipeline_summary.",
-            """
-            SELECT extract(epoch FROM latest_reading_at) * 1000 AS "Latest reading"
-            FROM vw_pipeline_summary
-            """,
-            unit="dateTimeFromNow", color="text",
-        )
-    )
+    panels.append(_stat(
+        6, "Latest reading", _grid(20, y, 4, 4),
+        "Event time of the newest valid reading. Reads vw_pipeline_summary.",
+        """
+        SELECT extract(epoch FROM latest_reading_at) * 1000 AS "Latest reading"
+        FROM vw_pipeline_summary
+        """,
+        "text", unit="dateTimeFromNow",
+    ))
     return panels
 
 
-def fleet(y: int) -> list[dict]:
-    bpm = _panel(
-        7, "timeseries", "Fleet Average BPM", (0, y, 16, 8),
+def fleet(y: int) -> list[cogbuilder.Builder]:
+    bpm = _timeseries(
+        7, "Fleet Average BPM", _grid(0, y, 16, 8),
         "Average heart rate of all valid readings per time bucket (by event time).",
-        [_target(
-            """
-            SELECT $__timeGroupAlias(event_timestamp, $__interval),
-                   round(avg(heart_rate), 1) AS "fleet average bpm"
-            FROM heartbeat_records
-            WHERE $__timeFilter(event_timestamp)
-            GROUP BY 1
-            ORDER BY 1
-            """,
-            "time_series",
-        )],
-        defaults=_timeseries_defaults("suffix: bpm"),
-        options=_TIMESERIES_OPTIONS,
-    )
-    pie = _panel(
-        8, "piechart", "Anomaly Type breakdown", (16, y, 8, 8),
-        "Anomalies by type, readings taken in the dashboard's time range.",
-        [_target(
+        "suffix: bpm",
+    ).with_target(Sql(
+        """
+        SELECT $__timeGroupAlias(event_timestamp, $__interval),
+               round(avg(heart_rate), 1) AS "fleet average bpm"
+        FROM heartbeat_records
+        WHERE $__timeFilter(event_timestamp)
+        GROUP BY 1
+        ORDER BY 1
+        """
+    ).time_series())
+    pie = (
+        piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
+        .description("Anomalies by type, readings taken in the dashboard's time range.")
+        .datasource(DATASOURCE)
+        .with_target(Sql(
             """
             SELECT anomaly_type AS "type", count(*) AS "anomalies"
             FROM heartbeat_anomalies
             WHERE $__timeFilter(event_timestamp)
             GROUP BY 1
             ORDER BY 1
-            """,
-            "table",
-        )],
-        defaults={"unit": "short", "color": {"mode": "palette-classic"}},
-        options={
-            "reduceOptions": {"values": True, "calcs": ["lastNotNull"], "fields": ""},
-            "pieType": "donut",
-            "displayLabels": ["name", "percent"],
-            "legend": {"displayMode": "table", "placement": "right", "showLegend": True,
-                       "values": ["value", "percent"]},
-            "tooltip": {"mode": "single", "sort": "none"},
-        },
+            """
+        ))
+        .unit("short")
+        .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
+        .reduce_options(_last_not_null(values=True))
+        .pie_type(PieChartType.DONUT)
+        .display_labels([PieChartLabels.NAME, PieChartLabels.PERCENT])
+        .legend(piechart.PieChartLegendOptions()
+                .display_mode(common.LegendDisplayMode.TABLE)
+                .placement(common.LegendPlacement.RIGHT).show_legend(True)
+                .values([PieChartLegendValues.VALUE, PieChartLegendValues.PERCENT]))
+        .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE)
+                 .sort(common.SortOrder.NONE))
+        .orientation(common.VizOrientation.AUTO)
     )
     return [bpm, pie]
 
 
-def streaming(y: int) -> list[dict]:
-    throughput = _panel(
-        9, "timeseries", "Throughput", (0, y, 12, 8),
+def streaming(y: int) -> list[timeseries.Panel]:
+    throughput = _timeseries(
+        9, "Throughput", _grid(0, y, 12, 8),
         "Messages consumed per second, summed over consumers: increases of each consumer's "
         "cumulative stats_messages_consumed snapshots in pipeline_metrics (a counter that "
         "restarts at a new consumer process is handled like a Prometheus counter reset).",
-        [_target(
+        "suffix: msg/s",
+    ).with_target(Sql(
+        """
+        SELECT $__timeGroupAlias(recorded_at, $__interval),
+               sum(CASE WHEN delta >= 0 THEN delta ELSE metric_value END)
+                   / ($__interval_ms / 1000.0) AS "consumed msg/s"
+        FROM (
+            SELECT recorded_at, metric_value,
+                   metric_value - lag(metric_value) OVER (
+                       PARTITION BY labels->>'consumer' ORDER BY recorded_at, id
+                   ) AS delta
+            FROM pipeline_metrics
+            WHERE metric_name = 'stats_messages_consumed'
+              AND $__timeFilter(recorded_at)
+        ) AS snapshots
+        WHERE delta IS NOT NULL
+        GROUP BY 1
+        ORDER BY 1
+        """
+    ).time_series())
+    lag = (
+        _timeseries(
+            10, "Consumer lag", _grid(12, y, 12, 8),
+            "Left axis: messages behind the log end per partition, from the Dagster "
+            "pipeline_health_snapshot (health_consumer_lag rows in pipeline_metrics). Right "
+            "axis: worst delay from a reading's event time to its landing in PostgreSQL per "
+            "partition, from heartbeat_records; it needs no snapshot and grows when the "
+            "consumer falls behind.",
+            "short", axis_label="messages behind",
+        )
+        .with_target(Sql(
             """
-            SELECT $__timeGroupAlias(recorded_at, $__interval),
-                   sum(CASE WHEN delta >= 0 THEN delta ELSE metric_value END)
-                       / ($__interval_ms / 1000.0) AS "consumed msg/s"
-            FROM (
-                SELECT recorded_at, metric_value,
-                       metric_value - lag(metric_value) OVER (
-                           PARTITION BY labels->>'consumer' ORDER BY recorded_at, id
-                       ) AS delta
-                FROM pipeline_metrics
-                WHERE metric_name = 'stats_messages_consumed'
-                  AND $__timeFilter(recorded_at)
-            ) AS snapshots
-            WHERE delta IS NOT NULL
-            GROUP BY 1
-            ORDER BY 1
-            """,
-            "time_series",
-        )],
-        defaults=_timeseries_defaults("suffix: msg/s"),
-        options=_TIMESERIES_OPTIONS,
-    )
-    lag = _panel(
-        10, "timeseries", "Consumer lag", (12, y, 12, 8),
-        "Left axis: messages behind the log end per partition, from the Dagster "
-        "pipeline_health_snapshot (health_consumer_lag rows in pipeline_metrics). Right axis: "
-        "worst delay from a reading's event time to its landing in PostgreSQL per partition, "
-        "from heartbeat_records; it needs no snapshot and grows when the consumer falls behind.",
-        [
-            _target(
-                """
-                SELECT recorded_at AS "time",
-                       coalesce('partition ' || (labels->>'partition'), 'all partitions')
-                           || ' lag' AS metric,
-                       metric_value AS value
-                FROM pipeline_metrics
-                WHERE metric_name = 'health_consumer_lag' AND $__timeFilter(recorded_at)
-                ORDER BY 1, 2
-                """,
-                "time_series", "A",
-            ),
-            _target(
-                """
-                SELECT $__timeGroupAlias(event_timestamp, $__interval),
-                       'partition ' || kafka_partition || ' delay' AS metric,
-                       max(extract(epoch FROM ingested_at - event_timestamp)) AS value
-                FROM heartbeat_records
-                WHERE $__timeFilter(event_timestamp)
-                GROUP BY 1, 2
-                ORDER BY 1, 2
-                """,
-                "time_series", "B",
-            ),
-        ],
-        defaults=_timeseries_defaults("short", "messages behind"),
-        overrides=[{
-            "matcher": {"id": "byRegexp", "options": "/ delay$/"},
-            "properties": [
-                {"id": "unit", "value": "s"},
-                {"id": "custom.axisPlacement", "value": "right"},
-                {"id": "custom.axisLabel", "value": "event to database"},
-                {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-            ],
-        }],
-        options=_TIMESERIES_OPTIONS,
+            SELECT recorded_at AS "time",
+                   coalesce('partition ' || (labels->>'partition'), 'all partitions')
+                       || ' lag' AS metric,
+                   metric_value AS value
+            FROM pipeline_metrics
+            WHERE metric_name = 'health_consumer_lag' AND $__timeFilter(recorded_at)
+            ORDER BY 1, 2
+            """
+        ).time_series().ref_id("A"))
+        .with_target(Sql(
+            """
+            SELECT $__timeGroupAlias(event_timestamp, $__interval),
+                   'partition ' || kafka_partition || ' delay' AS metric,
+                   max(extract(epoch FROM ingested_at - event_timestamp)) AS value
+            FROM heartbeat_records
+            WHERE $__timeFilter(event_timestamp)
+            GROUP BY 1, 2
+            ORDER BY 1, 2
+            """
+        ).time_series().ref_id("B"))
+        .override_by_regexp("/ delay$/", [
+            DynamicConfigValue(id_val="unit", value="s"),
+            DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
+            DynamicConfigValue(id_val="custom.axisLabel", value="event to database"),
+            DynamicConfigValue(id_val="custom.lineStyle",
+                               value=cb.LineStyle().fill("dash").dash([10, 10]).build()),
+        ])
     )
     return [throughput, lag]
 
 
-def recent_anomalies(y: int) -> list[dict]:
-    return [_panel(
-        11, "table", "Recent Anomalies", (0, y, 24, 9),
+def recent_anomalies(y: int) -> list[table.Panel]:
+    return [_table(
+        11, "Recent Anomalies", _grid(0, y, 24, 9),
         "The newest 100 anomalies of the last 24 hours. Reads vw_recent_anomalies.",
-        [_target(
-            """
-            SELECT detected_at AS "detected", event_timestamp AS "reading time",
-                   customer_id AS "customer", heart_rate AS "bpm", anomaly_type AS "type",
-                   severity, kafka_partition AS "partition", kafka_offset AS "offset"
-            FROM vw_recent_anomalies
-            ORDER BY detected_at DESC, id DESC
-            LIMIT 100
-            """,
-            "table",
-        )],
-        overrides=[_colored_type_column("type")],
-        options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+        """
+        SELECT detected_at AS "detected", event_timestamp AS "reading time",
+               customer_id AS "customer", heart_rate AS "bpm", anomaly_type AS "type",
+               severity, kafka_partition AS "partition", kafka_offset AS "offset"
+        FROM vw_recent_anomalies
+        ORDER BY detected_at DESC, id DESC
+        LIMIT 100
+        """,
     )]
 
 
-def customer_drilldown(y: int) -> list[dict]:
-    row = {
-        "id": 12,
-        "type": "row",
-        "title": "Customer $customer",
-        "collapsed": False,
-        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
-        "panels": [],
-    }
-    anomaly_points = {
-        "matcher": {"id": "byRegexp", "options": "/^(BRADYCARDIA|TACHYCARDIA|INVALID)$/"},
-        "properties": [
-            {"id": "custom.drawStyle", "value": "points"},
-            {"id": "custom.pointSize", "value": 10},
-        ],
-    }
-    per_type_color = [
-        {
-            "matcher": {"id": "byName", "options": name},
-            "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}],
-        }
-        for name, color in ANOMALY_COLORS.items()
-    ]
-    bpm = _panel(
-        13, "timeseries", "BPM of $customer", (0, y + 1, 16, 8),
-        "Every reading of the selected customer: valid readings as a line, anomalies as "
-        "points by type.",
-        [
-            _target(
-                f"""
-                SELECT event_timestamp AS "time", heart_rate AS "bpm"
-                FROM heartbeat_records
-                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-                ORDER BY 1
-                """,
-                "time_series", "A",
-            ),
-            _target(
-                f"""
-                SELECT event_timestamp AS "time", anomaly_type AS metric, heart_rate AS value
-                FROM heartbeat_anomalies
-                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-                ORDER BY 1, 2
-                """,
-                "time_series", "B",
-            ),
-        ],
-        defaults=_timeseries_defaults("suffix: bpm"),
-        overrides=[anomaly_points, *per_type_color],
-        options=_TIMESERIES_OPTIONS,
+def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
+    # An expanded row: its panels follow it at the top level of the dashboard.
+    row = Row("Customer $customer").id(12).collapsed(False).grid_pos(_grid(0, y, 24, 1))
+    bpm = (
+        _timeseries(
+            13, "BPM of $customer", _grid(0, y + 1, 16, 8),
+            "Every reading of the selected customer: valid readings as a line, anomalies as "
+            "points by type.",
+            "suffix: bpm",
+        )
+        .with_target(Sql(
+            f"""
+            SELECT event_timestamp AS "time", heart_rate AS "bpm"
+            FROM heartbeat_records
+            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+            ORDER BY 1
+            """
+        ).time_series().ref_id("A"))
+        .with_target(Sql(
+            f"""
+            SELECT event_timestamp AS "time", anomaly_type AS metric, heart_rate AS value
+            FROM heartbeat_anomalies
+            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+            ORDER BY 1, 2
+            """
+        ).time_series().ref_id("B"))
+        .override_by_regexp("/^(BRADYCARDIA|TACHYCARDIA|INVALID)$/", [
+            DynamicConfigValue(id_val="custom.drawStyle", value=common.GraphDrawStyle.POINTS),
+            DynamicConfigValue(id_val="custom.pointSize", value=10),
+        ])
     )
-    summary = _panel(
-        14, "stat", "$customer in the time range", (16, y + 1, 8, 8),
-        "Readings and anomalies of the selected customer in the dashboard's time range "
-        "(base tables through their customer indexes: the all-time vw_customer_bpm_summary "
-        "would aggregate every customer on each refresh).",
-        [_target(
+    for name, color in ANOMALY_COLORS.items():
+        bpm = bpm.override_by_name(name, [DynamicConfigValue(
+            id_val="color", value=Color().mode(FieldColorModeId.FIXED).fixed_color(color).build(),
+        )])
+    summary = (
+        _stat(
+            14, "$customer in the time range", _grid(16, y + 1, 8, 8),
+            "Readings and anomalies of the selected customer in the dashboard's time range "
+            "(base tables through their customer indexes: the all-time vw_customer_bpm_summary "
+            "would aggregate every customer on each refresh).",
             f"""
             SELECT count(*) AS "readings",
                    round(avg(heart_rate), 1) AS "avg bpm",
@@ -360,107 +403,101 @@ def customer_drilldown(y: int) -> list[dict]:
             FROM heartbeat_records
             WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
             """,
-            "table",
-        )],
-        defaults={
-            "unit": "short",
-            "color": {"mode": "thresholds"},
-            "thresholds": {"mode": "absolute", "steps": [{"color": "blue", "value": None}]},
-        },
-        options={
-            "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
-            "colorMode": "value",
-            "graphMode": "none",
-            "justifyMode": "auto",
-            "orientation": "horizontal",
-            "textMode": "value_and_name",
-        },
+            "blue",
+        )
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
     )
-    anomalies = _panel(
-        15, "table", "Anomalies of $customer (last 24 h)", (0, y + 9, 24, 7),
+    anomalies = _table(
+        15, "Anomalies of $customer (last 24 h)", _grid(0, y + 9, 24, 7),
         "The selected customer's newest 50 anomalies. Reads vw_recent_anomalies.",
-        [_target(
-            f"""
-            SELECT detected_at AS "detected", event_timestamp AS "reading time",
-                   heart_rate AS "bpm", anomaly_type AS "type", severity
-            FROM vw_recent_anomalies
-            WHERE customer_id = {CUSTOMER}
-            ORDER BY detected_at DESC, id DESC
-            LIMIT 50
-            """,
-            "table",
-        )],
-        overrides=[_colored_type_column("type")],
-        options={"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+        f"""
+        SELECT detected_at AS "detected", event_timestamp AS "reading time",
+               heart_rate AS "bpm", anomaly_type AS "type", severity
+        FROM vw_recent_anomalies
+        WHERE customer_id = {CUSTOMER}
+        ORDER BY detected_at DESC, id DESC
+        LIMIT 50
+        """,
     )
     return [row, bpm, summary, anomalies]
 
 
-def customer_variable() -> dict:
-    query = _sql(
-        """
-        SELECT customer_id
-        FROM vw_customer_bpm_summary
-        ORDER BY anomaly_count DESC, customer_id
-        """
+CUSTOMER_QUERY = _sql(
+    """
+    SELECT customer_id
+    FROM vw_customer_bpm_summary
+    ORDER BY anomaly_count DESC, customer_id
+    """
+)
+
+
+def customer_variable() -> QueryVariable:
+    return (
+        QueryVariable("customer").label("Customer")
+        .description("Customers with the most anomalies first. Reads vw_customer_bpm_summary "
+                     "once per dashboard load.")
+        .datasource(DATASOURCE)
+        .query(CUSTOMER_QUERY)
+        .refresh(VariableRefresh.ON_DASHBOARD_LOAD)
+        .sort(VariableSort.DISABLED)
+        .multi(False)
+        .include_all(False)
+        .options([])
+        .regex("")
+        .hide(VariableHide.DONT_HIDE)
     )
-    return {
-        "name": "customer",
-        "label": "Customer",
-        "description": "Customers with the most anomalies first. Reads vw_customer_bpm_summary "
-                       "once per dashboard load.",
-        "type": "query",
-        "datasource": DATASOURCE,
-        "query": query,
-        "definition": query,
-        "refresh": 1,
-        "sort": 0,
-        "multi": False,
-        "includeAll": False,
-        "current": {},
-        "options": [],
-        "regex": "",
-        "hide": 0,
-        "skipUrlSync": False,
-    }
 
 
-def heartbeat_monitoring() -> dict:
-    panels = [
-        *pipeline_health(0),
-        *fleet(4),
-        *streaming(12),
-        *recent_anomalies(20),
-        *customer_drilldown(29),
-    ]
-    return {
-        "uid": "heartbeat-monitoring",
-        "title": "Customer Heartbeat Monitoring",
-        "description": "Live heart-rate readings, anomalies and pipeline health of "
-                       "heartbeat_platform.",
-        "tags": ["heartbeat", "kafka", "postgresql"],
-        "editable": True,
-        "graphTooltip": 1,
-        "refresh": "5s",
-        "time": {"from": "now-15m", "to": "now"},
-        "timepicker": {"refresh_intervals": ["5s", "10s", "30s", "1m", "5m", "15m"]},
-        "timezone": "browser",
-        "fiscalYearStartMonth": 0,
-        "liveNow": False,
-        "schemaVersion": 39,
-        "version": 1,
-        "links": [],
-        "annotations": {"list": []},
-        "templating": {"list": [customer_variable()]},
-        "panels": panels,
-    }
+def heartbeat_monitoring() -> Dashboard:
+    builder = (
+        Dashboard("Customer Heartbeat Monitoring")
+        .uid("heartbeat-monitoring")
+        .description("Live heart-rate readings, anomalies and pipeline health of "
+                     "heartbeat_platform.")
+        .tags(["heartbeat", "kafka", "postgresql"])
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("5s")
+        .time("now-15m", "now")
+        .timepicker(TimePicker().refresh_intervals(["5s", "10s", "30s", "1m", "5m", "15m"]))
+        .timezone("browser")
+        .fiscal_year_start_month(0)
+        .live_now(False)
+        .version(1)
+        .links([])
+        .annotations([])
+        .with_variable(customer_variable())
+    )
+    for panel in [*pipeline_health(0), *fleet(4), *streaming(12), *recent_anomalies(20)]:
+        builder = builder.with_panel(panel)
+    row, *drilldown = customer_drilldown(29)
+    builder = builder.with_row(row)
+    for panel in drilldown:
+        builder = builder.with_panel(panel)
+    return builder
 
 
 DASHBOARDS = {"heartbeat-monitoring.json": heartbeat_monitoring}
 
 
+def to_dict(builder: Dashboard) -> dict:
+    """The SDK's model as plain JSON data, with what the SDK cannot express added."""
+    model = builder.build()
+    # The SDK's model defaults to schemaVersion 36 and has no setter for it; we write
+    # Grafana 10.4's format, so say so (Grafana would otherwise run its 36 -> 39 migrations).
+    model.schema_version = SCHEMA_VERSION
+    data = json.loads(json.dumps(model, cls=JSONEncoder))
+    # The SDK's VariableModel has no `definition`: the query text Grafana's variable list and
+    # SQL variable editor show. Grafana saves it equal to the query for SQL datasources.
+    for variable in data["templating"]["list"]:
+        if variable["type"] == "query" and isinstance(variable.get("query"), str):
+            variable["definition"] = variable["query"]
+    return data
+
+
 def render(build) -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(to_dict(build()), indent=2, ensure_ascii=False) + "\n"
 
 
 def main() -> None:

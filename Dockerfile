@@ -10,7 +10,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md dagster.yaml workspace.yaml ./
 COPY sql ./sql
 COPY heartbeat_platform ./heartbeat_platform
 RUN pip wheel --no-deps --wheel-dir /wheels .

@@ -72,11 +72,6 @@ def run() -> None:
         raise SystemExit(1) from None
 
 
-def _not_built(command: str) -> None:
-    err.print(f"`heartbeat-platform {command}` is not built yet; it arrives with a later release.")
-    raise typer.Exit(1)
-
-
 @app.command("init-db")
 def init_db() -> None:
     """Start or reuse the services, apply pending schema migrations, create the topic."""
@@ -283,6 +278,13 @@ def bench(
 
 
 @app.command()
-def up() -> None:
-    """Run the whole platform: services, Dagster webserver and daemon."""
-    _not_built("up")
+def up(
+    port: Annotated[int, typer.Option(help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Also start the producer at a modest rate.")
+    ] = False,
+) -> None:
+    """Run the platform: services, schema, topic, Dagster webserver and daemon (Ctrl-C stops)."""
+    from heartbeat_platform.orchestration.launcher import run_up
+
+    raise typer.Exit(run_up(_settings(), port=port, demo=demo))

@@ -1,0 +1,22 @@
+"""The one Definitions object of the platform, loaded by workspace.yaml."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from heartbeat_platform.orchestration import assets, checks, jobs, schedules, sensors
+from heartbeat_platform.orchestration.resources import KafkaResource, PostgresResource
+
+defs = dg.Definitions(
+    assets=assets.all_assets,
+    asset_checks=checks.all_checks,
+    jobs=[
+        jobs.heartbeat_consumer,
+        jobs.heartbeat_producer,
+        schedules.health_snapshot_job,
+        schedules.refresh_summaries_job,
+    ],
+    schedules=[schedules.every_minute, schedules.every_five_minutes],
+    sensors=[sensors.heartbeat_consumer_supervisor],
+    resources={"postgres": PostgresResource(), "kafka": KafkaResource()},
+)

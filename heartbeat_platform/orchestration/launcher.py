@@ -1,0 +1,326 @@
+"""`heartbeat-platform up`: services, schema, topic, then Dagster's webserver and daemon.
+
+Start: the embedded PostgreSQL and broker start (or are reused, or the configured ones are
+used), the schema is applied and the topic created; Dagster gets its own `dagster`
+database and a DAGSTER_HOME under the state folder; `dagster-webserver` and
+`dagster-daemon run` start on 127.0.0.1 with the platform's settings in their environment,
+so every run uses exactly the services prepared here. The supervisor sensor, running by
+default, then launches the consumer by itself; `demo` also launches the producer.
+
+Stop (Ctrl-C, SIGTERM or SIGHUP): in-progress runs are terminated first and waited for,
+then the daemon and the webserver are stopped with every process they started (each
+runs in a process group of its own), then the embedded services this call started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import requests
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster_graphql import DagsterGraphQLClient
+from filelock import FileLock, Timeout
+
+from heartbeat_platform import platform
+from heartbeat_platform.config import Settings
+from heartbeat_platform.local.process import port_open
+from heartbeat_platform.local.services import Endpoints, LocalServices
+from heartbeat_platform.orchestration.jobs import PRODUCER_JOB, ROLE_TAG
+from heartbeat_platform.orchestration.resources import (
+    OrchestrationSettings,
+    consumer_workers,
+    settings_environment,
+)
+from heartbeat_platform.storage.database import sqlalchemy_url
+
+
+def config_file(name: str) -> Path:
+    """dagster.yaml / workspace.yaml: packaged in a wheel under `_dagster`, else the repo root."""
+    packaged = Path(__file__).resolve().parents[1] / "_dagster" / name
+    return packaged if packaged.exists() else Path(__file__).resolve().parents[2] / name
+
+
+HOST = "127.0.0.1"
+DEMO_RATE = 50.0  # events/s of the producer `--demo` starts
+UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class UpError(RuntimeError):
+    """`up` cannot start; the message says what to do."""
+
+
+def run_up(settings: Settings, port: int = 3000, demo: bool = False) -> int:
+    """Run the platform until Ctrl-C / SIGTERM; 0 after a clean stop, 1 if it could not start."""
+    stop = threading.Event()
+    services = LocalServices(settings)
+    with _signals_set(stop), contextlib.ExitStack() as cleanup:
+        try:
+            if port_open(HOST, port):
+                raise UpError(f"port {port} is in use: pass another with --port")
+            home = settings.heartbeat_state_dir / "dagster"
+            home.mkdir(parents=True, exist_ok=True)
+            _hold_lock(home, cleanup)
+            cleanup.callback(services.stop_started)
+            prepared = platform.prepare(settings, services)
+            orchestration = OrchestrationSettings()
+            storage_url = dagster_storage_url(settings, services, orchestration)
+            write_instance_config(home, consumer_workers(settings))
+            env = child_environment(settings, prepared.endpoints, home, storage_url)
+            os.environ.update(DAGSTER_HOME=str(home), DAGSTER_POSTGRES_URL=storage_url)
+            instance = cleanup.enter_context(DagsterInstance.from_config(str(home)))
+            if settings.database_url is None and orchestration.dagster_postgres_url is None:
+                fail_orphaned_runs(instance)
+            processes = _start_dagster(home, port, env)
+            cleanup.callback(_shutdown, instance, processes)
+            url = f"http://{HOST}:{port}"
+            if not _wait_until_serving(url, processes, stop):
+                return 0 if stop.is_set() else _died(processes)
+            print(f"Dagster UI: {url}  (logs in {home / 'process-logs'}; Ctrl-C stops everything)")
+            if demo:
+                _launch_demo_producer(port, stop)
+            while not stop.wait(1.0):
+                if any(p.poll() is not None for p in processes.values()):
+                    return _died(processes)
+            print("stopping: terminating runs, then Dagster, then the services started here")
+            return 0
+        except UpError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+
+# -- configuration ----------------------------------------------------------------------------
+def dagster_storage_url(
+    settings: Settings, services: LocalServices, orchestration: OrchestrationSettings
+) -> str:
+    """Dagster's storage: DAGSTER_POSTGRES_URL, else the `dagster` database of the same server."""
+    if orchestration.dagster_postgres_url:
+        url = orchestration.dagster_postgres_url
+    elif settings.database_url is None:
+        url = services.postgres.ensure_database("dagster")
+    else:
+        url = _ensure_database(settings.database_url, "dagster")
+    return url if url.startswith("postgresql+") else sqlalchemy_url(url, "psycopg2")
+
+
+def _ensure_database(database_url: str, name: str) -> str:
+    base, _, query = database_url.partition("?")
+    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return url
+        try:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise UpError(
+                f"cannot create database {name!r} for Dagster's storage ({exc}); create it or "
+                "set DAGSTER_POSTGRES_URL"
+            ) from None
+    return url
+
+
+def write_instance_config(home: Path, workers: int) -> None:
+    """The repository's dagster.yaml, with the consumer run limit set to the configured workers."""
+    config = yaml.safe_load(config_file("dagster.yaml").read_text())
+    runs = config["concurrency"]["runs"]
+    for limit in runs["tag_concurrency_limits"]:
+        if limit["key"] == ROLE_TAG and limit.get("value") == "consumer":
+            limit["limit"] = workers
+    runs["max_concurrent_runs"] = max(runs["max_concurrent_runs"], workers + 4)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def child_environment(
+    settings: Settings, endpoints: Endpoints, home: Path, storage_url: str
+) -> dict[str, str]:
+    """The platform's settings as environment variables, services resolved to their endpoints.
+
+    The Dagster processes, their code servers and runs read settings like the CLI does; with
+    these they see the same topic, group and services, and start nothing themselves.
+    """
+    env = {**os.environ, **settings_environment(settings)}
+    env.update(
+        DATABASE_URL=endpoints.database_url,
+        KAFKA_BOOTSTRAP_SERVERS=endpoints.bootstrap_servers,
+        DAGSTER_HOME=str(home),
+        DAGSTER_POSTGRES_URL=storage_url,
+        HEARTBEAT_SUPERVISION_SINCE=str(time.time()),
+    )
+    return env
+
+
+# -- processes --------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if `up` itself is killed, so Dagster is not orphaned."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _start_dagster(home: Path, port: int, env: dict[str, str]) -> dict[str, subprocess.Popen]:
+    logs = home / "process-logs"  # not "logs": Dagster moves that folder away
+    logs.mkdir(exist_ok=True)
+    workspace = ["-w", str(config_file("workspace.yaml"))]
+    commands = {
+        "webserver": [sys.executable, "-m", "dagster_webserver", "-h", HOST, "-p", str(port),
+                      *workspace],
+        "daemon": [sys.executable, "-m", "dagster._daemon", "run", *workspace],
+    }
+    processes = {}
+    for name, command in commands.items():
+        with (logs / f"{name}.log").open("ab") as out:
+            processes[name] = subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                start_new_session=True,  # Ctrl-C reaches `up` only, which stops runs first
+                preexec_fn=_die_with_parent,
+            )
+    return processes
+
+
+def _wait_until_serving(url: str, processes: dict, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        if any(p.poll() is not None for p in processes.values()):
+            return False
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/server_info", timeout=2).ok:
+                return True
+        stop.wait(1.0)
+    return False
+
+
+def _launch_demo_producer(port: int, stop: threading.Event) -> None:
+    """Launch the producer run once the code location has loaded (retrying until then)."""
+    client = DagsterGraphQLClient(HOST, port_number=port)
+    config = {"ops": {"produce_heartbeats": {"config": {"rate": DEMO_RATE}}}}
+    deadline = time.monotonic() + 300
+    while not stop.is_set():
+        try:
+            run_id = client.submit_job_execution(PRODUCER_JOB, run_config=config)
+        except Exception as exc:  # noqa: BLE001 - the location may still be loading
+            if time.monotonic() > deadline:
+                print(f"could not launch the demo producer: {exc}", file=sys.stderr)
+                return
+            stop.wait(2.0)
+        else:
+            print(f"demo: producer run {run_id[:8]} sends {DEMO_RATE:.0f} readings/s")
+            return
+
+
+def _died(processes: dict[str, subprocess.Popen]) -> int:
+    dead = [name for name, p in processes.items() if p.poll() is not None]
+    print(f"error: Dagster {' and '.join(dead)} exited; see its log", file=sys.stderr)
+    return 1
+
+
+# -- runs -------------------------------------------------------------------------------------
+def fail_orphaned_runs(instance: DagsterInstance) -> None:
+    """Runs left 'in progress' by a session that died: their code server is gone, so nothing
+    would ever finish them, and the supervisor would count a dead consumer as alive."""
+    for run in instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTING,
+                                                      DagsterRunStatus.STARTED,
+                                                      DagsterRunStatus.CANCELING])):
+        if not _code_server_alive(run.tags.get(GRPC_INFO_TAG)):
+            instance.report_run_failed(run, "the session that ran it ended without stopping it")
+
+
+def _code_server_alive(grpc_info: str | None) -> bool:
+    if not grpc_info:
+        return False
+    info = yaml.safe_load(grpc_info)  # JSON is YAML
+    if info.get("socket"):
+        return Path(info["socket"]).exists()
+    return port_open(info.get("host") or "localhost", int(info["port"]))
+
+
+def stop_runs(instance: DagsterInstance, timeout: float = 90.0) -> list:
+    """Terminate every unfinished run (and any the daemon starts meanwhile); wait for them.
+
+    Returns the runs still unfinished after `timeout` seconds.
+    """
+    asked: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = instance.get_runs(RunsFilter(statuses=UNFINISHED))
+        if not runs or time.monotonic() > deadline:
+            return runs
+        for run in runs:
+            if run.run_id in asked or run.status is DagsterRunStatus.CANCELING:
+                continue
+            asked.add(run.run_id)
+            if run.status in (DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED):
+                instance.report_run_canceled(run, "heartbeat-platform up is stopping")
+            else:
+                with contextlib.suppress(Exception):  # its process may be gone already
+                    instance.run_launcher.terminate(run.run_id)
+        time.sleep(1.0)
+
+
+def _shutdown(instance: DagsterInstance, processes: dict[str, subprocess.Popen]) -> None:
+    leftover = stop_runs(instance)
+    for name in ("daemon", "webserver"):
+        _stop_group(processes[name])
+    for run in leftover:  # their processes were in the groups just stopped
+        instance.report_run_canceled(run, "did not stop in time; its process was killed")
+
+
+def _stop_group(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the process group (the program, its code servers, their runs), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(process):
+            time.sleep(0.2)
+        if not _group_alive(process):
+            return
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+def _hold_lock(home: Path, cleanup: contextlib.ExitStack) -> None:
+    lock = FileLock(str(home / "up.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UpError(
+            f"`heartbeat-platform up` already runs for this state folder ({home.parent})"
+        ) from None
+    cleanup.callback(lock.release)
+
+
+@contextlib.contextmanager
+def _signals_set(stop: threading.Event) -> Iterator[None]:
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

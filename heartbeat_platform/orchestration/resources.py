@@ -1,0 +1,123 @@
+"""Dagster resources for PostgreSQL and Kafka, built from the same settings as the CLI.
+
+Settings are read when a run, sensor or schedule uses them (environment / `.env`, exactly
+as `heartbeat-platform` reads them), never when the code location loads: loading the
+definitions starts nothing. The first use in a process prepares the platform like every
+CLI command does (services reachable, schema applied, topic created).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import dagster as dg
+import psycopg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from heartbeat_platform import platform
+from heartbeat_platform.config import Settings, load_settings
+from heartbeat_platform.local.services import LocalServices
+from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.migrations import migrate
+from heartbeat_platform.streaming.consumer import ConsumerConfig
+from heartbeat_platform.streaming.lag import PartitionLag, consumer_lag
+from heartbeat_platform.streaming.producer import ProducerConfig
+
+log = logging.getLogger(__name__)
+
+
+class OrchestrationSettings(BaseSettings):
+    """Knobs of the control room only; the platform's own live in `config.Settings`."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    heartbeat_consumer_workers: int = Field(
+        default=1, ge=1, description="consumer runs the supervisor keeps alive in one group"
+    )
+    dagster_postgres_url: str | None = Field(
+        default=None,
+        description="Dagster's run/event/schedule storage; unset: the `dagster` database of "
+        "the platform's PostgreSQL server",
+    )
+    heartbeat_supervision_since: float | None = Field(
+        default=None,
+        description="epoch seconds; operator terminations of runs created before it are "
+        "forgotten (set by `heartbeat-platform up` so each start resumes supervision)",
+    )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that give another process (Dagster's) exactly these settings."""
+    return {
+        name.upper(): str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }
+
+
+def consumer_workers(settings: Settings) -> int:
+    """Configured workers, at most one per partition (more would sit idle in the group)."""
+    wanted = OrchestrationSettings().heartbeat_consumer_workers
+    if wanted > settings.kafka_partitions:
+        log.warning(
+            "HEARTBEAT_CONSUMER_WORKERS=%d exceeds the %d partitions of %s; using %d",
+            wanted, settings.kafka_partitions, settings.kafka_topic, settings.kafka_partitions,
+        )
+    return min(wanted, settings.kafka_partitions)
+
+
+@functools.lru_cache(maxsize=8)
+def _database_url(settings: Settings) -> str:
+    url = LocalServices(settings).start().database_url
+    migrate(url)
+    return url
+
+
+@functools.lru_cache(maxsize=8)
+def _prepared(settings: Settings) -> platform.Prepared:
+    return platform.prepare(settings)
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The platform's PostgreSQL (DATABASE_URL, or the embedded server), schema applied."""
+
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @property
+    def url(self) -> str:
+        return _database_url(self.settings())
+
+    def connect(self) -> psycopg.Connection:
+        """An autocommit connection; use `with conn.transaction()` for multi-statement work."""
+        return connect(self.url, autocommit=True)
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """The platform's Kafka (KAFKA_BOOTSTRAP_SERVERS, or the embedded broker), topic created."""
+
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @property
+    def topic(self) -> str:
+        return self.settings().kafka_topic
+
+    def producer_config(self) -> ProducerConfig:
+        settings = self.settings()
+        return platform.producer_config(settings, _prepared(settings).endpoints)
+
+    def consumer_config(self, **overrides: object) -> ConsumerConfig:
+        settings = self.settings()
+        return platform.consumer_config(settings, _prepared(settings).endpoints, **overrides)
+
+    def lag(self) -> list[PartitionLag]:
+        """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""
+        settings = self.settings()
+        endpoints = _prepared(settings).endpoints
+        return consumer_lag(
+            endpoints.bootstrap_servers, endpoints.database_url,
+            settings.kafka_topic, settings.kafka_group_id,
+        )

@@ -1,0 +1,117 @@
+"""The producer and consumer jobs against the real broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
+
+from heartbeat_platform import platform
+from heartbeat_platform.orchestration.definitions import defs
+from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from heartbeat_platform.streaming.lag import log_end_offsets
+
+LANDED = """SELECT (SELECT count(*) FROM heartbeat_records)
+                + (SELECT count(*) FROM heartbeat_anomalies)
+                + (SELECT count(*) FROM heartbeat_dead_letters)"""
+
+
+def consumer_connections_closed(db, wait_s: float = 15.0) -> bool:
+    """No other client on the test database (a backend exits just after its client closes)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        others = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+        if others == 0 or time.monotonic() > deadline:
+            return others == 0
+        time.sleep(0.2)
+
+
+def consumer_config(**config) -> dict:
+    return {"ops": {"consume_heartbeats": {"config": {"progress_interval_s": 0, **config}}}}
+
+
+def observations(result: dg.ExecuteInProcessResult) -> list[dict]:
+    return [
+        {k: v.value for k, v in e.asset_observation_data.asset_observation.metadata.items()}
+        for e in result.get_asset_observation_events()
+    ]
+
+
+def test_producer_job_sends_the_requested_events(platform_settings) -> None:
+    """Run config `events` and `rate` reach the producer; progress lands on the topic asset."""
+    result = defs.get_job_def("heartbeat_producer").execute_in_process(
+        run_config={"ops": {"produce_heartbeats": {"config": {
+            "events": 700, "rate": 0, "progress_interval_s": 0,
+        }}}}
+    )
+    assert result.success
+    ends = log_end_offsets(platform_settings.kafka_bootstrap_servers, platform_settings.kafka_topic)
+    assert sum(ends.values()) == 700
+    assert observations(result)[-1]["producer_delivered"] == 700
+
+
+def test_producer_job_refuses_events_and_duration_together(platform_settings) -> None:
+    """`events` and `duration` are alternatives, as on the CLI."""
+    result = defs.get_job_def("heartbeat_producer").execute_in_process(
+        run_config={"ops": {"produce_heartbeats": {"config": {"events": 10, "duration": 5}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+
+
+def test_consumer_job_lands_every_message_and_reports_progress(produce, db) -> None:
+    """The consumer job writes what the topic holds and reports counts, not per message."""
+    produce(1_500)
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.get_job_def("heartbeat_consumer").execute_in_process(
+        run_config=consumer_config(stop_when_idle=1.5), instance=instance
+    )
+    assert result.success
+    assert db.execute(LANDED).fetchone()[0] == 1_500
+    final = observations(result)[-1]
+    assert final["consumer_messages"] == 1_500
+    anomalies = db.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
+    assert final["consumer_anomalies"] == anomalies > 0
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert sum("consumer progress" in m for m in messages) >= 2  # one per report, not message
+    assert any("consumer stopped" in m for m in messages)
+
+
+def test_a_dagster_interrupt_stops_the_consumer_cleanly(platform_settings, produce, db) -> None:
+    """Dagster terminates a run by raising DagsterExecutionInterruptedError from a signal
+    handler; the consumer must let it through, close its connections and keep whole batches,
+    so the next run resumes without loss or duplicates."""
+    produce(20_000)
+    consumer = HeartbeatConsumer(
+        platform.consumer_config(
+            platform_settings, platform.prepare(platform_settings).endpoints, batch_size=500
+        )
+    )
+
+    def interrupt(_signum, _frame):
+        raise DagsterExecutionInterruptedError()
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 8.0)
+    try:
+        with pytest.raises(DagsterExecutionInterruptedError):
+            consumer.run()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+    assert consumer_connections_closed(db)
+    stored = db.execute("SELECT sum(next_offset) FROM consumer_progress").fetchone()[0] or 0
+    assert db.execute(LANDED).fetchone()[0] == stored  # only whole batches, with their progress
+
+    result = defs.get_job_def("heartbeat_consumer").execute_in_process(
+        run_config=consumer_config(stop_when_idle=1.5)
+    )
+    assert result.success
+    assert db.execute(LANDED).fetchone()[0] == 20_000

@@ -78,6 +78,9 @@ def settings_factory(
             "database_url": services.database_url,
             "kafka_bootstrap_servers": services.bootstrap_servers,
             "kafka_topic": topic_name,
+            # a group of its own too: on the embedded broker a group whose members were
+            # killed mid-test can stall the next test's join for minutes
+            "kafka_group_id": f"group-{topic_name}",
             "heartbeat_state_dir": tmp_path / "state",
             "_env_file": None,
         }

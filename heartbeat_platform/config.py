@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     heartbeat_anomaly_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     heartbeat_fault_rate: float = Field(default=0.005, ge=0.0, le=1.0)
 
-    heartbeat_consume_batch_size: int = Field(default=5_000, ge=1, le=1_000_000)
+    heartbeat_consume_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     heartbeat_stats_every: int = Field(default=100, ge=1)
 
     @field_validator("database_url", "kafka_bootstrap_servers", mode="before")

@@ -63,7 +63,7 @@ class ConsumerConfig:
     database_url: str
     topic: str
     group_id: str
-    batch_size: int = 5_000
+    batch_size: int = 20_000
     max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
     stats_every: int = 100
     session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this

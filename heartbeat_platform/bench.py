@@ -25,15 +25,12 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
-
-import psycopg
 
 from heartbeat_platform import platform
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.events import classify_heart_rate, encode_event, validate_message
 from heartbeat_platform.local.services import Endpoints
-from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.database import connect, ensure_database
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.writer import BatchWriter, encode_records
 from heartbeat_platform.streaming.producer import HeartbeatProducer
@@ -171,17 +168,10 @@ def _parse_baseline(events: int, settings: Settings) -> float:
 
 # -- helpers ------------------------------------------------------------------------------
 def _fresh_database(database_url: str) -> str:
-    """Drop and recreate the bench database on the same server; returns its URL."""
-    with psycopg.connect(_with_database(database_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    url = _with_database(database_url, BENCH_DATABASE)
+    """The bench database, recreated on the same server so table sizes compare; its URL."""
+    url = ensure_database(database_url, BENCH_DATABASE, recreate=True)
     migrate(url)
     return url
-
-
-def _with_database(database_url: str, name: str) -> str:
-    return urlsplit(database_url)._replace(path=f"/{name}").geturl()
 
 
 def _endpoints(settings: Settings) -> Endpoints:

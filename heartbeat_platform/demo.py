@@ -102,7 +102,6 @@ def _account(database_url: str, settings: Settings, report: ProducerReport) -> D
             (p, progress.get(p, (0, 0))[0], low, high)
             for p, (low, high) in report.delivered_offsets.items()
         ]
-        found = 0
         by_class: dict[str, int] = {}
         latencies: list[tuple[float, float]] = []
         for partition, epoch, low, high in ranges:

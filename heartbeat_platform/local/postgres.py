@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 
 from heartbeat_platform.local.process import free_port, read_json, write_json
+from heartbeat_platform.storage.database import ensure_database
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class EmbeddedPostgres:
             "-o", options, "start",
         )
         write_json(self.state_file, {"host": self.host, "port": port})
-        self._ensure_database(DATABASE)
+        ensure_database(self.url("postgres"), DATABASE)
         log.info("started embedded PostgreSQL at %s", self.url())
         return True
 
@@ -108,15 +109,9 @@ class EmbeddedPostgres:
 
     def ensure_database(self, name: str) -> str:
         """Create database `name` if missing (e.g. Dagster's own); returns its URL."""
-        self._ensure_database(name)
-        return self.url(name)
+        return ensure_database(self.url("postgres"), name)
 
     # -- internals ------------------------------------------------------------------------
-    def _ensure_database(self, name: str) -> None:
-        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-            if not found:
-                conn.execute(f'CREATE DATABASE "{name}"')
 
     def _run(self, program: str, *args: str, check: bool = True) -> None:
         result = subprocess.run(

@@ -43,7 +43,7 @@ from heartbeat_platform.orchestration.resources import (
     consumer_workers,
     settings_environment,
 )
-from heartbeat_platform.storage.database import sqlalchemy_url
+from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
 
 def config_file(name: str) -> Path:
@@ -122,19 +122,13 @@ def dagster_storage_url(
 
 
 def _ensure_database(database_url: str, name: str) -> str:
-    base, _, query = database_url.partition("?")
-    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return url
-        try:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        except psycopg.errors.InsufficientPrivilege as exc:
-            raise UpError(
-                f"cannot create database {name!r} for Dagster's storage ({exc}); create it or "
-                "set DAGSTER_POSTGRES_URL"
-            ) from None
-    return url
+    try:
+        return ensure_database(database_url, name)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise UpError(
+            f"cannot create database {name!r} for Dagster's storage ({exc}); create it or "
+            "set DAGSTER_POSTGRES_URL"
+        ) from None
 
 
 def write_instance_config(home: Path, workers: int) -> None:

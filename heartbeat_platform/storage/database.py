@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -15,7 +17,7 @@ def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connectio
 
 def sqlalchemy_url(database_url: str, driver: str = "psycopg") -> str:
     """The same URL for SQLAlchemy; Dagster's storage needs driver='psycopg2' (see DESIGN.md)."""
-    scheme, _, rest = database_url.partition("://")
+    _, _, rest = database_url.partition("://")
     return f"postgresql+{driver}://{rest}"
 
 
@@ -24,3 +26,23 @@ def describe(database_url: str) -> str:
     params = conninfo_to_dict(database_url)
     host, port = params.get("host", "localhost"), params.get("port", 5432)
     return f"{host}:{port}/{params.get('dbname', '')}"
+
+
+def sibling_url(database_url: str, name: str) -> str:
+    """The URL of database `name` on the same server, with the same credentials."""
+    return urlsplit(database_url)._replace(path=f"/{name}").geturl()
+
+
+def ensure_database(database_url: str, name: str, *, recreate: bool = False) -> str:
+    """Create database `name` next to `database_url`'s (if missing, or afresh); its URL.
+
+    Used for Dagster's own database, the benchmark's, and test databases. Raises
+    psycopg.errors.InsufficientPrivilege when the role may not create databases.
+    """
+    with connect(database_url, autocommit=True) as conn:
+        if recreate:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not found:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return sibling_url(database_url, name)

@@ -61,6 +61,9 @@ class HeartbeatProducer:
                 "acks": "all",
                 "enable.idempotence": True,
                 "compression.type": "gzip",
+                # Level 1: half the CPU of the default level 6 for ~20% larger batches on
+                # the wire; compression ran on a core the producer's Python needs.
+                "compression.level": 1,
                 "linger.ms": 20,
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 500_000,

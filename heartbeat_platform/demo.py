@@ -56,8 +56,8 @@ def run_demo(
     try:
         consumer.assigned.wait(timeout=30)  # joining the group takes seconds; don't count it
         started = time.monotonic()
-        producer = HeartbeatProducer(platform.producer_config(settings, endpoints))
-        report = producer.run(platform.generator(settings, seed), rate=rate, events=events)
+        with HeartbeatProducer(platform.producer_config(settings, endpoints)) as producer:
+            report = producer.run(platform.generator(settings, seed), rate=rate, events=events)
         _wait_until_stored(endpoints.database_url, settings, report)
     finally:
         consumer.request_stop()

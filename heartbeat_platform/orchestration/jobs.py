@@ -118,6 +118,7 @@ def produce_heartbeats(
             progress=lambda r: progress(r.sent),
         )
     finally:
+        producer.close()
         progress(producer.report.sent, force=True)
     if result.failed:
         raise dg.Failure(f"{result.failed} of {result.sent} events were not delivered")

@@ -1,9 +1,12 @@
 """Generator -> Kafka: JSON values, gzip, key = customer_id, acks=all, idempotent.
 
-Every message ends in exactly one delivery report, counted as delivered or failed. A
-fatal producer error (an idempotent producer whose broker lost its state, e.g. after a
-restart of the memory-only embedded broker) re-creates the producer instead of failing
-forever; the messages the old one could not deliver are counted as failed.
+Every message ends in exactly one delivery report, counted as delivered or failed. The
+producer re-creates itself instead of failing forever when it is stuck: after a fatal
+error, or when the broker answers but no delivery report came for `stall_timeout_s`
+while messages wait (an idempotent producer whose broker lost its producer ids, e.g.
+after a restart of the memory-only embedded broker, otherwise retries for ever). The
+messages the old one could not deliver are counted as failed. While the broker does not
+answer at all, the producer keeps retrying.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class ProducerConfig:
     bootstrap_servers: str
     topic: str
     kafka_overrides: dict = field(default_factory=dict)
+    stall_timeout_s: float = 10.0  # no delivery report for this long, broker up: re-create
 
 
 class HeartbeatProducer:
@@ -52,6 +56,8 @@ class HeartbeatProducer:
         self.report = ProducerReport()
         self._stop = threading.Event()
         self._fatal: KafkaError | None = None
+        self._closed = False
+        self._last_report_at = time.monotonic()
         self._producer = self._create()
 
     def _create(self) -> Producer:
@@ -72,6 +78,23 @@ class HeartbeatProducer:
             }
         )
 
+    def __enter__(self) -> HeartbeatProducer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Deliver what is queued (waiting up to `timeout`), count the rest as failed, and
+        release the client: a producer left open keeps reconnecting to a broker that went
+        away, and says so in the log."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.flush(timeout):
+            self._discard(self._producer)
+        self._producer.close()
+
     def request_stop(self) -> None:
         """Stop sending; `run` then flushes what is queued. Safe from a signal handler."""
         self._stop.set()
@@ -80,6 +103,8 @@ class HeartbeatProducer:
     def send(self, events: list[dict]) -> None:
         """Queue events; blocks (serving delivery reports) while librdkafka's queue is full."""
         topic, produce, on_delivery = self.config.topic, self._producer.produce, self._on_delivery
+        if not len(self._producer):
+            self._last_report_at = time.monotonic()  # nothing was waiting: no stall so far
         for event in events:
             key = event["customer_id"]
             value = encode_event(event)
@@ -89,6 +114,8 @@ class HeartbeatProducer:
                     break
                 except BufferError:
                     self._producer.poll(0.05)
+                    if self._recreate_if_stalled():
+                        produce, on_delivery = self._producer.produce, self._on_delivery
                 except KafkaException as exc:
                     if not exc.args[0].fatal():
                         raise
@@ -99,6 +126,8 @@ class HeartbeatProducer:
         self._producer.poll(0)
         if self._fatal is not None:
             self._recreate()
+        else:
+            self._recreate_if_stalled()
 
     def run(
         self,
@@ -142,13 +171,20 @@ class HeartbeatProducer:
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for outstanding delivery reports; returns how many are still undelivered."""
-        left = self._producer.flush(timeout)
-        if left:
-            log.error("%d messages still undelivered after %.0fs", left, timeout)
-        return left
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+            if not left:
+                return 0
+            if self._fatal is not None:
+                self._recreate()
+            elif not self._recreate_if_stalled() and time.monotonic() >= deadline:
+                log.error("%d messages still undelivered after %.0fs", left, timeout)
+                return left
 
     # -- callbacks ------------------------------------------------------------------------
     def _on_delivery(self, error: KafkaError | None, message) -> None:
+        self._last_report_at = time.monotonic()
         if error is not None:
             self.report.failed += 1
             return
@@ -162,16 +198,44 @@ class HeartbeatProducer:
         elif offset < span[0]:
             span[0] = offset
 
+    @staticmethod
+    def _discard(producer: Producer) -> None:
+        """Drop what `producer` still holds; each message reports failure to _on_delivery."""
+        producer.purge(in_queue=True, in_flight=True)
+        producer.flush(5)
+
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error
         log.warning("Kafka producer: %s", error.str())
 
-    def _recreate(self) -> None:
-        log.error("fatal producer error (%s): re-creating the producer", self._fatal)
+    def _recreate_if_stalled(self) -> bool:
+        """Re-create the producer when messages wait, no delivery report came for
+        `stall_timeout_s` and yet the broker answers; True when it did."""
+        now = time.monotonic()
+        if now - self._last_report_at < self.config.stall_timeout_s or not len(self._producer):
+            return False
+        self._last_report_at = now  # check again one timeout from now, whatever happens
+        try:
+            self._producer.list_topics(self.config.topic, timeout=2)
+        except KafkaException:
+            log.warning("Kafka does not answer; %d messages wait, retrying", len(self._producer))
+            return False
+        self._recreate(
+            f"no delivery report for {self.config.stall_timeout_s:.0f}s although the broker "
+            "answers (it may have lost its producer ids, e.g. a memory-only broker restarted)"
+        )
+        return True
+
+    def _recreate(self, why: str | None = None) -> None:
+        log.error(
+            "producer stuck: %s; re-creating it, its %d undelivered messages count as failed",
+            why or f"fatal error {self._fatal}", len(self._producer),
+        )
         old = self._producer
-        old.purge(in_queue=True, in_flight=True)
-        old.flush(5)  # purged messages report failure to _on_delivery
+        self._discard(old)
+        old.close()
         self._fatal = None
         self._producer = self._create()
+        self._last_report_at = time.monotonic()
         self.report.recreated += 1

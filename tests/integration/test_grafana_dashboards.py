@@ -304,8 +304,8 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
         _env_file=None,
     )
     prepared = platform.prepare(settings)
-    producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
-    report = producer.run(platform.generator(settings, seed=5), events=3_000)
+    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(platform.generator(settings, seed=5), events=3_000)
     assert report.delivered == 3_000
     raw = Producer({"bootstrap.servers": services.bootstrap_servers})
     for i, payload in enumerate(BAD_MESSAGES):

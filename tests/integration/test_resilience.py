@@ -104,8 +104,8 @@ def produce_in_background(settings, **run) -> tuple[threading.Thread, list]:
     endpoints = Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
 
     def send() -> None:
-        producer = HeartbeatProducer(platform.producer_config(settings, endpoints))
-        reports.append(producer.run(platform.generator(settings, run.pop("seed", 1)), **run))
+        with HeartbeatProducer(platform.producer_config(settings, endpoints)) as producer:
+            reports.append(producer.run(platform.generator(settings, run.pop("seed", 1)), **run))
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()

@@ -20,8 +20,8 @@ ALERT_ROWS = "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'aler
 
 def produce(settings, events: int, seed: int = 7):
     prepared = platform.prepare(settings)
-    producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
-    report = producer.run(platform.generator(settings, seed), events=events)
+    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(platform.generator(settings, seed), events=events)
     assert report.delivered == events and report.failed == 0
     return report
 

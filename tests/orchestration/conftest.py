@@ -45,8 +45,8 @@ def produce(platform_settings: Settings) -> Callable[[int], None]:
 
     def send(events: int) -> None:
         endpoints = platform.prepare(platform_settings).endpoints
-        producer = HeartbeatProducer(platform.producer_config(platform_settings, endpoints))
-        report = producer.run(platform.generator(platform_settings, 5), events=events)
+        with HeartbeatProducer(platform.producer_config(platform_settings, endpoints)) as producer:
+            report = producer.run(platform.generator(platform_settings, 5), events=events)
         assert report.delivered == events
 
     return send

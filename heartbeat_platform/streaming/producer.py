@@ -217,7 +217,7 @@ class HeartbeatProducer:
             return False
         self._last_report_at = now  # check again one timeout from now, whatever happens
         try:
-            self._producer.list_topics(self.config.topic, timeout=2)
+            self._producer.list_topics(timeout=2)  # all topics: naming one may create it
         except KafkaException:
             log.warning("Kafka does not answer; %d messages wait, retrying", len(self._producer))
             return False

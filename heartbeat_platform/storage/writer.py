@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 
 import orjson
 import psycopg
@@ -357,6 +358,7 @@ def _insert(conn: psycopg.Connection, target: _Target, data: str | bytes, rows: 
         return conn.execute(target.fallback).rowcount
 
 
+_customer_id = itemgetter(0)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -373,15 +375,17 @@ def _record_struct(id_length: int) -> struct.Struct:
 
 
 def encode_records(rows: list[RecordRow]) -> bytes:
-    """Records in COPY's binary format, in primary-key order.
+    """Records in COPY's binary format, grouped by customer.
 
     Binary is about three times cheaper to build than text, and PostgreSQL skips parsing
-    timestamps. In key order, consecutive rows land on neighbouring primary-key pages,
-    which made PostgreSQL's COPY about a fifth faster for the Python sort's cost.
+    timestamps. Grouped by customer_id, the primary key's first column, consecutive rows
+    land on neighbouring primary-key pages, which made PostgreSQL's COPY about a fifth
+    faster. The sort is stable and on the id alone: comparing aware datetimes cost twice
+    as much, and a customer's readings come from one partition, already in order.
     """
     out = [_BINARY_HEADER]
     append = out.append
-    for customer, when, bpm, epoch, partition, offset in sorted(rows):
+    for customer, when, bpm, epoch, partition, offset in sorted(rows, key=_customer_id):
         encoded = customer.encode()
         append(
             _record_struct(len(encoded)).pack(

@@ -47,6 +47,7 @@ from heartbeat_platform.storage.writer import (
     StaleProgress,
     WriteResult,
 )
+from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.topics import topic_id
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class HeartbeatConsumer:
         """Finish the current batch and stop; safe from a signal handler or another thread."""
         self._stop.set()
 
+    @fewer_gc_pauses()
     def run(self, stop_when_idle: float | None = None) -> ConsumerReport:
         started = time.monotonic()
         c = self.config

@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
+from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class HeartbeatProducer:
         else:
             self._recreate_if_stalled()
 
+    @fewer_gc_pauses()
     def run(
         self,
         generator: HeartbeatGenerator,

@@ -11,8 +11,9 @@ Stages:
   by a fresh group; rows committed per second from the first message to the last commit;
 - end_to_end: a fixed produce rate for a fixed time while a consumer runs; latency is
   the committed row's `ingested_at` minus the event's own timestamp, p50 / p99;
-- baselines, measured in the same run for ratios: binary COPY of the same rows into the
-  same indexed table (PostgreSQL's ceiling), and validate + classify without I/O.
+- baselines, measured in the same run for ratios: binary COPY of the same rows, encoded
+  as the writer does, into the same indexed table (PostgreSQL's ceiling), and validate +
+  classify without I/O.
 """
 
 from __future__ import annotations

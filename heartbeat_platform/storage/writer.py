@@ -1,7 +1,9 @@
 """Write one consumed batch to PostgreSQL in ONE transaction, together with the consumer's progress.
 
-Rows go in with COPY into session-local staging tables and one INSERT ... SELECT per table
-with ON CONFLICT DO NOTHING, so a replay adds nothing. The progress row of each partition
+Rows go in with COPY straight into each table, inside a savepoint; only when a row is
+already there (a replay) is that COPY undone and redone through a session-local staging
+table and INSERT ... SELECT ... ON CONFLICT DO NOTHING, so a replay adds nothing. The
+progress row of each partition (with the topic's id, to recognise a re-created topic)
 is moved forward only from the offset this consumer expects (a compare-and-set): when
 another consumer of the group got there first, the whole batch is rolled back and
 `StaleProgress` says which partitions to re-read. Rows and progress commit together or

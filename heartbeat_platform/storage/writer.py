@@ -195,25 +195,21 @@ class BatchWriter:
     # -- progress -------------------------------------------------------------------------
     def load_progress(self, partitions: Iterable[int]) -> dict[int, PartitionProgress]:
         """Stored progress of these partitions; missing ones have never been consumed."""
-        conn = self._connection()
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT kafka_partition, log_epoch, next_offset FROM consumer_progress "
-                "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
-                (self.group, self.topic, list(partitions)),
-            ).fetchall()
-        return {p: PartitionProgress(epoch, offset) for p, epoch, offset in rows}
+        return self.load_progress_and_topic_ids(partitions)[0]
 
-    def stored_topic_ids(self, partitions: Iterable[int]) -> dict[int, str | None]:
-        """The topic id each partition's progress was stored under (None: not known)."""
+    def load_progress_and_topic_ids(
+        self, partitions: Iterable[int]
+    ) -> tuple[dict[int, PartitionProgress], dict[int, str | None]]:
+        """Stored progress, and the topic id each was stored under (None: not known)."""
         conn = self._connection()
         with conn.transaction():
             rows = conn.execute(
-                "SELECT kafka_partition, topic_id FROM consumer_progress "
+                "SELECT kafka_partition, log_epoch, next_offset, topic_id FROM consumer_progress "
                 "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
                 (self.group, self.topic, list(partitions)),
             ).fetchall()
-        return dict(rows)
+        progress = {p: PartitionProgress(epoch, offset) for p, epoch, offset, _ in rows}
+        return progress, {p: stored_id for p, _, _, stored_id in rows}
 
     def next_epoch(self, partition: int) -> int:
         """A log epoch never used for this partition by any group, for a log that was reset."""

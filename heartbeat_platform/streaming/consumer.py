@@ -211,8 +211,7 @@ class HeartbeatConsumer:
         current_id = topic_id(self.config.bootstrap_servers, self.config.topic)
         self.writer.topic_id = current_id
         loaded = self._with_database(
-            lambda: (self.writer.load_progress(ids), self.writer.stored_topic_ids(ids)),
-            "load progress",
+            lambda: self.writer.load_progress_and_topic_ids(ids), "load progress"
         )
         if loaded is None:  # stopping while the database was down
             consumer.assign([])
@@ -481,22 +480,17 @@ class HeartbeatConsumer:
                 "Resuming at offset %d.",
                 partition, progress.next_offset, low - 1, low - progress.next_offset, low,
             )
-            new = PartitionProgress(progress.log_epoch, low)
-            try:
-                self._with_database(
-                    lambda: self.writer.move_progress(partition, progress, new), "move progress"
-                )
-            except StaleProgress:
-                self._rewind([partition])
-                return
+            new = self._move_progress(
+                partition, progress, PartitionProgress(progress.log_epoch, low)
+            )
         else:
             new = self._start_new_epoch(
                 partition, progress, low,
                 f"the broker's log ends at offset {high} but {progress.next_offset} were "
                 "already stored",
             )
-            if new is None:
-                return
+        if new is None:
+            return
         self._positions[partition] = new
         self._next[partition] = new.next_offset
         self._watermark_at_assign[partition] = high
@@ -505,11 +499,8 @@ class HeartbeatConsumer:
     def _start_new_epoch(
         self, partition: int, progress: PartitionProgress, start: int, why: str
     ) -> PartitionProgress | None:
-        """Store that `partition` goes on with a new log epoch from offset `start`.
-
-        None when stopping while the database is down; the stored progress when another
-        consumer of the group got there first.
-        """
+        """Store that `partition` goes on with a new log epoch from offset `start`; returns
+        what `_move_progress` returns."""
         epoch = self._with_database(lambda: self.writer.next_epoch(partition), "new epoch")
         if epoch is None:
             return None
@@ -520,6 +511,14 @@ class HeartbeatConsumer:
             "epoch %d.",
             partition, why, epoch, start, progress.log_epoch,
         )
+        return self._move_progress(partition, progress, new)
+
+    def _move_progress(
+        self, partition: int, progress: PartitionProgress, new: PartitionProgress
+    ) -> PartitionProgress | None:
+        """Store `new` as the partition's progress and return it; the stored progress instead
+        when another consumer of the group moved it first; None when stopping while the
+        database is down."""
         try:
             self._with_database(
                 lambda: self.writer.move_progress(partition, progress, new), "move progress"

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from heartbeat_platform.domain.retention import RetentionPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -37,6 +39,19 @@ class Settings(BaseSettings):
     heartbeat_consume_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
     heartbeat_stats_every: int = Field(default=100, ge=1)
 
+    heartbeat_raw_retention_days: int = Field(
+        default=7, ge=1, le=3650, description="days raw readings are kept (day partitions)"
+    )
+    heartbeat_max_clock_skew_s: float = Field(
+        default=300.0, ge=0, description="how far in the future a reading's timestamp may be"
+    )
+    heartbeat_partitions_ahead_days: int = Field(
+        default=3, ge=1, le=366, description="day partitions created ahead of today"
+    )
+    heartbeat_rollup_retention_days: int = Field(
+        default=400, ge=1, description="days the minute, hour and day rollups are kept"
+    )
+
     @field_validator("database_url", "kafka_bootstrap_servers", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -59,6 +74,14 @@ class Settings(BaseSettings):
     def _absolute_state_dir(self) -> Settings:
         object.__setattr__(self, "heartbeat_state_dir", self.heartbeat_state_dir.resolve())
         return self
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            self.heartbeat_raw_retention_days,
+            self.heartbeat_max_clock_skew_s,
+            self.heartbeat_partitions_ahead_days,
+        )
 
     @property
     def embedded(self) -> bool:

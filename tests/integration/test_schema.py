@@ -26,7 +26,14 @@ EXPECTED_TABLES = {
     "pipeline_metrics",
     "consumer_progress",
     "schema_migrations",
+    "rollup_pending",
+    "fleet_minute_stats",
+    "customer_hourly_bpm_stats",
+    "customer_daily_bpm_stats",
+    "customers",
 }
+PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
+               "pipeline_metrics"}
 
 VIEW_COLUMNS = {
     "vw_customer_bpm_summary": [
@@ -71,14 +78,14 @@ def test_schema_applies_once_and_twice_changes_nothing(database_url: str, db) ->
     assert schema_snapshot(db) == before
     assert schema_version(database_url) == load_migrations()[-1].version
 
-    tables = {
-        row[0]
-        for row in db.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
-        )
-    }
-    assert tables == EXPECTED_TABLES
+    tables = dict(
+        db.execute(  # tables, not their day partitions
+            "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+            "AND relkind IN ('r', 'p') AND NOT relispartition"
+        ).fetchall()
+    )
+    assert set(tables) == EXPECTED_TABLES
+    assert {name for name, kind in tables.items() if kind == "p"} == PARTITIONED
 
 
 def test_schema_version_of_an_empty_database_is_none(database_url: str) -> None:
@@ -182,11 +189,12 @@ def test_replayed_rows_are_rejected_by_keys(database_url: str, db) -> None:
     migrate(database_url)
     insert = (
         "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
-        "kafka_partition, kafka_offset) VALUES ('CUST_00001', '2026-01-01T00:00:00Z', 70, 0, %s) "
+        "kafka_partition, kafka_offset) VALUES ('CUST_00001', %s, 70, 0, %s) "
         "ON CONFLICT DO NOTHING"
     )
-    assert db.execute(insert, (0,)).rowcount == 1
-    assert db.execute(insert, (7,)).rowcount == 0  # same reading at another offset
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    assert db.execute(insert, (hour_ago, 0)).rowcount == 1
+    assert db.execute(insert, (hour_ago, 7)).rowcount == 0  # same reading at another offset
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute(
             "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "

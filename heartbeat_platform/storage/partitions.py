@@ -1,0 +1,114 @@
+"""Day partitions of the raw tables: create ahead, drop what retention lets go.
+
+The decisions (which days, which are expired) are the domain's `RetentionPolicy`; this
+module only reads and changes the catalog. Partitions are named `<table>_pYYYYMMDD` by
+`heartbeat_ensure_partitions()` (sql/006), which is the one place that creates them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import psycopg
+from psycopg import sql
+
+from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.storage.rollups import unrolled_days
+
+log = logging.getLogger(__name__)
+
+RAW_TABLES = ("heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
+              "pipeline_metrics")
+# Readings: a day may go only once its rollups hold it. Metrics and dead letters are not
+# rolled up; they leave with the same window.
+ROLLED_UP = frozenset({"heartbeat_records", "heartbeat_anomalies"})
+_SUFFIX = re.compile(r"_p(\d{8})$")
+
+
+@dataclass
+class RetentionReport:
+    created: int = 0
+    dropped: dict[str, list[date]] = field(default_factory=dict)  # table -> days dropped
+    kept_for_rollups: list[date] = field(default_factory=list)  # expired, rollups pending
+    first_day: date | None = None
+    last_day: date | None = None
+
+    def as_metadata(self) -> dict:
+        return {
+            "partitions_created": self.created,
+            "days_dropped": sorted({str(d) for days in self.dropped.values() for d in days}),
+            "partitions_dropped": sum(len(days) for days in self.dropped.values()),
+            "days_kept_for_rollups": [str(d) for d in self.kept_for_rollups],
+            "window_first_day": str(self.first_day),
+            "window_last_day": str(self.last_day),
+        }
+
+
+def ensure_partitions(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime) -> int:
+    """Create the missing day partitions of the window (retention + days ahead); how many."""
+    first, last = policy.days_to_create(now)
+    with conn.transaction():
+        created = conn.execute(
+            "SELECT heartbeat_ensure_partitions(%s, %s)", (first, last)
+        ).fetchone()[0]
+    if created:
+        log.info("created %d day partitions for %s..%s", created, first, last)
+    return created
+
+
+def partition_days(conn: psycopg.Connection) -> dict[str, list[date]]:
+    """The day partitions each raw table has now."""
+    rows = conn.execute(
+        """SELECT parent.relname, child.relname
+           FROM pg_inherits
+           JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+           JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
+           WHERE parent.relnamespace = current_schema()::regnamespace
+             AND parent.relname = ANY(%s)""",
+        (list(RAW_TABLES),),
+    ).fetchall()
+    days: dict[str, list[date]] = {table: [] for table in RAW_TABLES}
+    for parent, child in rows:
+        match = _SUFFIX.search(child)
+        if match:
+            days[parent].append(datetime.strptime(match.group(1), "%Y%m%d").date())
+    return {table: sorted(found) for table, found in days.items()}
+
+
+def apply_retention(
+    conn: psycopg.Connection, policy: RetentionPolicy, now: datetime
+) -> RetentionReport:
+    """Create the window's partitions, then drop expired days whose rollups are done."""
+    report = RetentionReport(created=ensure_partitions(conn, policy, now))
+    report.first_day, report.last_day = policy.days_to_create(now)
+    existing = partition_days(conn)
+    expired = {table: policy.expired_days(days, now) for table, days in existing.items()}
+    candidates = sorted({d for t in ROLLED_UP for d in expired[t]})
+    report.kept_for_rollups = unrolled_days(conn, candidates)
+    blocked = set(report.kept_for_rollups)
+    for table, days in expired.items():
+        droppable = [d for d in days if d not in blocked]
+        for day in droppable:
+            _drop(conn, table, day)
+        if droppable:
+            report.dropped[table] = droppable
+    if blocked:
+        log.warning(
+            "kept expired days %s: their rollups are not materialised yet",
+            ", ".join(str(d) for d in report.kept_for_rollups),
+        )
+    return report
+
+
+def _drop(conn: psycopg.Connection, table: str, day: date) -> None:
+    """Detach, then drop: a reader holding the parent sees the day go at once."""
+    name = sql.Identifier(f"{table}_p{day:%Y%m%d}")
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(table), name)
+        )
+        conn.execute(sql.SQL("DROP TABLE {}").format(name))
+    log.info("dropped %s_p%s (older than the retention window)", table, f"{day:%Y%m%d}")

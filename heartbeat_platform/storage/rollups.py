@@ -1,0 +1,399 @@
+"""Rollups brought up to date window by window, from each window's own raw rows only.
+
+Three rollups, each a table (sql/006): `fleet_minute_stats` (whole fleet per minute),
+`customer_hourly_bpm_stats` and `customer_daily_bpm_stats` (the daily one is built from
+the hourly rows of its day). The consumer marks the minute and the hour of every reading
+it stores in `rollup_pending`, in the batch's own transaction; a refresh takes the marks
+of its range and recomputes exactly those windows, in one transaction, so the cost of
+staying current follows the new data, never the history. A refresh of a range with
+`pending_only=False` recomputes every window of it (a backfill). Recomputing a window
+replaces its rows, so a refresh equals a full recompute of the same windows.
+
+Refreshes of one rollup are serialised by an advisory lock: a backfill and a scheduled
+refresh of the same windows never interleave.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
+
+import psycopg
+
+
+class Rollup(StrEnum):
+    FLEET_MINUTE = "fleet_minute"
+    CUSTOMER_HOURLY = "customer_hourly"
+    CUSTOMER_DAILY = "customer_daily"
+
+    @property
+    def width(self) -> timedelta:
+        return _WIDTH[self]
+
+    @property
+    def table(self) -> str:
+        return _TABLE[self]
+
+    @property
+    def key(self) -> str:
+        """The table's time column."""
+        return _KEY[self]
+
+    def settle(self) -> timedelta:
+        """How long after a window ends the scheduled refresh waits before computing it.
+
+        Readings arrive about a second after their event time; a window computed a few
+        seconds after it closed is nearly always final (a later reading marks it again).
+        Customer hours wait a minute: each recompute reads a whole hour of the fleet.
+        """
+        return _SETTLE[self]
+
+
+_WIDTH = {
+    Rollup.FLEET_MINUTE: timedelta(minutes=1),
+    Rollup.CUSTOMER_HOURLY: timedelta(hours=1),
+    Rollup.CUSTOMER_DAILY: timedelta(days=1),
+}
+_TABLE = {
+    Rollup.FLEET_MINUTE: "fleet_minute_stats",
+    Rollup.CUSTOMER_HOURLY: "customer_hourly_bpm_stats",
+    Rollup.CUSTOMER_DAILY: "customer_daily_bpm_stats",
+}
+_KEY = {
+    Rollup.FLEET_MINUTE: "minute",
+    Rollup.CUSTOMER_HOURLY: "hour",
+    Rollup.CUSTOMER_DAILY: "day",
+}
+_SETTLE = {
+    Rollup.FLEET_MINUTE: timedelta(seconds=5),
+    Rollup.CUSTOMER_HOURLY: timedelta(minutes=1),
+    Rollup.CUSTOMER_DAILY: timedelta(0),
+}
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    rollup: Rollup
+    windows: int  # windows recomputed
+    rows: int  # rollup rows written
+    readings: int  # raw readings (records + anomalies) they summarise
+    seconds: float
+    first_window: datetime | None = None
+    last_window: datetime | None = None
+
+
+def window_start(rollup: Rollup, moment: datetime) -> datetime:
+    """The start of the window of `rollup` that holds `moment` (UTC)."""
+    moment = moment.astimezone(UTC)
+    if rollup is Rollup.FLEET_MINUTE:
+        return moment.replace(second=0, microsecond=0)
+    if rollup is Rollup.CUSTOMER_HOURLY:
+        return moment.replace(minute=0, second=0, microsecond=0)
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def refresh(
+    conn: psycopg.Connection,
+    rollup: Rollup,
+    start: datetime,
+    end: datetime,
+    *,
+    pending_only: bool = True,
+    now: datetime | None = None,
+) -> RefreshResult:
+    """Recompute the windows of `rollup` in [start, end): those marked pending, or all.
+
+    With `now`, pending windows that have not settled yet are left for a later refresh.
+    Commits its own transaction; the marks it took are returned to the table if it fails.
+    """
+    if pending_only and now is not None:
+        end = min(end, settled_until(rollup, now))
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rollup:{rollup}",))
+        claimed = [
+            row[0]
+            for row in conn.execute(
+                "DELETE FROM rollup_pending WHERE rollup = %s AND window_start >= %s "
+                "AND window_start < %s RETURNING window_start",
+                (rollup.value, start, end),
+            )
+        ]
+        windows = sorted(set(claimed)) if pending_only else _all_windows(rollup, start, end)
+        rows = readings = 0
+        if windows:
+            rows, readings = _RECOMPUTE[rollup](conn, windows)
+    return RefreshResult(
+        rollup, len(windows), rows, readings, time.perf_counter() - started,
+        windows[0] if windows else None, windows[-1] if windows else None,
+    )
+
+
+def settled_until(rollup: Rollup, now: datetime) -> datetime:
+    """Windows starting before this have closed long enough to be computed (see `settle`)."""
+    return now - rollup.width - rollup.settle()
+
+
+def pending_windows(conn: psycopg.Connection, rollup: Rollup, now: datetime) -> list[datetime]:
+    """Settled windows of `rollup` marked pending."""
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT window_start FROM rollup_pending "
+            "WHERE rollup = %s AND window_start < %s ORDER BY 1",
+            (rollup.value, settled_until(rollup, now)),
+        )
+    ]
+
+
+def pending_runs(
+    conn: psycopg.Connection, now: datetime
+) -> list[tuple[Rollup, datetime, datetime]]:
+    """(rollup, partition start, latest mark) per Dagster partition with settled marks.
+
+    Fleet minutes and customer hours are partitioned by the hour, customer days by the day.
+    """
+    runs = []
+    for rollup in Rollup:
+        unit = "day" if rollup is Rollup.CUSTOMER_DAILY else "hour"
+        runs += [
+            (rollup, start, marked_at)
+            for start, marked_at in conn.execute(
+                "SELECT date_trunc(%s, window_start, 'UTC'), max(marked_at) FROM rollup_pending "
+                "WHERE rollup = %s AND window_start < %s GROUP BY 1 ORDER BY 1",
+                (unit, rollup.value, settled_until(rollup, now)),
+            )
+        ]
+    return runs
+
+
+def refresh_pending(conn: psycopg.Connection, now: datetime) -> list[RefreshResult]:
+    """Bring every rollup up to date with what is settled at `now`: minutes, hours, days.
+
+    What the CLI's `rollups` command and the benchmark run; Dagster runs the same
+    `refresh` one partition at a time.
+    """
+    results = []
+    for rollup in Rollup:
+        windows = pending_windows(conn, rollup, now)
+        if windows:
+            results.append(refresh(conn, rollup, windows[0], windows[-1] + rollup.width))
+    return results
+
+
+def mark_pending(
+    conn: psycopg.Connection, rollup: Rollup, windows: list[datetime], kafka_partition: int = -1
+) -> None:
+    """Mark windows out of date (the consumer does this for each batch; so can a backfill)."""
+    conn.execute(
+        "INSERT INTO rollup_pending (rollup, window_start, kafka_partition) "
+        "SELECT %s, w, %s FROM unnest(%s::timestamptz[]) AS w "
+        "ON CONFLICT (rollup, window_start, kafka_partition) "
+        "DO UPDATE SET marked_at = clock_timestamp()",
+        (rollup.value, kafka_partition, windows),
+    )
+
+
+def delete_expired(conn: psycopg.Connection, now: datetime, retention_days: int) -> dict[str, int]:
+    """Delete rollup rows older than `retention_days` (one small range per call)."""
+    cutoff = window_start(Rollup.CUSTOMER_DAILY, now - timedelta(days=retention_days))
+    deleted = {}
+    with conn.transaction():
+        for rollup in Rollup:
+            bound = cutoff.date() if rollup is Rollup.CUSTOMER_DAILY else cutoff
+            deleted[rollup.table] = conn.execute(
+                f"DELETE FROM {rollup.table} WHERE {rollup.key} < %s", (bound,)
+            ).rowcount
+    return deleted
+
+
+def unrolled_days(conn: psycopg.Connection, days: list[date]) -> list[date]:
+    """Of `days`, those whose rollups are not all materialised (a window is still pending)."""
+    if not days:
+        return []
+    rows = conn.execute(
+        """SELECT DISTINCT (window_start AT TIME ZONE 'UTC')::date FROM rollup_pending
+           WHERE window_start >= %s AND window_start < %s""",
+        (_midnight(min(days)), _midnight(max(days)) + timedelta(days=1)),
+    )
+    pending = {row[0] for row in rows}
+    return [d for d in days if d in pending]
+
+
+# -- recomputation, one statement per table -------------------------------------------------
+def _all_windows(rollup: Rollup, start: datetime, end: datetime) -> list[datetime]:
+    moment, windows = window_start(rollup, start), []
+    while moment < end:
+        windows.append(moment)
+        moment += rollup.width
+    return windows
+
+
+def _bounds(windows: list[datetime], width: timedelta) -> dict:
+    return {"windows": windows, "lo": windows[0], "hi": windows[-1] + width}
+
+
+# The anomaly side counts each reading once (same customer and timestamp), as before: a
+# reading replayed at another Kafka offset does not inflate the rollups.
+_FLEET_MINUTES = """
+WITH readings AS (
+    SELECT date_trunc('minute', event_timestamp) AS minute,
+           count(*) AS n, count(DISTINCT customer_id) AS customers,
+           sum(heart_rate) AS s, sum(heart_rate::bigint * heart_rate) AS ss,
+           min(heart_rate) AS min_bpm, max(heart_rate) AS max_bpm,
+           round(avg(heart_rate), 1) AS avg_bpm, round(stddev_samp(heart_rate), 1) AS sd
+    FROM heartbeat_records
+    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
+    GROUP BY 1
+), anomalies AS (
+    SELECT date_trunc('minute', event_timestamp) AS minute, count(*) AS anomalies,
+           count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS brady,
+           count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachy,
+           count(*) FILTER (WHERE anomaly_type = 'INVALID') AS invalid
+    FROM (SELECT DISTINCT ON (customer_id, event_timestamp) event_timestamp, anomaly_type
+          FROM heartbeat_anomalies
+          WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+            AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)) AS a
+    GROUP BY 1
+)
+INSERT INTO fleet_minute_stats (minute, reading_count, customer_count, avg_bpm, min_bpm,
+    max_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count, stddev_bpm,
+    bpm_sum, bpm_sum_squares)
+SELECT minute, coalesce(n, 0), coalesce(customers, 0), avg_bpm, min_bpm, max_bpm,
+       coalesce(anomalies, 0), coalesce(brady, 0), coalesce(tachy, 0), coalesce(invalid, 0),
+       sd, coalesce(s, 0), coalesce(ss, 0)
+FROM readings FULL OUTER JOIN anomalies USING (minute)
+"""
+
+# Customers seen in the recomputed minutes: the dashboard's customer list and the count
+# of active customers read this small table instead of the readings.
+_CUSTOMERS = """
+INSERT INTO customers (customer_id, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, min(first_at), max(last_at), max(anomaly_at)
+FROM (
+    SELECT customer_id, min(event_timestamp) AS first_at, max(event_timestamp) AS last_at,
+           NULL::timestamptz AS anomaly_at
+    FROM heartbeat_records
+    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
+    GROUP BY customer_id
+    UNION ALL
+    SELECT customer_id, NULL, NULL, max(event_timestamp)
+    FROM heartbeat_anomalies
+    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
+    GROUP BY customer_id
+) AS seen
+GROUP BY customer_id
+ON CONFLICT (customer_id) DO UPDATE SET
+    first_reading_at = least(customers.first_reading_at, excluded.first_reading_at),
+    last_reading_at = greatest(customers.last_reading_at, excluded.last_reading_at),
+    last_anomaly_at = greatest(customers.last_anomaly_at, excluded.last_anomaly_at)
+"""
+
+_CUSTOMER_HOURS = """
+WITH readings AS (
+    SELECT customer_id, date_trunc('hour', event_timestamp) AS hour,
+           count(*) AS n, sum(heart_rate) AS s, sum(heart_rate::bigint * heart_rate) AS ss,
+           min(heart_rate) AS min_bpm, max(heart_rate) AS max_bpm,
+           round(avg(heart_rate), 1) AS avg_bpm, round(stddev_samp(heart_rate), 1) AS sd,
+           min(event_timestamp) AS first_at, max(event_timestamp) AS last_at
+    FROM heartbeat_records
+    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+      AND date_trunc('hour', event_timestamp) = ANY(%(windows)s)
+    GROUP BY 1, 2
+), anomalies AS (
+    SELECT customer_id, date_trunc('hour', event_timestamp) AS hour, count(*) AS anomalies,
+           count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS brady,
+           count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachy,
+           count(*) FILTER (WHERE anomaly_type = 'INVALID') AS invalid,
+           max(event_timestamp) AS anomaly_at
+    FROM (SELECT DISTINCT ON (customer_id, event_timestamp) customer_id, event_timestamp,
+                 anomaly_type
+          FROM heartbeat_anomalies
+          WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+            AND date_trunc('hour', event_timestamp) = ANY(%(windows)s)) AS a
+    GROUP BY 1, 2
+)
+INSERT INTO customer_hourly_bpm_stats (customer_id, hour, reading_count, avg_bpm, min_bpm,
+    max_bpm, stddev_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
+    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, hour, coalesce(n, 0), avg_bpm, min_bpm, max_bpm, sd,
+       coalesce(anomalies, 0), coalesce(brady, 0), coalesce(tachy, 0), coalesce(invalid, 0),
+       coalesce(s, 0), coalesce(ss, 0), first_at, last_at, anomaly_at
+FROM readings FULL OUTER JOIN anomalies USING (customer_id, hour)
+"""
+
+# A day from its 24 hourly rows: the sums make the average and the deviation exact.
+_CUSTOMER_DAYS = """
+INSERT INTO customer_daily_bpm_stats (customer_id, day, reading_count, avg_bpm, min_bpm,
+    max_bpm, stddev_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
+    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, day, n,
+       round(s::numeric / nullif(n, 0), 1),
+       min_bpm, max_bpm,
+       round(sqrt(greatest((ss - s::numeric * s / nullif(n, 0)) / nullif(n - 1, 0), 0)), 1),
+       anomalies, brady, tachy, invalid, s, ss, first_at, last_at, anomaly_at
+FROM (
+    SELECT customer_id, (hour AT TIME ZONE 'UTC')::date AS day,
+           sum(reading_count)::bigint AS n, sum(bpm_sum)::bigint AS s,
+           sum(bpm_sum_squares)::bigint AS ss, min(min_bpm) AS min_bpm,
+           max(max_bpm) AS max_bpm, sum(anomaly_count)::bigint AS anomalies,
+           sum(bradycardia_count)::bigint AS brady, sum(tachycardia_count)::bigint AS tachy,
+           sum(invalid_count)::bigint AS invalid, min(first_reading_at) AS first_at,
+           max(last_reading_at) AS last_at, max(last_anomaly_at) AS anomaly_at
+    FROM customer_hourly_bpm_stats
+    WHERE hour >= %(lo)s AND hour < %(hi)s
+      AND (hour AT TIME ZONE 'UTC')::date = ANY(%(days)s)
+    GROUP BY 1, 2
+) AS days
+"""
+
+
+def _summarised(conn: psycopg.Connection, table: str, key: str, windows: list) -> int:
+    """Readings (records + anomalies) the recomputed rows of `table` summarise."""
+    return conn.execute(
+        f"SELECT coalesce(sum(reading_count + anomaly_count), 0)::bigint FROM {table} "
+        f"WHERE {key} = ANY(%s)", (windows,),
+    ).fetchone()[0]
+
+
+def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) -> tuple[int, int]:
+    bounds = _bounds(windows, Rollup.FLEET_MINUTE.width)
+    conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
+    rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
+    conn.execute(_CUSTOMERS, bounds)
+    return rows, _summarised(conn, "fleet_minute_stats", "minute", windows)
+
+
+def _recompute_customer_hours(
+    conn: psycopg.Connection, windows: list[datetime]
+) -> tuple[int, int]:
+    bounds = _bounds(windows, Rollup.CUSTOMER_HOURLY.width)
+    conn.execute("DELETE FROM customer_hourly_bpm_stats WHERE hour = ANY(%(windows)s)", bounds)
+    rows = conn.execute(_CUSTOMER_HOURS, bounds).rowcount
+    days = sorted({window_start(Rollup.CUSTOMER_DAILY, w) for w in windows})
+    mark_pending(conn, Rollup.CUSTOMER_DAILY, days)  # their days are now out of date
+    return rows, _summarised(conn, "customer_hourly_bpm_stats", "hour", windows)
+
+
+def _recompute_customer_days(conn: psycopg.Connection, windows: list[datetime]) -> tuple[int, int]:
+    days = [w.astimezone(UTC).date() for w in windows]
+    params = {"days": days, "lo": windows[0], "hi": windows[-1] + Rollup.CUSTOMER_DAILY.width}
+    conn.execute("DELETE FROM customer_daily_bpm_stats WHERE day = ANY(%(days)s)", params)
+    rows = conn.execute(_CUSTOMER_DAYS, params).rowcount
+    return rows, _summarised(conn, "customer_daily_bpm_stats", "day", days)
+
+
+_RECOMPUTE = {
+    Rollup.FLEET_MINUTE: _recompute_fleet_minutes,
+    Rollup.CUSTOMER_HOURLY: _recompute_customer_hours,
+    Rollup.CUSTOMER_DAILY: _recompute_customer_days,
+}
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)

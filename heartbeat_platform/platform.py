@@ -1,4 +1,4 @@
-"""Bring the platform to a usable state: services up, schema applied, topic created.
+"""Bring the platform to a usable state: services up, schema and partitions, topic created.
 
 Every entry point (CLI commands, Dagster, tests) calls `prepare()` first, so whichever
 starts first leaves the platform ready for the others.
@@ -7,11 +7,14 @@ starts first leaves the platform ready for the others.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.services import Endpoints, LocalServices
+from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.migrations import migrate
+from heartbeat_platform.storage.partitions import ensure_partitions
 from heartbeat_platform.streaming.consumer import ConsumerConfig
 from heartbeat_platform.streaming.producer import ProducerConfig
 from heartbeat_platform.streaming.topics import ensure_topic
@@ -28,6 +31,8 @@ def prepare(settings: Settings, services: LocalServices | None = None) -> Prepar
     services = services or LocalServices(settings)
     endpoints = services.start()
     applied = migrate(endpoints.database_url)
+    with connect(endpoints.database_url) as conn:
+        ensure_partitions(conn, settings.retention, datetime.now(UTC))
     created = ensure_topic(
         endpoints.bootstrap_servers,
         settings.kafka_topic,
@@ -49,6 +54,7 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> Co
         "group_id": settings.kafka_group_id,
         "batch_size": settings.heartbeat_consume_batch_size,
         "stats_every": settings.heartbeat_stats_every,
+        "retention": settings.retention,
     }
     values.update(overrides)
     return ConsumerConfig(**values)

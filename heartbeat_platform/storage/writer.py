@@ -8,6 +8,13 @@ is moved forward only from the offset this consumer expects (a compare-and-set):
 another consumer of the group got there first, the whole batch is rolled back and
 `StaleProgress` says which partitions to re-read. Rows and progress commit together or
 not at all, which is what makes a kill -9 at any instant lose and double nothing.
+
+The raw tables are partitioned by time (sql/006), so a unique key can only name a message
+together with its time column. Anomalies are unique per message and event time; an alert
+row is written only with the anomaly it belongs to (after a replay, only the alerts of the
+anomalies actually inserted), and a dead letter already stored is skipped by a lookup.
+The same transaction marks the minutes and hours the batch touched as pending for the
+rollups (`storage.rollups`), so every stored reading reaches them exactly once.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import orjson
 import psycopg
 
 from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.partitions import ensure_partitions
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,7 @@ class CopyPayloads:
     records: bytes  # binary COPY format
     anomalies: str  # text COPY format
     alerts: str  # text COPY format, the batch's `metrics`
+    minutes: list[datetime]  # the minutes the batch's readings fall in, for the rollups
 
 
 @dataclass(slots=True)
@@ -70,10 +80,14 @@ class Batch:
         the writer thread only waits on PostgreSQL.
         """
         if self.payloads is None:
+            minutes: set[int] = set()
+            records = encode_records(self.records, minutes)
+            minutes.update(_minute_number(row[1]) for row in self.anomalies)
             self.payloads = CopyPayloads(
-                encode_records(self.records),
+                records,
                 _anomalies_text(self.anomalies),
                 _metrics_text(self.metrics),
+                sorted(_PG_EPOCH + m * _MINUTE for m in minutes),
             )
         return self.payloads
 
@@ -107,9 +121,9 @@ CREATE TEMP TABLE IF NOT EXISTS stage_anomalies (
     customer_id text, event_timestamp timestamptz, heart_rate integer, anomaly_type text,
     raw_payload text, log_epoch integer, kafka_partition integer, kafka_offset bigint
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_metrics (
-    metric_name text, metric_value double precision, customer_id text, log_epoch integer,
-    kafka_partition integer, kafka_offset bigint, labels jsonb) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_dead_letters (
+    log_epoch integer, kafka_partition integer, kafka_offset bigint, message_key bytea,
+    raw_value bytea, reason text) ON COMMIT DELETE ROWS;
 """
 
 _INSERT_RECORDS = """
@@ -127,22 +141,30 @@ SELECT customer_id, event_timestamp, heart_rate, anomaly_type,
        raw_payload, log_epoch, kafka_partition, kafka_offset
 FROM stage_anomalies
 ON CONFLICT DO NOTHING
+RETURNING log_epoch, kafka_partition, kafka_offset
 """
 
+# No unique key can name a dead letter (its partition key is its arrival time), so a
+# message already stored is skipped by a lookup. Only replays meet one; consumers of one
+# group never write the same partition at once (progress moves by compare-and-set).
 _INSERT_DEAD_LETTERS = """
 INSERT INTO heartbeat_dead_letters
     (log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT DO NOTHING
+SELECT s.log_epoch, s.kafka_partition, s.kafka_offset, s.message_key, s.raw_value, s.reason
+FROM stage_dead_letters s
+WHERE NOT EXISTS (
+    SELECT 1 FROM heartbeat_dead_letters d
+    WHERE d.kafka_partition = s.kafka_partition AND d.kafka_offset = s.kafka_offset
+      AND d.log_epoch = s.log_epoch)
 """
 
-_INSERT_METRICS = """
-INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
-                              kafka_partition, kafka_offset, labels)
-SELECT metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels
-FROM stage_metrics
-ON CONFLICT (metric_name, log_epoch, kafka_partition, kafka_offset)
-    WHERE kafka_offset IS NOT NULL DO NOTHING
+_MARK_PENDING = """
+INSERT INTO rollup_pending (rollup, window_start, kafka_partition)
+SELECT rollup, window_start, %(partition)s
+FROM (SELECT 'fleet_minute' AS rollup, m AS window_start FROM unnest(%(minutes)s) AS m
+      UNION
+      SELECT 'customer_hourly', date_trunc('hour', m) FROM unnest(%(minutes)s) AS m) AS w
+ON CONFLICT (rollup, window_start, kafka_partition) DO UPDATE SET marked_at = clock_timestamp()
 """
 
 _ADVANCE = """
@@ -228,6 +250,10 @@ class BatchWriter:
         """Move a partition's progress without rows (log reset or truncation handling)."""
         self.write(Batch(progress={partition: (expected, new)}))
 
+    def ensure_partitions(self, policy: RetentionPolicy) -> int:
+        """Create the missing day partitions of the admissible window; how many."""
+        return ensure_partitions(self._connection(), policy, datetime.now(UTC))
+
     # -- the batch ------------------------------------------------------------------------
     def ping(self) -> None:
         """Raise psycopg.OperationalError while the database is unreachable."""
@@ -249,30 +275,29 @@ class BatchWriter:
             with conn.transaction():
                 self._advance_progress(conn, batch)
                 payloads = batch.encode()
-                records = anomalies = 0
+                records = 0
                 if batch.records:
                     records = _insert(conn, _RECORDS, payloads.records, len(batch.records))
                 duplicates = len(batch.records) - records
+                alerts, alerts_text = batch.metrics, payloads.alerts
+                anomalies = len(batch.anomalies)
                 if batch.anomalies:
-                    anomalies = _insert(conn, _ANOMALIES, payloads.anomalies, len(batch.anomalies))
-                dead = 0
-                if batch.dead_letters:
-                    with conn.cursor() as cur:  # rare: plain parameters, NUL made visible
-                        cur.executemany(
-                            _INSERT_DEAD_LETTERS,
-                            [
-                                (*row[:5], row[5].replace("\x00", "\\x00"))
-                                for row in batch.dead_letters
-                            ],
-                        )
-                        dead = len(batch.dead_letters)
-                result = WriteResult(records, duplicates, anomalies, dead, len(batch.metrics))
-                snapshot = extra_metrics(result) if extra_metrics else []
-                if batch.metrics or snapshot:
-                    _insert(
-                        conn, _METRICS, payloads.alerts + _metrics_text(snapshot),
-                        len(batch.metrics) + len(snapshot),
+                    inserted = _insert_anomalies(conn, payloads.anomalies)
+                    if inserted is not None:  # a replay: only new anomalies raise alerts
+                        anomalies = len(inserted)
+                        alerts = [m for m in alerts if _position(m) in inserted]
+                        alerts_text = _metrics_text(alerts)
+                dead = _insert_dead_letters(conn, batch.dead_letters)
+                if payloads.minutes:
+                    conn.execute(
+                        _MARK_PENDING,
+                        {"partition": min(batch.progress), "minutes": payloads.minutes},
                     )
+                result = WriteResult(records, duplicates, anomalies, dead, len(alerts))
+                snapshot = extra_metrics(result) if extra_metrics else []
+                if alerts or snapshot:
+                    _copy(conn, f"pipeline_metrics ({_METRIC_COLUMNS})",
+                          alerts_text + _metrics_text(snapshot))
         except psycopg.OperationalError:
             self.close()
             raise
@@ -326,10 +351,8 @@ _ANOMALIES = _Target(
     "kafka_partition, kafka_offset",
     _INSERT_ANOMALIES,
 )
-_METRICS = _Target(
-    "pipeline_metrics", "stage_metrics",
-    "metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels",
-    _INSERT_METRICS,
+_METRIC_COLUMNS = (
+    "metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels"
 )
 
 
@@ -356,9 +379,42 @@ def _insert(conn: psycopg.Connection, target: _Target, data: str | bytes, rows: 
         return conn.execute(target.fallback).rowcount
 
 
+def _insert_anomalies(conn: psycopg.Connection, data: str) -> set[tuple[int, int, int]] | None:
+    """Anomalies by COPY; after a replay, the (epoch, partition, offset) of those inserted.
+
+    None means every row was new (the fast path), so every alert of the batch is written.
+    """
+    try:
+        with conn.transaction():
+            _copy(conn, f"{_ANOMALIES.table} ({_ANOMALIES.columns})", data)
+        return None
+    except psycopg.errors.UniqueViolation:
+        _copy(conn, _ANOMALIES.stage, data)
+        return set(conn.execute(_ANOMALIES.fallback).fetchall())
+
+
+def _insert_dead_letters(conn: psycopg.Connection, rows: list[DeadLetterRow]) -> int:
+    """Dead letters not stored yet (rare: row by row COPY, NUL made visible in reasons)."""
+    if not rows:
+        return 0
+    with conn.cursor().copy(
+        "COPY stage_dead_letters (log_epoch, kafka_partition, kafka_offset, message_key, "
+        "raw_value, reason) FROM STDIN"
+    ) as copy:
+        for row in rows:
+            copy.write_row((*row[:5], row[5].replace("\x00", "\\x00")))
+    return conn.execute(_INSERT_DEAD_LETTERS).rowcount
+
+
+def _position(metric: MetricRow) -> tuple[int | None, int | None, int | None]:
+    return metric.log_epoch, metric.kafka_partition, metric.kafka_offset
+
+
 _customer_id = itemgetter(0)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+_MINUTE = timedelta(minutes=1)
+_MINUTE_US = 60_000_000
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _BINARY_TRAILER = b"\xff\xff"
 _record_structs: dict[int, struct.Struct] = {}
@@ -372,8 +428,12 @@ def _record_struct(id_length: int) -> struct.Struct:
     return layout
 
 
-def encode_records(rows: list[RecordRow]) -> bytes:
-    """Records in COPY's binary format, grouped by customer.
+def _minute_number(when: datetime) -> int:
+    return (when - _PG_EPOCH) // _MINUTE
+
+
+def encode_records(rows: list[RecordRow], minutes: set[int] | None = None) -> bytes:
+    """Records in COPY's binary format, grouped by customer; adds their minutes to `minutes`.
 
     Binary is about three times cheaper to build than text, and PostgreSQL skips parsing
     timestamps. Grouped by customer_id, the primary key's first column, consecutive rows
@@ -383,12 +443,15 @@ def encode_records(rows: list[RecordRow]) -> bytes:
     """
     out = [_BINARY_HEADER]
     append = out.append
+    seen = set() if minutes is None else minutes
+    add_minute = seen.add
     for customer, when, bpm, epoch, partition, offset in sorted(rows, key=_customer_id):
         encoded = customer.encode()
+        micros = (when - _PG_EPOCH) // _MICROSECOND
+        add_minute(micros // _MINUTE_US)
         append(
             _record_struct(len(encoded)).pack(
-                6, len(encoded), encoded, 8, (when - _PG_EPOCH) // _MICROSECOND,
-                4, bpm, 4, epoch, 4, partition, 8, offset,
+                6, len(encoded), encoded, 8, micros, 4, bpm, 4, epoch, 4, partition, 8, offset,
             )
         )
     append(_BINARY_TRAILER)

@@ -17,6 +17,10 @@ Guarantees (what survives what):
   embedded broker restarted) starts a new log epoch from the beginning of the new log.
   So does a topic whose id differs from the one stored with the progress (it was created
   again), which also catches a new log that already grew past the stored offset.
+- A reading whose time is outside the admissible window (older than the raw retention, or
+  further ahead than the allowed clock skew) is a dead letter with the reason; the day
+  partitions of the window are ensured at start and every hour, so a reading never
+  fails for lack of one.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
@@ -40,6 +45,7 @@ from heartbeat_platform.domain.events import (
     classify_heart_rate,
     validate_message,
 )
+from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage.writer import (
     Batch,
     BatchWriter,
@@ -59,6 +65,7 @@ _ANOMALY_STAT = {
     HeartbeatClass.INVALID: "anomalies_invalid",
 }
 _UNKNOWN_WATERMARK = -1001
+_PARTITION_CHECK_EVERY_S = 3600.0
 
 
 @dataclass
@@ -72,6 +79,7 @@ class ConsumerConfig:
     stats_every: int = 100
     session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
     kafka_overrides: dict = field(default_factory=dict)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
 
 
@@ -133,6 +141,7 @@ class HeartbeatConsumer:
         self._uncommitted: dict[int, int] = {}  # committed to PostgreSQL, not yet to Kafka
         self._kafka_committed_at = 0.0
         self._last_commit_at: float | None = None
+        self._partitions_checked_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -167,6 +176,7 @@ class HeartbeatConsumer:
         log.info("consumer %s subscribed to %s in group %s", c.name, c.topic, c.group_id)
         try:
             while not self._stop.is_set():
+                self._ensure_partitions()
                 messages = consumer.consume(c.batch_size, timeout=c.max_wait_s)
                 self._check_for_log_reset()
                 if messages:
@@ -329,6 +339,8 @@ class HeartbeatConsumer:
         epochs = {p: progress.log_epoch if progress else 0 for p, progress in positions.items()}
         trigger = self.alerts.trigger_alert
         classify = classify_heart_rate
+        window = self.config.retention.admissible(datetime.now(UTC))
+        oldest, newest = window.oldest, window.newest
         for message in messages:
             error = message.error()
             partition = message.partition()
@@ -350,6 +362,11 @@ class HeartbeatConsumer:
                 dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
             else:
                 customer, bpm, when = reading
+                if not oldest <= when <= newest:
+                    dead.append((epoch, partition, offset, message.key(), raw,
+                                 window.reason(when)))
+                    nxt[partition] = offset + 1
+                    continue
                 klass = classify(bpm)
                 if klass is _NORMAL:
                     records.append((customer, when, bpm, epoch, partition, offset))
@@ -386,6 +403,22 @@ class HeartbeatConsumer:
             self._consumer.commit(offsets=offsets, asynchronous=not force)
         except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
             self._log_rate_limited(-1, "could not commit offsets to Kafka: %s", exc)
+
+    def _ensure_partitions(self) -> None:
+        """The day partitions of the admissible window exist (at start, then hourly).
+
+        The scheduled Dagster job does the same; doing it here too means a consumer never
+        depends on the scheduler to be able to write tomorrow's readings.
+        """
+        now = time.monotonic()
+        checked = self._partitions_checked_at
+        if checked is not None and now - checked < _PARTITION_CHECK_EVERY_S:
+            return
+        self._settle()
+        if self._with_database(
+            lambda: self.writer.ensure_partitions(self.config.retention), "ensure partitions"
+        ) is not None:
+            self._partitions_checked_at = now
 
     # -- recovery -------------------------------------------------------------------------
     def _rewind(self, partitions: list[int]) -> None:

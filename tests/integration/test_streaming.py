@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
@@ -186,14 +186,17 @@ def test_bad_input_lands_in_dead_letters_and_good_input_still_flows(
     prepared = platform.prepare(settings)
     raw = Producer({"bootstrap.servers": prepared.endpoints.bootstrap_servers})
     good = 0
+    hour_ago = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     for i, (payload, _) in enumerate(BAD_PAYLOADS):
         raw.produce(settings.kafka_topic, value=payload, key=b"k", partition=i % 3)
         event = {"customer_id": f"CUST_{i + 1:05d}", "heart_rate": 60 + i,
-                 "timestamp": f"2026-01-01T00:00:{i:02d}Z", "extra": [1, {"x": None}]}
+                 "timestamp": (hour_ago + timedelta(seconds=i)).isoformat(),
+                 "extra": [1, {"x": None}]}
         raw.produce(settings.kafka_topic, value=orjson.dumps(event), partition=i % 3)
         good += 1
+    in_plus_two = (hour_ago + timedelta(hours=2)).replace(tzinfo=None).isoformat() + "+02:00"
     raw.produce(settings.kafka_topic, value=orjson.dumps(  # no key at all, still a reading
-        {"customer_id": "CUST_09999", "heart_rate": 301, "timestamp": "2026-01-02T00:00:00+02:00"}
+        {"customer_id": "CUST_09999", "heart_rate": 301, "timestamp": in_plus_two}
     ), partition=0)
     assert raw.flush(10) == 0
 
@@ -210,4 +213,4 @@ def test_bad_input_lands_in_dead_letters_and_good_input_still_flows(
         assert hint.lower() in by_value[stored].lower(), (payload[:60], by_value[stored])
     assert db.execute("SELECT count(*) FROM heartbeat_records").fetchone()[0] == good
     fault = db.execute("SELECT anomaly_type, event_timestamp FROM heartbeat_anomalies").fetchall()
-    assert fault == [("INVALID", datetime(2026, 1, 1, 22, tzinfo=UTC))]
+    assert fault == [("INVALID", hour_ago)]

@@ -7,16 +7,17 @@ and `pipeline_health_snapshot`, which records the pipeline's health every minute
 """
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import orjson
-import psycopg
 from psycopg import sql
 from pydantic import Field
 
 from heartbeat_platform.domain.alerts import MetricRow
 from heartbeat_platform.orchestration.resources import KafkaResource, PostgresResource
+from heartbeat_platform.storage.partitions import apply_retention
+from heartbeat_platform.storage.rollups import Rollup, delete_expired, refresh
 from heartbeat_platform.streaming.lag import PartitionLag
 
 TOPIC = dg.AssetKey("heartbeat_events")
@@ -69,9 +70,10 @@ _serving = {"group_name": "serving", "kinds": {"postgres", "view"}}
 views = [
     dg.AssetSpec(
         "vw_customer_bpm_summary",
-        description="Per customer, all time: readings, BPM average/min/max/stddev, anomalies "
-        "by type. A plain view: always current.",
-        deps=[RECORDS, ANOMALIES],
+        description="Per customer, over the rollups' retention: readings, BPM average/min/max/"
+        "stddev, anomalies by type. Daily and hourly rollups plus the raw readings newer than "
+        "the newest rolled-up hour; filter by customer_id.",
+        deps=[RECORDS, ANOMALIES, "customer_hourly_bpm_stats", "customer_daily_bpm_stats"],
         **_serving,
     ),
     dg.AssetSpec(
@@ -83,8 +85,9 @@ views = [
     dg.AssetSpec(
         "vw_pipeline_summary",
         description="One row: totals of records, anomalies by type, dead letters, alerts, "
-        "active customers.",
-        deps=[RECORDS, ANOMALIES, DEAD_LETTERS, METRICS],
+        "active customers. Totals from fleet_minute_stats plus the raw readings newer than "
+        "its newest minute.",
+        deps=[RECORDS, ANOMALIES, DEAD_LETTERS, "fleet_minute_stats", "customers"],
         **_serving,
     ),
 ]
@@ -96,46 +99,130 @@ def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) ->
     return "\n".join(lines)
 
 
-def refresh_summary(conn: psycopg.Connection, name: str, order_by: str) -> dg.MaterializeResult:
-    """Refresh a materialised view without blocking readers; row count and preview as metadata."""
-    view = sql.Identifier(name)
-    conn.execute(sql.SQL("REFRESH MATERIALIZED VIEW CONCURRENTLY {}").format(view))
-    count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(view)).fetchone()[0]
-    cursor = conn.execute(
-        sql.SQL("SELECT * FROM {} ORDER BY {} LIMIT {}").format(
-            view, sql.SQL(order_by), sql.Literal(PREVIEW_ROWS)
-        )
+ROLLUPS_START = "2026-01-01"  # first partition offered for backfills (rollups are UTC)
+
+
+class RollupConfig(dg.Config):
+    pending_only: bool = Field(
+        default=False,
+        description="Recompute only the windows the consumer marked pending (the rollup "
+        "sensor's runs). Off: every window of the partition range (a backfill).",
     )
-    columns = [c.name for c in cursor.description]
+
+
+def _refresh_rollup(
+    context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource,
+    rollup: Rollup, preview_order: str,
+) -> dg.MaterializeResult:
+    """Recompute the partition's windows from their own raw rows; what was done as metadata."""
+    window = context.partition_time_window
+    with postgres.connect() as conn:
+        result = refresh(
+            conn, rollup, window.start, window.end, pending_only=config.pending_only,
+            now=datetime.now(UTC),
+        )
+        cursor = conn.execute(
+            sql.SQL("SELECT * FROM {} WHERE {} >= %s AND {} < %s ORDER BY {} LIMIT {}").format(
+                sql.Identifier(rollup.table), sql.Identifier(rollup.key),
+                sql.Identifier(rollup.key), sql.SQL(preview_order), sql.Literal(PREVIEW_ROWS),
+            ),
+            _key_bounds(rollup, window.start, window.end),
+        )
+        columns = [c.name for c in cursor.description]
+        preview = _markdown_table(columns, cursor.fetchall())
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": count,
-            "preview": dg.MetadataValue.md(_markdown_table(columns, cursor.fetchall())),
+            "windows_recomputed": result.windows,
+            "rows_written": result.rows,
+            "readings_summarised": result.readings,
+            "pending_only": config.pending_only,
+            "seconds": round(result.seconds, 3),
+            "preview": dg.MetadataValue.md(preview),
         }
     )
 
 
-_summary = {"group_name": "serving", "kinds": {"postgres"}, "deps": [RECORDS, ANOMALIES]}
+def _key_bounds(rollup: Rollup, start, end) -> tuple:
+    if rollup is Rollup.CUSTOMER_DAILY:
+        return start.date(), end.date()
+    return start, end
+
+
+hourly = dg.HourlyPartitionsDefinition(start_date=f"{ROLLUPS_START}-00:00", end_offset=1)
+daily = dg.DailyPartitionsDefinition(start_date=ROLLUPS_START, end_offset=1)
+# A backfill of many windows runs a day at a time per run, not one run per hour.
+_rollup = {
+    "group_name": "rollups",
+    "kinds": {"postgres", "table"},
+    "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+}
 
 
 @dg.asset(
-    description="Per customer and UTC day: readings, BPM average/min/max/stddev, anomalies by "
-    "type. Materialised view, refreshed concurrently by refresh_summaries.",
-    **_summary,
+    description="Whole fleet per minute: readings, active customers, BPM average/min/max/"
+    "stddev, anomalies by type (each reading once). A partition is one hour of minutes, "
+    "computed from that hour's raw readings only; the rollup sensor recomputes the minutes "
+    "the consumer marked pending, within a minute. Also keeps the `customers` table.",
+    deps=[RECORDS, ANOMALIES],
+    partitions_def=hourly,
+    **_rollup,
 )
-def customer_daily_bpm_stats(postgres: PostgresResource) -> dg.MaterializeResult:
-    with postgres.connect() as conn:
-        return refresh_summary(conn, "customer_daily_bpm_stats", "day DESC, customer_id")
+def fleet_minute_stats(
+    context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    return _refresh_rollup(context, config, postgres, Rollup.FLEET_MINUTE, "minute DESC")
 
 
 @dg.asset(
-    description="Per minute, whole fleet: readings, active customers, BPM average/min/max, "
-    "anomalies by type. Materialised view, refreshed concurrently by refresh_summaries.",
-    **_summary,
+    description="Per customer and hour: readings, BPM average/min/max/stddev, first and last "
+    "reading, anomalies by type. Computed from the hour's raw readings only, once the hour "
+    "has closed, and again when late readings arrive for it.",
+    deps=[RECORDS, ANOMALIES],
+    partitions_def=hourly,
+    **_rollup,
 )
-def fleet_minute_stats(postgres: PostgresResource) -> dg.MaterializeResult:
+def customer_hourly_bpm_stats(
+    context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    return _refresh_rollup(
+        context, config, postgres, Rollup.CUSTOMER_HOURLY, "hour DESC, customer_id"
+    )
+
+
+@dg.asset(
+    description="Per customer and UTC day: the original design's daily statistics, built "
+    "from the day's 24 hourly rows (sums keep the average and deviation exact).",
+    deps=[customer_hourly_bpm_stats],
+    partitions_def=daily,
+    **_rollup,
+)
+def customer_daily_bpm_stats(
+    context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource
+) -> dg.MaterializeResult:
+    return _refresh_rollup(
+        context, config, postgres, Rollup.CUSTOMER_DAILY, "day DESC, customer_id"
+    )
+
+
+@dg.asset(
+    description="Day partitions of the raw tables: creates those of the retention window "
+    "and the days ahead, drops the days older than HEARTBEAT_RAW_RETENTION_DAYS whose "
+    "rollups are materialised (never one with a pending window), and deletes rollup rows "
+    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS. What it did is this asset's metadata.",
+    deps=[RECORDS, ANOMALIES, DEAD_LETTERS, METRICS, fleet_minute_stats,
+          customer_daily_bpm_stats],
+    group_name="storage",
+    kinds={"postgres"},
+)
+def raw_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
+    settings = postgres.settings()
+    now = datetime.now(UTC)
     with postgres.connect() as conn:
-        return refresh_summary(conn, "fleet_minute_stats", "minute DESC")
+        report = apply_retention(conn, settings.retention, now)
+        deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+    return dg.MaterializeResult(
+        metadata={**report.as_metadata(), "rollup_rows_deleted": deleted}
+    )
 
 
 class HealthSnapshotConfig(dg.Config):
@@ -206,12 +293,26 @@ dashboard = dg.AssetSpec(
     "Its upstream assets are what its panels query.",
     deps=[
         RECORDS, ANOMALIES, METRICS, "vw_recent_anomalies", "vw_pipeline_summary",
-        "vw_customer_bpm_summary", pipeline_health_snapshot,
+        "fleet_minute_stats", "customer_hourly_bpm_stats", "customers",
+        pipeline_health_snapshot,
     ],
     group_name="dashboards",
     kinds={"grafana"},
     metadata={"grafana_uid": "heartbeat-monitoring", "grafana_path": "/d/heartbeat-monitoring"},
 )
 
-summaries = [customer_daily_bpm_stats, fleet_minute_stats]
-all_assets = [topic, *tables, *views, *summaries, pipeline_health_snapshot, dashboard]
+customers = dg.AssetSpec(
+    "customers",
+    description="Every customer seen: first and last valid reading, last anomaly. Kept "
+    "current by each fleet_minute_stats run; the dashboard's customer list and the active "
+    "customer count read this small table instead of the readings.",
+    deps=[fleet_minute_stats],
+    group_name="rollups",
+    kinds={"postgres", "table"},
+)
+
+rollups = [fleet_minute_stats, customer_hourly_bpm_stats, customer_daily_bpm_stats]
+all_assets = [
+    topic, *tables, *views, *rollups, customers, raw_partitions, pipeline_health_snapshot,
+    dashboard,
+]

@@ -14,9 +14,13 @@ defs = dg.Definitions(
         jobs.heartbeat_consumer,
         jobs.heartbeat_producer,
         schedules.health_snapshot_job,
-        schedules.refresh_summaries_job,
+        schedules.data_quality_job,
+        schedules.raw_partitions_job,
+        *schedules.ROLLUP_JOBS.values(),
     ],
-    schedules=[schedules.every_minute, schedules.every_five_minutes],
-    sensors=[sensors.heartbeat_consumer_supervisor],
+    schedules=[
+        schedules.every_minute, schedules.every_five_minutes, schedules.hourly_retention,
+    ],
+    sensors=[sensors.heartbeat_consumer_supervisor, schedules.rollup_sensor],
     resources={"postgres": PostgresResource(), "kafka": KafkaResource()},
 )

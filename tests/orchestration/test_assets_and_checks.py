@@ -1,15 +1,19 @@
-"""Summaries, the health snapshot and the data-quality checks on a real PostgreSQL."""
+"""Rollups, retention, the health snapshot and the data-quality checks on a real PostgreSQL."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
 
 from heartbeat_platform.orchestration.assets import health_metrics
 from heartbeat_platform.orchestration.definitions import defs
+from heartbeat_platform.orchestration.resources import PostgresResource
+from heartbeat_platform.orchestration.schedules import rollup_sensor
+from heartbeat_platform.storage.rollups import Rollup, mark_pending
 from heartbeat_platform.streaming.lag import PartitionLag
 
-SUMMARIES = {"customer_daily_bpm_stats", "fleet_minute_stats"}
 CLEAN_ROWS = """
 INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, kafka_partition,
                                kafka_offset)
@@ -26,8 +30,20 @@ ANOMALY = """INSERT INTO heartbeat_anomalies (customer_id, event_timestamp, hear
                  anomaly_type, raw_payload, kafka_partition, kafka_offset)"""
 
 
-def refresh() -> dg.ExecuteInProcessResult:
-    return defs.get_job_def("refresh_summaries").execute_in_process(raise_on_error=False)
+def check() -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def("data_quality").execute_in_process(raise_on_error=False)
+
+
+def materialize_rollup(job: str, partition: str, pending_only: bool = False):
+    asset = {"fleet_minute_rollup": "fleet_minute_stats",
+             "customer_hourly_rollup": "customer_hourly_bpm_stats",
+             "customer_daily_rollup": "customer_daily_bpm_stats"}[job]
+    result = defs.resolve_job_def(job).execute_in_process(
+        partition_key=partition,
+        run_config={"ops": {asset: {"config": {"pending_only": pending_only}}}},
+    )
+    assert result.success
+    return materialized(result)[asset]
 
 
 def failed_checks(result: dg.ExecuteInProcessResult) -> set[str]:
@@ -48,96 +64,138 @@ def materialized(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
 
 
 def run_consumer() -> None:
-    assert defs.get_job_def("heartbeat_consumer").execute_in_process(
+    assert defs.resolve_job_def("heartbeat_consumer").execute_in_process(
         run_config={"ops": {"consume_heartbeats": {"config": {"stop_when_idle": 1.5}}}}
     ).success
 
 
-def test_real_data_passes_the_checks_and_feeds_the_summaries(produce, db) -> None:
-    """Readings that went through the real pipeline are clean; summaries add up to them."""
+def test_real_data_passes_the_checks_and_feeds_the_rollups(produce, db) -> None:
+    """Readings that went through the real pipeline are clean; the rollups add up to them."""
     produce(1_500)
     run_consumer()
-    result = refresh()
+    result = check()
     assert len(result.get_asset_check_evaluations()) == 6
     assert failed_checks(result) == set()
-    done = materialized(result)
-    assert set(done) == SUMMARIES
     records, anomalies = db.execute(
         "SELECT (SELECT count(*) FROM heartbeat_records), "
-        "(SELECT count(*) FROM heartbeat_anomalies)"
+        "(SELECT count(*) FROM (SELECT DISTINCT customer_id, event_timestamp "
+        "                       FROM heartbeat_anomalies) AS a)"
     ).fetchone()
-    fleet = db.execute(
-        "SELECT count(*), sum(reading_count), sum(anomaly_count) FROM fleet_minute_stats"
-    ).fetchone()
-    assert done["fleet_minute_stats"]["dagster/row_count"] == fleet[0]
-    assert (fleet[1], fleet[2]) == (records, anomalies)
-    daily = db.execute("SELECT count(*), sum(reading_count) FROM customer_daily_bpm_stats")
-    count, readings = daily.fetchone()
-    assert done["customer_daily_bpm_stats"]["dagster/row_count"] == count and readings == records
-    assert done["customer_daily_bpm_stats"]["preview"].startswith("| customer_id | day |")
+    hours = [row[0] for row in db.execute(
+        "SELECT DISTINCT date_trunc('hour', event_timestamp, 'UTC') FROM heartbeat_records"
+    )]
+    for hour in hours:
+        key = hour.astimezone(UTC).strftime("%Y-%m-%d-%H:%M")
+        fleet = materialize_rollup("fleet_minute_rollup", key)
+        assert fleet["windows_recomputed"] == 60  # a backfill run: every minute of its hour
+        materialize_rollup("customer_hourly_rollup", key)
+    for day in {hour.astimezone(UTC).strftime("%Y-%m-%d") for hour in hours}:
+        daily = materialize_rollup("customer_daily_rollup", day)
+        assert daily["preview"].startswith("| customer_id | day |")
+    for table in ("fleet_minute_stats", "customer_hourly_bpm_stats", "customer_daily_bpm_stats"):
+        totals = db.execute(
+            f"SELECT sum(reading_count), sum(anomaly_count) FROM {table}"
+        ).fetchone()
+        assert totals == (records, anomalies), table
+    summary = db.execute("SELECT total_records, total_anomalies FROM vw_pipeline_summary")
+    assert summary.fetchone() == (records, anomalies)
+
+
+def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
+    platform_settings, db
+) -> None:
+    """Two old hours pending -> one fleet run each, keyed by their marks; nothing else."""
+    old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=5), old + timedelta(hours=1)])
+    mark_pending(db, Rollup.CUSTOMER_HOURLY, [old])
+    context = dg.build_sensor_context(resources={"postgres": PostgresResource()})
+    requests = list(rollup_sensor(context))
+    got = sorted((r.job_name, r.partition_key) for r in requests)
+    key = old.strftime("%Y-%m-%d-%H:%M")
+    next_key = (old + timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M")
+    assert got == [("customer_hourly_rollup", key), ("fleet_minute_rollup", key),
+                   ("fleet_minute_rollup", next_key)]
+    assert len({r.run_key for r in requests}) == 3
+    for request in requests:
+        (config,) = request.run_config["ops"].values()
+        assert config == {"config": {"pending_only": True}}
+    # the same marks give the same run keys (Dagster skips them); a new mark, a new key
+    again = {r.run_key for r in rollup_sensor(context)}
+    assert again == {r.run_key for r in requests}
+    mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=6)])
+    assert len({r.run_key for r in rollup_sensor(context)} - again) == 1
+
+
+def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:
+    """An expired day with its rollups done is dropped and named in the metadata."""
+    old = (datetime.now(UTC) - timedelta(days=30)).date()
+    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
+    result = defs.resolve_job_def("storage_retention").execute_in_process()
+    assert result.success
+    metadata = materialized(result)["raw_partitions"]
+    assert metadata["days_dropped"] == [str(old)]
+    assert metadata["partitions_dropped"] == 4
+    assert db.execute(
+        "SELECT to_regclass(%s)", (f"heartbeat_records_p{old:%Y%m%d}",)
+    ).fetchone()[0] is None
 
 
 @pytest.mark.parametrize(
-    ("plant", "fails", "summaries"),
+    ("plant", "fails"),
     [
         pytest.param(
             f"{ANOMALY} VALUES ('CUST_00001', now(), 75, 'TACHYCARDIA', '{{}}', 2, 1)",
-            "heartbeat_anomalies.anomaly_type_matches_heart_rate", set(),
-            id="type contradicts heart rate: blocks summaries",
+            "heartbeat_anomalies.anomaly_type_matches_heart_rate",
+            id="type contradicts heart rate",
         ),
         pytest.param(
             f"{ANOMALY} VALUES ('bogus', now(), 30, 'BRADYCARDIA', '{{}}', 2, 1)",
-            "heartbeat_anomalies.required_values_present", set(),
-            id="malformed customer_id in anomalies: blocks summaries",
+            "heartbeat_anomalies.required_values_present",
+            id="malformed customer_id in anomalies",
         ),
         pytest.param(
             "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
             "kafka_partition, kafka_offset) VALUES ('', now(), 70, 2, 1)",
-            "heartbeat_records.required_values_present", set(),
-            id="blank customer_id in records: blocks summaries",
+            "heartbeat_records.required_values_present",
+            id="blank customer_id in records",
         ),
         pytest.param(
             f"{ANOMALY} SELECT customer_id, event_timestamp, heart_rate, anomaly_type, "
             "raw_payload, 2, kafka_offset FROM heartbeat_anomalies LIMIT 1",
-            "heartbeat_anomalies.no_duplicate_readings", SUMMARIES,
-            id="a reading stored twice: warns only",
+            "heartbeat_anomalies.no_duplicate_readings",
+            id="a reading stored twice",
         ),
         pytest.param(
             f"{ANOMALY} SELECT 'CUST_00001', now() - i * interval '1 ms', 200, 'TACHYCARDIA', "
             "'{}', 2, i FROM generate_series(1, 300) AS i",
-            "heartbeat_anomalies.anomaly_share_within_bounds", SUMMARIES,
-            id="anomaly storm: warns only",
+            "heartbeat_anomalies.anomaly_share_within_bounds",
+            id="anomaly storm",
         ),
         pytest.param(
             "UPDATE heartbeat_records SET event_timestamp = event_timestamp - interval '1 hour'",
-            "heartbeat_records.latest_reading_is_fresh", SUMMARIES,
-            id="no recent reading: warns only",
+            "heartbeat_records.latest_reading_is_fresh",
+            id="no recent reading",
         ),
     ],
 )
-def test_a_planted_bad_row_fails_its_check(
-    platform_settings, db, plant: str, fails: str, summaries: set[str]
-) -> None:
-    """Each check catches its own problem and only that; blocking ones stop the summaries."""
+def test_a_planted_bad_row_fails_its_check(platform_settings, db, plant: str, fails: str) -> None:
+    """Each check catches its own problem and only that."""
     db.execute(CLEAN_ROWS)
     db.execute(plant)
-    result = refresh()
-    assert failed_checks(result) == {fails}
-    assert set(materialized(result)) == summaries
+    assert failed_checks(check()) == {fails}
 
 
 def test_clean_rows_pass_every_check(platform_settings, db) -> None:
     """The baseline of the planted-row tests is clean, so each failure above is the plant's."""
     db.execute(CLEAN_ROWS)
-    result = refresh()
-    assert failed_checks(result) == set() and set(materialized(result)) == SUMMARIES
+    assert failed_checks(check()) == set()
 
 
 def test_health_snapshot_records_metrics_and_plottable_metadata(produce, db) -> None:
     """health_* rows land in pipeline_metrics (lag per partition) and as numeric metadata."""
     produce(900)
     run_consumer()
-    result = defs.get_job_def("pipeline_health").execute_in_process(
+    result = defs.resolve_job_def("pipeline_health").execute_in_process(
         run_config={"ops": {"pipeline_health_snapshot": {"config": {"window_s": 600}}}}
     )
     assert result.success

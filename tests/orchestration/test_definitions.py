@@ -24,19 +24,30 @@ ASSET_GRAPH = {
     "heartbeat_anomalies": ["heartbeat_events"],
     "heartbeat_dead_letters": ["heartbeat_events"],
     "pipeline_metrics": ["heartbeat_events"],
-    "vw_customer_bpm_summary": ["heartbeat_anomalies", "heartbeat_records"],
+    "vw_customer_bpm_summary": [
+        "customer_daily_bpm_stats", "customer_hourly_bpm_stats", "heartbeat_anomalies",
+        "heartbeat_records",
+    ],
     "vw_recent_anomalies": ["heartbeat_anomalies"],
     "vw_pipeline_summary": [
-        "heartbeat_anomalies", "heartbeat_dead_letters", "heartbeat_records", "pipeline_metrics",
+        "customers", "fleet_minute_stats", "heartbeat_anomalies", "heartbeat_dead_letters",
+        "heartbeat_records",
     ],
-    "customer_daily_bpm_stats": ["heartbeat_anomalies", "heartbeat_records"],
     "fleet_minute_stats": ["heartbeat_anomalies", "heartbeat_records"],
+    "customer_hourly_bpm_stats": ["heartbeat_anomalies", "heartbeat_records"],
+    "customer_daily_bpm_stats": ["customer_hourly_bpm_stats"],
+    "customers": ["fleet_minute_stats"],
+    "raw_partitions": [
+        "customer_daily_bpm_stats", "fleet_minute_stats", "heartbeat_anomalies",
+        "heartbeat_dead_letters", "heartbeat_records", "pipeline_metrics",
+    ],
     "pipeline_health_snapshot": [
         "heartbeat_anomalies", "heartbeat_dead_letters", "heartbeat_events", "heartbeat_records",
     ],
     "customer_heartbeat_monitoring": [
-        "heartbeat_anomalies", "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
-        "vw_customer_bpm_summary", "vw_pipeline_summary", "vw_recent_anomalies",
+        "customer_hourly_bpm_stats", "customers", "fleet_minute_stats", "heartbeat_anomalies",
+        "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
+        "vw_pipeline_summary", "vw_recent_anomalies",
     ],
 }
 
@@ -53,8 +64,9 @@ CHECKS = {  # (asset, check) -> blocking
 def test_definitions_load_and_validate() -> None:
     dg.Definitions.validate_loadable(defs)
     jobs = {job.name for job in defs.resolve_all_job_defs()}
-    assert {"heartbeat_consumer", "heartbeat_producer", "pipeline_health",
-            "refresh_summaries"} <= jobs
+    assert {"heartbeat_consumer", "heartbeat_producer", "pipeline_health", "data_quality",
+            "storage_retention", "fleet_minute_rollup", "customer_hourly_rollup",
+            "customer_daily_rollup"} <= jobs
 
 
 def test_asset_graph_snapshot() -> None:
@@ -68,28 +80,31 @@ def test_asset_graph_snapshot() -> None:
 
 
 def test_checks_and_their_blocking() -> None:
-    """Blocking checks are the ones a bad table must not pass into the summaries."""
+    """Blocking checks are the ones a bad table must not pass on; data_quality runs them all."""
     graph = defs.resolve_asset_graph()
     actual = {
         (key.asset_key.to_user_string(), key.name): graph.get_check_spec(key).blocking
         for key in graph.asset_check_keys
     }
     assert actual == CHECKS
-    summaries_job = defs.get_job_def("refresh_summaries")
-    assert {k.name for k in summaries_job.asset_layer.asset_graph.asset_check_keys} >= {
-        name for (_, name), blocking in CHECKS.items() if blocking
+    quality_job = defs.resolve_job_def("data_quality")
+    assert {k.name for k in quality_job.asset_layer.asset_graph.asset_check_keys} == {
+        name for _, name in CHECKS
     }
 
 
 def test_supervisor_and_schedules_run_by_default() -> None:
-    """What runs without anyone clicking: the consumer supervisor, health and summaries."""
-    (sensor,) = defs.sensors
-    assert sensor.name == "heartbeat_consumer_supervisor"
-    assert sensor.default_status is dg.DefaultSensorStatus.RUNNING
+    """What runs without anyone clicking: supervisor, rollups, health, checks, retention."""
+    sensors = {s.name: s.default_status for s in defs.sensors}
+    assert sensors == {
+        "heartbeat_consumer_supervisor": dg.DefaultSensorStatus.RUNNING,
+        "rollup_sensor": dg.DefaultSensorStatus.RUNNING,
+    }
     schedules = {s.name: (s.cron_schedule, s.default_status) for s in defs.schedules}
     assert schedules == {
         "pipeline_health_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
-        "refresh_summaries_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "data_quality_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "storage_retention_hourly": ("7 * * * *", dg.DefaultScheduleStatus.RUNNING),
     }
 
 

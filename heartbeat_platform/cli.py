@@ -110,8 +110,19 @@ def _print_status(report: dict) -> None:
         "[green]reachable[/green]" if db["reachable"] else f"[red]{db.get('error')}[/red]",
     )
     table.add_row("schema version", str(db["schema_version"]), "")
+    storage = db.get("storage") or {}
     for name, count in db["row_counts"].items():
-        table.add_row(f"  {name}", f"{count:,}", "")
+        size = storage.get("tables", {}).get(name, {}).get("bytes", 0)
+        table.add_row(f"  {name}", f"~{count:,} rows", f"{size / 2**20:,.1f} MiB")
+    if storage:
+        table.add_row(
+            "  raw days kept", f"{storage['first_day']} .. {storage['last_day']}",
+            f"retention {storage['raw_retention_days']} days",
+        )
+        table.add_row(
+            "  rollups up to", str(storage["fleet_minutes_rolled_up_until"]),
+            f"{storage['rollup_windows_pending']} windows pending",
+        )
     table.add_row(
         "Kafka", f"{kafka['source']} {kafka['bootstrap_servers'] or ''}",
         "[green]reachable[/green]" if kafka["reachable"] else f"[red]{kafka.get('error')}[/red]",
@@ -121,6 +132,50 @@ def _print_status(report: dict) -> None:
         f"{kafka['partitions']} partitions" if kafka["partitions"] else "missing", "",
     )
     console.print(table)
+
+
+@app.command()
+def maintain(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Bring the rollups up to date and apply retention once (what Dagster does on schedule).
+
+    For deployments that run `consume` without Dagster: run it every minute or so (cron).
+    """
+    from datetime import UTC, datetime
+
+    from heartbeat_platform.storage.database import connect
+    from heartbeat_platform.storage.partitions import apply_retention
+    from heartbeat_platform.storage.rollups import delete_expired, refresh_pending
+
+    settings = _settings()
+    database_url = platform.prepare(settings).endpoints.database_url
+    now = datetime.now(UTC)
+    with connect(database_url, autocommit=True) as conn:
+        refreshed = refresh_pending(conn, now)
+        retention = apply_retention(conn, settings.retention, now)
+        deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+    report = {
+        "rollups": {
+            r.rollup.value: {"windows": r.windows, "rows": r.rows, "readings": r.readings,
+                             "seconds": round(r.seconds, 3)}
+            for r in refreshed
+        },
+        "retention": retention.as_metadata(),
+        "rollup_rows_deleted": deleted,
+    }
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    for name, done in report["rollups"].items():
+        console.print(f"{name}: {done['windows']} windows recomputed")
+    if not refreshed:
+        console.print("rollups: up to date")
+    console.print(
+        f"raw days kept {retention.first_day}..{retention.last_day}; dropped "
+        f"{report['retention']['days_dropped'] or 'nothing'}; kept for pending rollups "
+        f"{report['retention']['days_kept_for_rollups'] or 'none'}"
+    )
 
 
 @app.command()

@@ -1,4 +1,9 @@
-"""What `heartbeat-platform status` reports: reachability, schema, topic, row counts."""
+"""What `heartbeat-platform status` reports: reachability, schema, topic, storage.
+
+Row counts are the planner's estimates summed over the day partitions (exact counts would
+read every stored reading: minutes at the design rate), with each table's size, the days
+kept and how far the rollups are behind.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,25 @@ from heartbeat_platform.config import Settings
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.storage.database import connect, describe
 from heartbeat_platform.storage.migrations import schema_version
+from heartbeat_platform.storage.partitions import RAW_TABLES, partition_days
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 
-COUNTED_TABLES = (
-    "heartbeat_records",
-    "heartbeat_anomalies",
-    "heartbeat_dead_letters",
-    "pipeline_metrics",
-)
+_TABLES = """
+SELECT parent.relname,
+       coalesce(sum(greatest(child.reltuples, 0)), 0)::bigint,
+       coalesce(sum(pg_total_relation_size(child.oid)), 0)::bigint,
+       count(child.oid)
+FROM pg_class parent
+LEFT JOIN pg_inherits ON pg_inherits.inhparent = parent.oid
+LEFT JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+WHERE parent.relnamespace = current_schema()::regnamespace AND parent.relname = ANY(%s)
+GROUP BY parent.relname
+"""
+_ROLLUPS = """
+SELECT (SELECT max(minute) + interval '1 minute' FROM fleet_minute_stats),
+       (SELECT max(hour) + interval '1 hour' FROM customer_hourly_bpm_stats),
+       (SELECT count(*) FROM rollup_pending)
+"""
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -47,6 +63,7 @@ def _database_status(url: str, settings: Settings) -> dict[str, Any]:
         "where": describe(url) if url else None,
         "schema_version": None,
         "row_counts": {},
+        "storage": {},
     }
     if not url:
         status["error"] = "embedded PostgreSQL is not running (run `heartbeat-platform init-db`)"
@@ -56,12 +73,30 @@ def _database_status(url: str, settings: Settings) -> dict[str, Any]:
         status["reachable"] = True
         if status["schema_version"] is not None:
             with connect(url) as conn:
-                for table in COUNTED_TABLES:
-                    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-                    status["row_counts"][table] = row[0]
+                status["row_counts"], status["storage"] = _storage(conn, settings)
     except psycopg.Error as exc:
         status["error"] = str(exc).strip()
     return status
+
+
+def _storage(conn: psycopg.Connection, settings: Settings) -> tuple[dict, dict]:
+    """Estimated rows per raw table, and what is kept where (bounded catalog reads)."""
+    counts, tables = {}, {}
+    for name, rows, size, partitions in conn.execute(_TABLES, (list(RAW_TABLES),)):
+        counts[name] = rows
+        tables[name] = {"bytes": size, "partitions": partitions}
+    days = partition_days(conn)["heartbeat_records"]
+    minute_frontier, hour_frontier, pending = conn.execute(_ROLLUPS).fetchone()
+    return counts, {
+        "tables": tables,
+        "first_day": str(days[0]) if days else None,
+        "last_day": str(days[-1]) if days else None,
+        "raw_retention_days": settings.heartbeat_raw_retention_days,
+        "rollup_retention_days": settings.heartbeat_rollup_retention_days,
+        "fleet_minutes_rolled_up_until": minute_frontier.isoformat() if minute_frontier else None,
+        "customer_hours_rolled_up_until": hour_frontier.isoformat() if hour_frontier else None,
+        "rollup_windows_pending": pending,
+    }
 
 
 def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:

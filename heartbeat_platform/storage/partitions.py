@@ -87,7 +87,10 @@ def apply_retention(
     existing = partition_days(conn)
     expired = {table: policy.expired_days(days, now) for table, days in existing.items()}
     candidates = sorted({d for t in ROLLED_UP for d in expired[t]})
-    report.kept_for_rollups = unrolled_days(conn, candidates)
+    report.kept_for_rollups = sorted(
+        set(unrolled_days(conn, candidates))
+        | {d for d in candidates if _readings_without_daily_rollup(conn, d, existing)}
+    )
     blocked = set(report.kept_for_rollups)
     for table, days in expired.items():
         droppable = [d for d in days if d not in blocked]
@@ -101,6 +104,23 @@ def apply_retention(
             ", ".join(str(d) for d in report.kept_for_rollups),
         )
     return report
+
+
+def _readings_without_daily_rollup(
+    conn: psycopg.Connection, day: date, existing: dict[str, list[date]]
+) -> bool:
+    """A day holding readings that no daily rollup row covers (e.g. rows written by hand,
+    never marked pending): it must not go, or its readings would be lost to every total."""
+    holds = [
+        sql.SQL("EXISTS (SELECT 1 FROM {})").format(sql.Identifier(f"{t}_p{day:%Y%m%d}"))
+        for t in sorted(ROLLED_UP) if day in existing[t]
+    ]
+    if not holds:
+        return False
+    query = sql.SQL(
+        "SELECT ({}) AND NOT EXISTS (SELECT 1 FROM customer_daily_bpm_stats WHERE day = %s)"
+    ).format(sql.SQL(" OR ").join(holds))
+    return conn.execute(query, (day,)).fetchone()[0]
 
 
 def _drop(conn: psycopg.Connection, table: str, day: date) -> None:

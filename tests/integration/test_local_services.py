@@ -99,7 +99,16 @@ def test_status_reports_schema_topic_and_counts(cli_env, tmp_path) -> None:
     assert report["database"]["source"] == "configured"
     assert report["database"]["schema_version"] >= 2
     assert report["database"]["row_counts"]["heartbeat_records"] == 0
+    storage = report["database"]["storage"]
+    # init-db created the day partitions: 7 days back, today, 3 ahead (the defaults)
+    assert storage["tables"]["heartbeat_records"]["partitions"] == 11
+    assert storage["rollup_windows_pending"] == 0
     assert report["kafka"]["partitions"] == 3
+
+    maintain = _cli("maintain", "--json", env=cli_env, cwd=tmp_path)
+    assert maintain.returncode == 0, maintain.stderr
+    done = json.loads(maintain.stdout)
+    assert done["rollups"] == {} and done["retention"]["partitions_dropped"] == 0
 
 
 def test_status_names_an_unreachable_database(cli_env, tmp_path) -> None:

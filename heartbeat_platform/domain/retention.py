@@ -32,10 +32,13 @@ class RetentionPolicy:
         )
 
     def days_to_create(self, now: datetime) -> tuple[date, date]:
-        """First and last UTC day whose partitions must exist at `now`."""
-        today = now.astimezone(UTC).date()
-        oldest = (now - timedelta(days=self.raw_retention_days)).astimezone(UTC).date()
-        return oldest, today + timedelta(days=self.partitions_ahead_days)
+        """First and last UTC day whose partitions must exist at `now`: the whole
+        admissible window (a clock skew longer than the days ahead included), plus the
+        days ahead."""
+        window = self.admissible(now)
+        ahead = now.astimezone(UTC).date() + timedelta(days=self.partitions_ahead_days)
+        newest = window.newest.astimezone(UTC).date()
+        return window.oldest.astimezone(UTC).date(), max(ahead, newest)
 
     def expired_days(self, days: Iterable[date], now: datetime) -> list[date]:
         """Days that ended before the window started (and the grace passed): to be removed."""

@@ -139,7 +139,7 @@ def test_up_supervises_the_consumer_shows_lineage_and_stops_clean(tmp_path: Path
             lambda: (lambda t: t if len(t) >= 2 else None)(dagster.ticks_after(stopped_at)),
             timeout=300,
         )
-        assert all(t["status"] == "SKIPPED" and not t["runIds"] for t in ticks)
+        assert all(t["status"] == "SKIPPED" and not t["runIds"] for t in ticks), ticks
         assert "stopped by an operator" in ticks[0]["skipReason"]
         assert [r["runId"] for r in dagster.consumer_runs()] == [run["runId"]]
 
@@ -150,7 +150,7 @@ def test_up_supervises_the_consumer_shows_lineage_and_stops_clean(tmp_path: Path
             browser = playwright.chromium.launch(
                 executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
             )
-            page = browser.new_page(viewport={"width": 2200, "height": 2600})
+            page = browser.new_page(viewport={"width": 2400, "height": 4800})
             page.goto(  # everything is downstream of the topic
                 f"{dagster.url}/assets/heartbeat_events"
                 "?view=lineage&lineageScope=downstream&lineageDepth=4",

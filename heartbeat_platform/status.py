@@ -15,7 +15,7 @@ from heartbeat_platform.config import Settings
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.storage.database import connect, describe
 from heartbeat_platform.storage.migrations import schema_version
-from heartbeat_platform.storage.partitions import RAW_TABLES, partition_days
+from heartbeat_platform.storage.partitions import DAY_PARTITIONED, partition_days
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 
 _TABLES = """
@@ -82,7 +82,7 @@ def _database_status(url: str, settings: Settings) -> dict[str, Any]:
 def _storage(conn: psycopg.Connection, settings: Settings) -> tuple[dict, dict]:
     """Estimated rows per raw table, and what is kept where (bounded catalog reads)."""
     counts, tables = {}, {}
-    for name, rows, size, partitions in conn.execute(_TABLES, (list(RAW_TABLES),)):
+    for name, rows, size, partitions in conn.execute(_TABLES, (list(DAY_PARTITIONED),)):
         counts[name] = rows
         tables[name] = {"bytes": size, "partitions": partitions}
     days = partition_days(conn)["heartbeat_records"]

@@ -7,10 +7,12 @@
 --    heartbeat_ensure_partitions() below: for the retention window and a few days ahead at
 --    init-db, then by the consumer itself and the scheduled `raw_partitions` Dagster job.
 -- 2. Rollups (fleet per minute, customer per hour and per day) become plain tables that
---    are brought up to date window by window: the consumer marks the windows each batch
+--    are brought up to date window by window: the consumer marks the minutes each batch
 --    touched in rollup_pending, in the batch's transaction, and the rollup jobs recompute
---    exactly those windows. They keep sums and sums of squares so coarser windows and the
---    views combine them exactly.
+--    exactly those windows. A minute is read from the raw rows once, into
+--    customer_minute_stats (kept as long as the raw rows); the fleet minute, the customer
+--    hour and the customer day are built from the level below. Every level keeps sums and
+--    sums of squares, so coarser windows and the views combine them exactly.
 -- 3. The views of the original design keep their names and columns, answered from the
 --    rollups plus the raw readings newer than the rollups (a bounded tail).
 --
@@ -99,7 +101,30 @@ CREATE TABLE pipeline_metrics (
 ) PARTITION BY RANGE (recorded_at);
 CREATE INDEX pipeline_metrics_name_time_idx ON pipeline_metrics (metric_name, recorded_at);
 
--- Day partitions of every raw table for the UTC days first_day..last_day that are missing;
+-- The first rollup level, one row per customer and minute, computed from the raw rows of
+-- the minute (each reading once); partitioned and kept like the raw rows it summarises.
+-- The customer hour and the fleet minute are built from it: a minute of the fleet is read
+-- from the raw tables once, whichever rollups need it.
+CREATE TABLE customer_minute_stats (
+    minute             timestamptz NOT NULL,
+    reading_count      bigint  NOT NULL,
+    bpm_sum            bigint  NOT NULL,
+    bpm_sum_squares    bigint  NOT NULL,
+    min_bpm            integer,
+    max_bpm            integer,
+    anomaly_count      bigint  NOT NULL,
+    bradycardia_count  bigint  NOT NULL,
+    tachycardia_count  bigint  NOT NULL,
+    invalid_count      bigint  NOT NULL,
+    first_reading_at   timestamptz,
+    last_reading_at    timestamptz,
+    last_anomaly_at    timestamptz,
+    customer_id        text COLLATE "C" NOT NULL,
+    PRIMARY KEY (minute, customer_id)
+) PARTITION BY RANGE (minute);
+
+-- Day partitions of every raw table (and of customer_minute_stats, which lives as long)
+-- for the UTC days first_day..last_day that are missing;
 -- returns how many it created. Named <table>_pYYYYMMDD. Safe to call from several
 -- processes at once, and cheap when nothing is missing (no lock is taken then).
 CREATE FUNCTION heartbeat_ensure_partitions(first_day date, last_day date)
@@ -110,7 +135,8 @@ DECLARE
     created integer := 0;
 BEGIN
     FOREACH parent IN ARRAY ARRAY['heartbeat_records', 'heartbeat_anomalies',
-                                  'heartbeat_dead_letters', 'pipeline_metrics'] LOOP
+                                  'heartbeat_dead_letters', 'pipeline_metrics',
+                                  'customer_minute_stats'] LOOP
         day := first_day;
         WHILE day <= last_day LOOP
             IF to_regclass(format('%I', parent || to_char(day, '"_p"YYYYMMDD'))) IS NULL THEN
@@ -174,10 +200,10 @@ FROM (VALUES ('heartbeat_anomalies', (SELECT max(id) FROM heartbeat_anomalies)),
              ('heartbeat_dead_letters', (SELECT max(id) FROM heartbeat_dead_letters)),
              ('pipeline_metrics', (SELECT max(id) FROM pipeline_metrics))) AS ids (t, max_id);
 
--- Windows whose rollups are out of date. The consumer marks the minute and the hour of
--- every reading it stores (one row per Kafka partition, so consumers never wait on each
--- other's marks); the customer-hour rollup marks the days it changed. A rollup job takes
--- the marks of its window and recomputes that window from the raw rows.
+-- Windows whose rollups are out of date. The consumer marks the minute of every reading it
+-- stores (one row per Kafka partition, so consumers never wait on each other's marks);
+-- recomputing a minute marks its hour, recomputing an hour marks its day. A rollup job
+-- takes the marks of its range and recomputes those windows from the level below.
 CREATE TABLE rollup_pending (
     rollup          text        NOT NULL
         CHECK (rollup IN ('fleet_minute', 'customer_hourly', 'customer_daily')),
@@ -262,14 +288,11 @@ CREATE TABLE customers (
 );
 CREATE INDEX customers_last_reading_at_idx ON customers (last_reading_at);
 
--- Migrated rows: every minute and hour that holds one is pending.
+-- Migrated rows: every minute that holds one is pending (its hour and day follow).
 INSERT INTO rollup_pending (rollup, window_start)
 SELECT DISTINCT 'fleet_minute', date_trunc('minute', event_timestamp)
 FROM (SELECT event_timestamp FROM heartbeat_records
       UNION ALL SELECT event_timestamp FROM heartbeat_anomalies) AS readings;
-INSERT INTO rollup_pending (rollup, window_start)
-SELECT DISTINCT 'customer_hourly', date_trunc('hour', window_start)
-FROM rollup_pending WHERE rollup = 'fleet_minute';
 
 DROP SCHEMA heartbeat_migration_006 CASCADE;
 
@@ -279,15 +302,17 @@ DROP SCHEMA heartbeat_migration_006 CASCADE;
 -- window is recomputed, within a minute or two.
 
 -- Per customer: days from customer_daily_bpm_stats, the last two days from the hourly
--- rollup (so a day whose daily row is being recomputed is never missing), and the
--- readings after the newest rolled-up hour. Filter by customer_id: the planner pushes the
--- filter into every part.
+-- rollup (so a day whose daily row is being recomputed is never missing), the minutes
+-- after the newest rolled-up hour from customer_minute_stats, and the raw readings after
+-- the newest rolled-up minute. Filter by customer_id: the filter reaches every part.
 CREATE VIEW vw_customer_bpm_summary AS
 WITH frontier AS MATERIALIZED (
-    SELECT coalesce(max(hour) + interval '1 hour', '-infinity'::timestamptz) AS at,
-           coalesce(date_trunc('day', max(hour) AT TIME ZONE 'UTC')::date - 1,
-                    '-infinity'::date) AS hourly_from_day
-    FROM customer_hourly_bpm_stats
+    SELECT coalesce((SELECT max(hour) + interval '1 hour' FROM customer_hourly_bpm_stats),
+                    '-infinity'::timestamptz) AS hour_at,
+           coalesce((SELECT date_trunc('day', max(hour) AT TIME ZONE 'UTC')::date - 1
+                     FROM customer_hourly_bpm_stats), '-infinity'::date) AS hourly_from_day,
+           coalesce((SELECT max(minute) + interval '1 minute' FROM fleet_minute_stats),
+                    '-infinity'::timestamptz) AS minute_at
 ), parts AS (
     SELECT customer_id, reading_count, bpm_sum, bpm_sum_squares, min_bpm, max_bpm,
            first_reading_at, last_reading_at, anomaly_count, bradycardia_count,
@@ -301,11 +326,17 @@ WITH frontier AS MATERIALIZED (
     FROM customer_hourly_bpm_stats
     WHERE hour >= (SELECT hourly_from_day FROM frontier)::timestamp AT TIME ZONE 'UTC'
     UNION ALL
+    SELECT customer_id, reading_count, bpm_sum, bpm_sum_squares, min_bpm, max_bpm,
+           first_reading_at, last_reading_at, anomaly_count, bradycardia_count,
+           tachycardia_count, invalid_count, last_anomaly_at
+    FROM customer_minute_stats
+    WHERE minute >= (SELECT hour_at FROM frontier) AND minute < (SELECT minute_at FROM frontier)
+    UNION ALL
     SELECT customer_id, count(*), sum(heart_rate), sum(heart_rate::bigint * heart_rate),
            min(heart_rate), max(heart_rate), min(event_timestamp), max(event_timestamp),
            0, 0, 0, 0, NULL
     FROM heartbeat_records
-    WHERE event_timestamp >= (SELECT at FROM frontier)
+    WHERE event_timestamp >= (SELECT greatest(hour_at, minute_at) FROM frontier)
     GROUP BY customer_id
     UNION ALL
     SELECT customer_id, 0, 0, 0, NULL, NULL, NULL, NULL, count(*),
@@ -316,7 +347,7 @@ WITH frontier AS MATERIALIZED (
     FROM (SELECT DISTINCT ON (customer_id, event_timestamp) customer_id, event_timestamp,
                  anomaly_type
           FROM heartbeat_anomalies
-          WHERE event_timestamp >= (SELECT at FROM frontier)) AS a
+          WHERE event_timestamp >= (SELECT greatest(hour_at, minute_at) FROM frontier)) AS a
     GROUP BY customer_id
 ), totals AS (
     SELECT customer_id,

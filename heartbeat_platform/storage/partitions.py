@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 
 RAW_TABLES = ("heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
               "pipeline_metrics")
-# Readings: a day may go only once its rollups hold it. Metrics and dead letters are not
-# rolled up; they leave with the same window.
+# The customer minutes, the first rollup level (hours are built from them), live as long
+# as the raw rows they summarise.
+DAY_PARTITIONED = (*RAW_TABLES, "customer_minute_stats")
+# Readings: a day may go only once its rollups hold it. The other tables are not rolled up
+# (or are the rollup's first level); they leave with the same window.
 ROLLED_UP = frozenset({"heartbeat_records", "heartbeat_anomalies"})
 _SUFFIX = re.compile(r"_p(\d{8})$")
 
@@ -60,7 +63,7 @@ def ensure_partitions(conn: psycopg.Connection, policy: RetentionPolicy, now: da
 
 
 def partition_days(conn: psycopg.Connection) -> dict[str, list[date]]:
-    """The day partitions each raw table has now."""
+    """The day partitions each day-partitioned table has now."""
     rows = conn.execute(
         """SELECT parent.relname, child.relname
            FROM pg_inherits
@@ -68,9 +71,9 @@ def partition_days(conn: psycopg.Connection) -> dict[str, list[date]]:
            JOIN pg_class parent ON parent.oid = pg_inherits.inhparent
            WHERE parent.relnamespace = current_schema()::regnamespace
              AND parent.relname = ANY(%s)""",
-        (list(RAW_TABLES),),
+        (list(DAY_PARTITIONED),),
     ).fetchall()
-    days: dict[str, list[date]] = {table: [] for table in RAW_TABLES}
+    days: dict[str, list[date]] = {table: [] for table in DAY_PARTITIONED}
     for parent, child in rows:
         match = _SUFFIX.search(child)
         if match:
@@ -124,11 +127,13 @@ def _readings_without_daily_rollup(
 
 
 def _drop(conn: psycopg.Connection, table: str, day: date) -> None:
-    """Detach, then drop: a reader holding the parent sees the day go at once."""
+    """Detach, then drop, in two transactions: the parent's lock (which stalls the writer
+    for about one batch) is held for the detach only, not while the day's files go."""
     name = sql.Identifier(f"{table}_p{day:%Y%m%d}")
     with conn.transaction():
         conn.execute(
             sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(table), name)
         )
+    with conn.transaction():
         conn.execute(sql.SQL("DROP TABLE {}").format(name))
     log.info("dropped %s_p%s (older than the retention window)", table, f"{day:%Y%m%d}")

@@ -1,13 +1,16 @@
-"""Rollups brought up to date window by window, from each window's own raw rows only.
+"""Rollups brought up to date window by window, each from its own window only.
 
-Three rollups, each a table (sql/006): `fleet_minute_stats` (whole fleet per minute),
-`customer_hourly_bpm_stats` and `customer_daily_bpm_stats` (the daily one is built from
-the hourly rows of its day). The consumer marks the minute and the hour of every reading
-it stores in `rollup_pending`, in the batch's own transaction; a refresh takes the marks
-of its range and recomputes exactly those windows, in one transaction, so the cost of
-staying current follows the new data, never the history. A refresh of a range with
-`pending_only=False` recomputes every window of it (a backfill). Recomputing a window
-replaces its rows, so a refresh equals a full recompute of the same windows.
+Three rollups (sql/006), each recomputed from the level below: a fleet-minute refresh
+reads its minutes' raw rows once into `customer_minute_stats` (per customer and minute)
+and builds `fleet_minute_stats` and `customers` from it; `customer_hourly_bpm_stats` is
+built from the customer minutes of its hours, `customer_daily_bpm_stats` from the hours
+of its days. The consumer marks the minute of every reading it stores in
+`rollup_pending`, in the batch's own transaction; recomputing a minute marks its hour,
+recomputing an hour marks its day. A refresh takes the marks of its range and recomputes
+exactly those windows, in one transaction, so the cost of staying current follows the
+new data, never the history. A refresh with `pending_only=False` recomputes every window
+of its range (a backfill). Recomputing a window replaces its rows, so a refresh equals a
+full recompute of the same windows.
 
 Refreshes of one rollup are serialised by an advisory lock: a backfill and a scheduled
 refresh of the same windows never interleave.
@@ -46,7 +49,8 @@ class Rollup(StrEnum):
 
         Readings arrive about a second after their event time; a window computed a few
         seconds after it closed is nearly always final (a later reading marks it again).
-        Customer hours wait a minute: each recompute reads a whole hour of the fleet.
+        An hour waits a minute more, for its last minutes to be rolled up; a day is marked
+        only when its hours are, so it is ready at once.
         """
         return _SETTLE[self]
 
@@ -235,78 +239,21 @@ def _bounds(windows: list[datetime], width: timedelta) -> dict:
     return {"windows": windows, "lo": windows[0], "hi": windows[-1] + width}
 
 
-# The anomaly side counts each reading once (same customer and timestamp), as before: a
-# reading replayed at another Kafka offset does not inflate the rollups.
-_FLEET_MINUTES = """
+# A minute read from the raw rows once, per customer; the anomaly side counts each reading
+# once (same customer and timestamp), so a reading replayed at another Kafka offset does
+# not inflate any rollup.
+_CUSTOMER_MINUTES = """
 WITH readings AS (
-    SELECT date_trunc('minute', event_timestamp) AS minute,
-           count(*) AS n, count(DISTINCT customer_id) AS customers,
-           sum(heart_rate) AS s, sum(heart_rate::bigint * heart_rate) AS ss,
-           min(heart_rate) AS min_bpm, max(heart_rate) AS max_bpm,
-           round(avg(heart_rate), 1) AS avg_bpm, round(stddev_samp(heart_rate), 1) AS sd
-    FROM heartbeat_records
-    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
-    GROUP BY 1
-), anomalies AS (
-    SELECT date_trunc('minute', event_timestamp) AS minute, count(*) AS anomalies,
-           count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS brady,
-           count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachy,
-           count(*) FILTER (WHERE anomaly_type = 'INVALID') AS invalid
-    FROM (SELECT DISTINCT ON (customer_id, event_timestamp) event_timestamp, anomaly_type
-          FROM heartbeat_anomalies
-          WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-            AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)) AS a
-    GROUP BY 1
-)
-INSERT INTO fleet_minute_stats (minute, reading_count, customer_count, avg_bpm, min_bpm,
-    max_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count, stddev_bpm,
-    bpm_sum, bpm_sum_squares)
-SELECT minute, coalesce(n, 0), coalesce(customers, 0), avg_bpm, min_bpm, max_bpm,
-       coalesce(anomalies, 0), coalesce(brady, 0), coalesce(tachy, 0), coalesce(invalid, 0),
-       sd, coalesce(s, 0), coalesce(ss, 0)
-FROM readings FULL OUTER JOIN anomalies USING (minute)
-"""
-
-# Customers seen in the recomputed minutes: the dashboard's customer list and the count
-# of active customers read this small table instead of the readings.
-_CUSTOMERS = """
-INSERT INTO customers (customer_id, first_reading_at, last_reading_at, last_anomaly_at)
-SELECT customer_id, min(first_at), max(last_at), max(anomaly_at)
-FROM (
-    SELECT customer_id, min(event_timestamp) AS first_at, max(event_timestamp) AS last_at,
-           NULL::timestamptz AS anomaly_at
-    FROM heartbeat_records
-    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
-    GROUP BY customer_id
-    UNION ALL
-    SELECT customer_id, NULL, NULL, max(event_timestamp)
-    FROM heartbeat_anomalies
-    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
-    GROUP BY customer_id
-) AS seen
-GROUP BY customer_id
-ON CONFLICT (customer_id) DO UPDATE SET
-    first_reading_at = least(customers.first_reading_at, excluded.first_reading_at),
-    last_reading_at = greatest(customers.last_reading_at, excluded.last_reading_at),
-    last_anomaly_at = greatest(customers.last_anomaly_at, excluded.last_anomaly_at)
-"""
-
-_CUSTOMER_HOURS = """
-WITH readings AS (
-    SELECT customer_id, date_trunc('hour', event_timestamp) AS hour,
+    SELECT customer_id, date_trunc('minute', event_timestamp) AS minute,
            count(*) AS n, sum(heart_rate) AS s, sum(heart_rate::bigint * heart_rate) AS ss,
            min(heart_rate) AS min_bpm, max(heart_rate) AS max_bpm,
-           round(avg(heart_rate), 1) AS avg_bpm, round(stddev_samp(heart_rate), 1) AS sd,
            min(event_timestamp) AS first_at, max(event_timestamp) AS last_at
     FROM heartbeat_records
     WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-      AND date_trunc('hour', event_timestamp) = ANY(%(windows)s)
+      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
     GROUP BY 1, 2
 ), anomalies AS (
-    SELECT customer_id, date_trunc('hour', event_timestamp) AS hour, count(*) AS anomalies,
+    SELECT customer_id, date_trunc('minute', event_timestamp) AS minute, count(*) AS anomalies,
            count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS brady,
            count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachy,
            count(*) FILTER (WHERE anomaly_type = 'INVALID') AS invalid,
@@ -315,36 +262,86 @@ WITH readings AS (
                  anomaly_type
           FROM heartbeat_anomalies
           WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-            AND date_trunc('hour', event_timestamp) = ANY(%(windows)s)) AS a
+            AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)) AS a
     GROUP BY 1, 2
 )
-INSERT INTO customer_hourly_bpm_stats (customer_id, hour, reading_count, avg_bpm, min_bpm,
-    max_bpm, stddev_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
-    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
-SELECT customer_id, hour, coalesce(n, 0), avg_bpm, min_bpm, max_bpm, sd,
+INSERT INTO customer_minute_stats (customer_id, minute, reading_count, bpm_sum,
+    bpm_sum_squares, min_bpm, max_bpm, anomaly_count, bradycardia_count, tachycardia_count,
+    invalid_count, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, minute, coalesce(n, 0), coalesce(s, 0), coalesce(ss, 0), min_bpm, max_bpm,
        coalesce(anomalies, 0), coalesce(brady, 0), coalesce(tachy, 0), coalesce(invalid, 0),
-       coalesce(s, 0), coalesce(ss, 0), first_at, last_at, anomaly_at
-FROM readings FULL OUTER JOIN anomalies USING (customer_id, hour)
+       first_at, last_at, anomaly_at
+FROM readings FULL OUTER JOIN anomalies USING (customer_id, minute)
 """
 
-# A day from its 24 hourly rows: the sums make the average and the deviation exact.
-_CUSTOMER_DAYS = """
-INSERT INTO customer_daily_bpm_stats (customer_id, day, reading_count, avg_bpm, min_bpm,
-    max_bpm, stddev_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
-    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
-SELECT customer_id, day, n,
+# A coarser window from the level below: counts and sums add up, and the average and the
+# sample deviation follow exactly from them.
+_MERGED = """
        round(s::numeric / nullif(n, 0), 1),
-       min_bpm, max_bpm,
-       round(sqrt(greatest((ss - s::numeric * s / nullif(n, 0)) / nullif(n - 1, 0), 0)), 1),
-       anomalies, brady, tachy, invalid, s, ss, first_at, last_at, anomaly_at
-FROM (
-    SELECT customer_id, (hour AT TIME ZONE 'UTC')::date AS day,
+       round(sqrt(greatest((ss - s::numeric * s / nullif(n, 0)) / nullif(n - 1, 0), 0)), 1)
+"""
+_SUMS = """
            sum(reading_count)::bigint AS n, sum(bpm_sum)::bigint AS s,
            sum(bpm_sum_squares)::bigint AS ss, min(min_bpm) AS min_bpm,
            max(max_bpm) AS max_bpm, sum(anomaly_count)::bigint AS anomalies,
            sum(bradycardia_count)::bigint AS brady, sum(tachycardia_count)::bigint AS tachy,
-           sum(invalid_count)::bigint AS invalid, min(first_reading_at) AS first_at,
-           max(last_reading_at) AS last_at, max(last_anomaly_at) AS anomaly_at
+           sum(invalid_count)::bigint AS invalid"""
+
+_FLEET_MINUTES = f"""
+INSERT INTO fleet_minute_stats (minute, reading_count, customer_count, avg_bpm, stddev_bpm,
+    min_bpm, max_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
+    bpm_sum, bpm_sum_squares)
+SELECT minute, n, customers, {_MERGED}, min_bpm, max_bpm, anomalies, brady, tachy, invalid,
+       s, ss
+FROM (
+    SELECT minute, count(*) FILTER (WHERE reading_count > 0) AS customers, {_SUMS}
+    FROM customer_minute_stats
+    WHERE minute = ANY(%(windows)s)
+    GROUP BY minute
+) AS minutes
+"""
+
+# Customers seen in the recomputed minutes: the dashboard's customer list and the count
+# of active customers read this small table instead of the readings.
+_CUSTOMERS = """
+INSERT INTO customers (customer_id, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, min(first_reading_at), max(last_reading_at), max(last_anomaly_at)
+FROM customer_minute_stats
+WHERE minute = ANY(%(windows)s)
+GROUP BY customer_id
+ON CONFLICT (customer_id) DO UPDATE SET
+    first_reading_at = least(customers.first_reading_at, excluded.first_reading_at),
+    last_reading_at = greatest(customers.last_reading_at, excluded.last_reading_at),
+    last_anomaly_at = greatest(customers.last_anomaly_at, excluded.last_anomaly_at)
+"""
+
+_CUSTOMER_HOURS = f"""
+INSERT INTO customer_hourly_bpm_stats (customer_id, hour, reading_count, avg_bpm, stddev_bpm,
+    min_bpm, max_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
+    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, hour, n, {_MERGED}, min_bpm, max_bpm, anomalies, brady, tachy, invalid,
+       s, ss, first_at, last_at, anomaly_at
+FROM (
+    SELECT customer_id, date_trunc('hour', minute, 'UTC') AS hour, {_SUMS},
+           min(first_reading_at) AS first_at, max(last_reading_at) AS last_at,
+           max(last_anomaly_at) AS anomaly_at
+    FROM customer_minute_stats
+    WHERE minute >= %(lo)s AND minute < %(hi)s
+      AND date_trunc('hour', minute, 'UTC') = ANY(%(windows)s)
+    GROUP BY 1, 2
+) AS hours
+"""
+
+_CUSTOMER_DAYS = f"""
+INSERT INTO customer_daily_bpm_stats (customer_id, day, reading_count, avg_bpm, stddev_bpm,
+    min_bpm, max_bpm, anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
+    bpm_sum, bpm_sum_squares, first_reading_at, last_reading_at, last_anomaly_at)
+SELECT customer_id, day, n, {_MERGED}, min_bpm, max_bpm, anomalies, brady, tachy, invalid,
+       s, ss, first_at, last_at, anomaly_at
+FROM (
+    SELECT customer_id, (hour AT TIME ZONE 'UTC')::date AS day, {_SUMS},
+           min(first_reading_at) AS first_at, max(last_reading_at) AS last_at,
+           max(last_anomaly_at) AS anomaly_at
     FROM customer_hourly_bpm_stats
     WHERE hour >= %(lo)s AND hour < %(hi)s
       AND (hour AT TIME ZONE 'UTC')::date = ANY(%(days)s)
@@ -362,21 +359,33 @@ def _summarised(conn: psycopg.Connection, table: str, key: str, windows: list) -
 
 
 def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) -> tuple[int, int]:
+    """Customer minutes from the raw rows, then the fleet minutes and `customers` from them;
+    their hours are marked out of date."""
     bounds = _bounds(windows, Rollup.FLEET_MINUTE.width)
+    conn.execute(
+        "DELETE FROM customer_minute_stats WHERE minute >= %(lo)s AND minute < %(hi)s "
+        "AND minute = ANY(%(windows)s)", bounds,
+    )
+    conn.execute(_CUSTOMER_MINUTES, bounds)
     conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
     rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
     conn.execute(_CUSTOMERS, bounds)
+    mark_pending(
+        conn, Rollup.CUSTOMER_HOURLY,
+        sorted({window_start(Rollup.CUSTOMER_HOURLY, w) for w in windows}),
+    )
     return rows, _summarised(conn, "fleet_minute_stats", "minute", windows)
 
 
 def _recompute_customer_hours(
     conn: psycopg.Connection, windows: list[datetime]
 ) -> tuple[int, int]:
+    """Customer hours from their customer minutes; their days are marked out of date."""
     bounds = _bounds(windows, Rollup.CUSTOMER_HOURLY.width)
     conn.execute("DELETE FROM customer_hourly_bpm_stats WHERE hour = ANY(%(windows)s)", bounds)
     rows = conn.execute(_CUSTOMER_HOURS, bounds).rowcount
     days = sorted({window_start(Rollup.CUSTOMER_DAILY, w) for w in windows})
-    mark_pending(conn, Rollup.CUSTOMER_DAILY, days)  # their days are now out of date
+    mark_pending(conn, Rollup.CUSTOMER_DAILY, days)
     return rows, _summarised(conn, "customer_hourly_bpm_stats", "hour", windows)
 
 

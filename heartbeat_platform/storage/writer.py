@@ -13,8 +13,8 @@ The raw tables are partitioned by time (sql/006), so a unique key can only name 
 together with its time column. Anomalies are unique per message and event time; an alert
 row is written only with the anomaly it belongs to (after a replay, only the alerts of the
 anomalies actually inserted), and a dead letter already stored is skipped by a lookup.
-The same transaction marks the minutes and hours the batch touched as pending for the
-rollups (`storage.rollups`), so every stored reading reaches them exactly once.
+The same transaction marks the minutes the batch touched as pending for the rollups
+(`storage.rollups`), so every stored reading reaches them exactly once.
 """
 
 from __future__ import annotations
@@ -160,10 +160,7 @@ WHERE NOT EXISTS (
 
 _MARK_PENDING = """
 INSERT INTO rollup_pending (rollup, window_start, kafka_partition)
-SELECT rollup, window_start, %(partition)s
-FROM (SELECT 'fleet_minute' AS rollup, m AS window_start FROM unnest(%(minutes)s) AS m
-      UNION
-      SELECT 'customer_hourly', date_trunc('hour', m) FROM unnest(%(minutes)s) AS m) AS w
+SELECT 'fleet_minute', minute, %(partition)s FROM unnest(%(minutes)s::timestamptz[]) AS minute
 ON CONFLICT (rollup, window_start, kafka_partition) DO UPDATE SET marked_at = clock_timestamp()
 """
 

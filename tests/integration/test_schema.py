@@ -27,13 +27,14 @@ EXPECTED_TABLES = {
     "consumer_progress",
     "schema_migrations",
     "rollup_pending",
+    "customer_minute_stats",
     "fleet_minute_stats",
     "customer_hourly_bpm_stats",
     "customer_daily_bpm_stats",
     "customers",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
-               "pipeline_metrics"}
+               "pipeline_metrics", "customer_minute_stats"}
 
 VIEW_COLUMNS = {
     "vw_customer_bpm_summary": [

@@ -134,7 +134,7 @@ def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:
     assert result.success
     metadata = materialized(result)["raw_partitions"]
     assert metadata["days_dropped"] == [str(old)]
-    assert metadata["partitions_dropped"] == 4
+    assert metadata["partitions_dropped"] == 5  # four raw tables and the customer minutes
     assert db.execute(
         "SELECT to_regclass(%s)", (f"heartbeat_records_p{old:%Y%m%d}",)
     ).fetchone()[0] is None

@@ -125,8 +125,9 @@ CREATE TABLE customer_minute_stats (
 
 -- Day partitions of every raw table (and of customer_minute_stats, which lives as long)
 -- for the UTC days first_day..last_day that are missing;
--- returns how many it created. Named <table>_pYYYYMMDD. Safe to call from several
--- processes at once, and cheap when nothing is missing (no lock is taken then).
+-- returns how many it created. Named <table>_pYYYYMMDD. Cheap when nothing is missing (no
+-- lock is taken then), and safe from several processes at once: a partition another
+-- session created meanwhile is taken as created.
 CREATE FUNCTION heartbeat_ensure_partitions(first_day date, last_day date)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -140,14 +141,15 @@ BEGIN
         day := first_day;
         WHILE day <= last_day LOOP
             IF to_regclass(format('%I', parent || to_char(day, '"_p"YYYYMMDD'))) IS NULL THEN
-                PERFORM pg_advisory_xact_lock(hashtext('heartbeat_ensure_partitions'));
-                IF to_regclass(format('%I', parent || to_char(day, '"_p"YYYYMMDD'))) IS NULL THEN
+                BEGIN
                     EXECUTE format(
                         'CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
                         parent || to_char(day, '"_p"YYYYMMDD'), parent,
                         day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
                     created := created + 1;
-                END IF;
+                EXCEPTION WHEN duplicate_table OR unique_violation THEN
+                    NULL;  -- another session created it since the check above
+                END;
             END IF;
             day := day + 1;
         END LOOP;
@@ -367,7 +369,7 @@ SELECT customer_id,
        n                                              AS reading_count,
        round(s / nullif(n, 0), 1)                     AS avg_bpm,
        min_bpm, max_bpm,
-       round(sqrt(greatest((ss - s * s / nullif(n, 0)) / nullif(n - 1, 0), 0)), 1)
+       CASE WHEN n > 1 THEN round(sqrt(greatest((ss - s * s / n) / (n - 1), 0)), 1) END
                                                       AS stddev_bpm,
        first_reading_at, last_reading_at,
        anomaly_count, bradycardia_count, tachycardia_count, invalid_count,
@@ -434,7 +436,7 @@ SELECT
                                           now() - interval '5 minutes')) AS active)
                                                                     AS active_customers_5m,
     (SELECT count(*) FROM (
-        SELECT customer_id FROM customers
+        SELECT customer_id FROM customers WHERE last_reading_at IS NOT NULL
         UNION
         SELECT DISTINCT customer_id FROM heartbeat_records
         WHERE event_timestamp >= (SELECT at FROM frontier)) AS seen)

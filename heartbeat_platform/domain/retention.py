@@ -73,5 +73,10 @@ class AdmissibleWindow:
         return None
 
 
+def day_start(day: date) -> datetime:
+    """Midnight UTC that starts `day` (partitions and rollup days are UTC days)."""
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
 def _day_end(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+    return day_start(day) + timedelta(days=1)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import psycopg
 from psycopg import sql
 
-from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage.rollups import unrolled_days
+from heartbeat_platform.domain.retention import RetentionPolicy, day_start
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +106,19 @@ def apply_retention(
             ", ".join(str(d) for d in report.kept_for_rollups),
         )
     return report
+
+
+def unrolled_days(conn: psycopg.Connection, days: list[date]) -> list[date]:
+    """Of `days`, those whose rollups are not all materialised (a window is still pending)."""
+    if not days:
+        return []
+    rows = conn.execute(
+        """SELECT DISTINCT (window_start AT TIME ZONE 'UTC')::date FROM rollup_pending
+           WHERE window_start >= %s AND window_start < %s""",
+        (day_start(min(days)), day_start(max(days)) + timedelta(days=1)),
+    )
+    pending = {row[0] for row in rows}
+    return [d for d in days if d in pending]
 
 
 def _readings_without_daily_rollup(

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 import psycopg
+
+from heartbeat_platform.domain.retention import day_start
+from heartbeat_platform.storage.partitions import partition_days
 
 
 class Rollup(StrEnum):
@@ -114,6 +117,8 @@ def refresh(
     """
     if pending_only and now is not None:
         end = min(end, settled_until(rollup, now))
+    if not pending_only and rollup is not Rollup.CUSTOMER_DAILY:
+        start = max(start, _oldest_raw(conn))  # older windows have no rows left to read
     started = time.perf_counter()
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rollup:{rollup}",))
@@ -213,20 +218,17 @@ def delete_expired(conn: psycopg.Connection, now: datetime, retention_days: int)
     return deleted
 
 
-def unrolled_days(conn: psycopg.Connection, days: list[date]) -> list[date]:
-    """Of `days`, those whose rollups are not all materialised (a window is still pending)."""
-    if not days:
-        return []
-    rows = conn.execute(
-        """SELECT DISTINCT (window_start AT TIME ZONE 'UTC')::date FROM rollup_pending
-           WHERE window_start >= %s AND window_start < %s""",
-        (_midnight(min(days)), _midnight(max(days)) + timedelta(days=1)),
-    )
-    pending = {row[0] for row in rows}
-    return [d for d in days if d in pending]
-
-
 # -- recomputation, one statement per table -------------------------------------------------
+def _oldest_raw(conn: psycopg.Connection) -> datetime:
+    """Start of the oldest day whose raw rows (and customer minutes) are still kept.
+
+    A backfill never recomputes a window before it: its raw rows were dropped by
+    retention, and recomputing would replace the kept rollups with nothing.
+    """
+    days = partition_days(conn)["heartbeat_records"]
+    return day_start(days[0]) if days else datetime.max.replace(tzinfo=UTC)
+
+
 def _all_windows(rollup: Rollup, start: datetime, end: datetime) -> list[datetime]:
     moment, windows = window_start(rollup, start), []
     while moment < end:
@@ -278,7 +280,8 @@ FROM readings FULL OUTER JOIN anomalies USING (customer_id, minute)
 # sample deviation follow exactly from them.
 _MERGED = """
        round(s::numeric / nullif(n, 0), 1),
-       round(sqrt(greatest((ss - s::numeric * s / nullif(n, 0)) / nullif(n - 1, 0), 0)), 1)
+       CASE WHEN n > 1
+            THEN round(sqrt(greatest((ss - s::numeric * s / n) / (n - 1), 0)), 1) END
 """
 _SUMS = """
            sum(reading_count)::bigint AS n, sum(bpm_sum)::bigint AS s,
@@ -402,7 +405,3 @@ _RECOMPUTE = {
     Rollup.CUSTOMER_HOURLY: _recompute_customer_hours,
     Rollup.CUSTOMER_DAILY: _recompute_customer_days,
 }
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)

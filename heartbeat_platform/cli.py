@@ -155,6 +155,7 @@ def maintain(
         refreshed = refresh_pending(conn, now)
         retention = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+        open_windows = conn.execute("SELECT count(*) FROM rollup_pending").fetchone()[0]
     report = {
         "rollups": {
             r.rollup.value: {"windows": r.windows, "rows": r.rows, "readings": r.readings,
@@ -163,6 +164,7 @@ def maintain(
         },
         "retention": retention.as_metadata(),
         "rollup_rows_deleted": deleted,
+        "rollup_windows_not_settled": open_windows,
     }
     if as_json:
         console.print_json(json.dumps(report))
@@ -170,7 +172,9 @@ def maintain(
     for name, done in report["rollups"].items():
         console.print(f"{name}: {done['windows']} windows recomputed")
     if not refreshed:
-        console.print("rollups: up to date")
+        console.print("rollups: nothing settled to recompute")
+    if open_windows:
+        console.print(f"{open_windows} windows still open (recomputed once they settle)")
     console.print(
         f"raw days kept {retention.first_day}..{retention.last_day}; dropped "
         f"{report['retention']['days_dropped'] or 'nothing'}; kept for pending rollups "

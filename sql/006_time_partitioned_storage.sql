@@ -297,6 +297,8 @@ FROM (SELECT event_timestamp FROM heartbeat_records
       UNION ALL SELECT event_timestamp FROM heartbeat_anomalies) AS readings;
 
 DROP SCHEMA heartbeat_migration_006 CASCADE;
+-- Fresh statistics for the planner (and for `status`, which reads its row estimates).
+ANALYZE heartbeat_records, heartbeat_anomalies, heartbeat_dead_letters, pipeline_metrics;
 
 -- The views of the original design: same names and columns. Totals come from the rollups
 -- plus the raw readings newer than the newest rolled-up window (a tail of a minute or an

@@ -67,6 +67,9 @@ CREATE TABLE heartbeat_anomalies (
 CREATE INDEX heartbeat_anomalies_customer_time_idx
     ON heartbeat_anomalies (customer_id, event_timestamp);
 CREATE INDEX heartbeat_anomalies_detected_at_idx ON heartbeat_anomalies (detected_at);
+-- The views' and panels' raw tail (anomalies newer than the newest rolled-up minute).
+CREATE INDEX heartbeat_anomalies_event_timestamp_brin
+    ON heartbeat_anomalies USING brin (event_timestamp);
 
 -- Dead letters by arrival time. No unique key can name a message here (the partition key,
 -- received_at, differs on a replay); the writer skips a message already stored instead,
@@ -280,6 +283,20 @@ CREATE TABLE customer_daily_bpm_stats (
 );
 CREATE INDEX customer_daily_bpm_stats_customer_idx ON customer_daily_bpm_stats (customer_id, day);
 
+-- Fleet totals since the platform started: each fleet-minute recompute subtracts what the
+-- minute held and adds what it holds now, in its own transaction, so the totals equal the
+-- sum of every minute ever rolled up (also after the minutes leave with the rollups'
+-- retention) and reading them costs one row, whatever history holds.
+CREATE TABLE fleet_totals (
+    only_row           boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    reading_count      bigint NOT NULL DEFAULT 0,
+    anomaly_count      bigint NOT NULL DEFAULT 0,
+    bradycardia_count  bigint NOT NULL DEFAULT 0,
+    tachycardia_count  bigint NOT NULL DEFAULT 0,
+    invalid_count      bigint NOT NULL DEFAULT 0
+);
+INSERT INTO fleet_totals DEFAULT VALUES;
+
 -- Every customer ever seen, kept current by the fleet-minute rollup: the dashboard's
 -- customer list and the "active customers" count read this small table, not the readings.
 CREATE TABLE customers (
@@ -394,24 +411,16 @@ FROM heartbeat_anomalies
 WHERE detected_at > now() - interval '24 hours'
 ORDER BY detected_at DESC, id DESC;
 
--- One row: the health of the whole pipeline. Totals count every reading the rollups keep
--- (HEARTBEAT_ROLLUP_RETENTION_DAYS) plus the tail newer than the newest rolled-up minute;
--- alerts_total counts one alert per stored anomalous reading, as the consumer writes them.
+-- One row: the health of the whole pipeline. Totals are fleet_totals (every minute ever
+-- rolled up) plus the raw readings newer than the newest rolled-up minute; each column is
+-- its own subquery, so a panel that reads one column computes only that one.
 CREATE VIEW vw_pipeline_summary AS
 WITH frontier AS MATERIALIZED (
     SELECT coalesce(max(minute) + interval '1 minute', '-infinity'::timestamptz) AS at
     FROM fleet_minute_stats
-), rolled AS (
-    SELECT coalesce(sum(reading_count), 0) AS records,
-           coalesce(sum(anomaly_count), 0) AS anomalies,
-           coalesce(sum(bradycardia_count), 0) AS bradycardia,
-           coalesce(sum(tachycardia_count), 0) AS tachycardia,
-           coalesce(sum(invalid_count), 0) AS invalid
-    FROM fleet_minute_stats
-), tail_records AS (
-    SELECT count(*) AS records FROM heartbeat_records
-    WHERE event_timestamp >= (SELECT at FROM frontier)
-), tail_anomalies AS (
+), totals AS MATERIALIZED (
+    SELECT * FROM fleet_totals
+), tail_anomalies AS MATERIALIZED (
     SELECT count(*) AS anomalies,
            count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS bradycardia,
            count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachycardia,
@@ -421,11 +430,17 @@ WITH frontier AS MATERIALIZED (
           WHERE event_timestamp >= (SELECT at FROM frontier)) AS a
 )
 SELECT
-    (rolled.records + tail_records.records)::bigint                 AS total_records,
-    (rolled.anomalies + tail_anomalies.anomalies)::bigint           AS total_anomalies,
-    (rolled.bradycardia + tail_anomalies.bradycardia)::bigint       AS bradycardia_count,
-    (rolled.tachycardia + tail_anomalies.tachycardia)::bigint       AS tachycardia_count,
-    (rolled.invalid + tail_anomalies.invalid)::bigint               AS invalid_count,
+    (SELECT reading_count FROM totals)
+      + (SELECT count(*) FROM heartbeat_records
+          WHERE event_timestamp >= (SELECT at FROM frontier))       AS total_records,
+    (SELECT anomaly_count FROM totals)
+      + (SELECT anomalies FROM tail_anomalies)                      AS total_anomalies,
+    (SELECT bradycardia_count FROM totals)
+      + (SELECT bradycardia FROM tail_anomalies)                    AS bradycardia_count,
+    (SELECT tachycardia_count FROM totals)
+      + (SELECT tachycardia FROM tail_anomalies)                    AS tachycardia_count,
+    (SELECT invalid_count FROM totals)
+      + (SELECT invalid FROM tail_anomalies)                        AS invalid_count,
     (SELECT count(*) FROM heartbeat_anomalies
       WHERE detected_at > now() - interval '5 minutes')             AS anomalies_last_5m,
     (SELECT count(*) FROM heartbeat_dead_letters)                   AS dead_letter_count,
@@ -446,5 +461,5 @@ SELECT
     greatest((SELECT max(last_reading_at) FROM customers),
              (SELECT max(event_timestamp) FROM heartbeat_records
                WHERE event_timestamp >= (SELECT at FROM frontier)))  AS latest_reading_at,
-    (rolled.anomalies + tail_anomalies.anomalies)::bigint           AS alerts_total
-FROM rolled, tail_records, tail_anomalies;
+    (SELECT anomaly_count FROM totals)
+      + (SELECT anomalies FROM tail_anomalies)                      AS alerts_total;

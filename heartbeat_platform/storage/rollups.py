@@ -304,6 +304,19 @@ FROM (
 ) AS minutes
 """
 
+_FLEET_SUMS = """
+SELECT coalesce(sum(reading_count), 0), coalesce(sum(anomaly_count), 0),
+       coalesce(sum(bradycardia_count), 0), coalesce(sum(tachycardia_count), 0),
+       coalesce(sum(invalid_count), 0)
+FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)
+"""
+# The recomputed minutes' change, added to the running totals the summary view reads.
+_FLEET_TOTALS = """
+UPDATE fleet_totals SET reading_count = reading_count + %s, anomaly_count = anomaly_count + %s,
+    bradycardia_count = bradycardia_count + %s, tachycardia_count = tachycardia_count + %s,
+    invalid_count = invalid_count + %s
+"""
+
 # Customers seen in the recomputed minutes: the dashboard's customer list and the count
 # of active customers read this small table instead of the readings.
 _CUSTOMERS = """
@@ -370,8 +383,11 @@ def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) 
         "AND minute = ANY(%(windows)s)", bounds,
     )
     conn.execute(_CUSTOMER_MINUTES, bounds)
+    before = conn.execute(_FLEET_SUMS, bounds).fetchone()
     conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
     rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
+    after = conn.execute(_FLEET_SUMS, bounds).fetchone()
+    conn.execute(_FLEET_TOTALS, [a - b for a, b in zip(after, before, strict=True)])
     conn.execute(_CUSTOMERS, bounds)
     mark_pending(
         conn, Rollup.CUSTOMER_HOURLY,

@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "customer_hourly_bpm_stats",
     "customer_daily_bpm_stats",
     "customers",
+    "fleet_totals",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
                "pipeline_metrics", "customer_minute_stats"}

@@ -53,6 +53,16 @@ from grafana_foundation_sdk.models.piechart import (
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="grafana-postgresql-datasource", uid="heartbeat-postgres")
 CUSTOMER = "${customer:sqlstring}"  # quoted and escaped by Grafana: never raw SQL
+# Raw readings are kept 7 days and at 10,000 readings/s a dashboard range holds millions, so
+# ranges are read from the rollups (sql/006) plus the raw rows newer than their newest window:
+# the tail, a minute or an hour of readings whatever the history holds.
+HOURLY_TAIL = ("(SELECT coalesce(max(hour) + interval '1 hour', '-infinity'::timestamptz) "
+               "FROM customer_hourly_bpm_stats)")
+RANGE = "($__timeTo()::timestamptz - $__timeFrom()::timestamptz)"
+# A customer's raw readings over 6 hours are 21,600 rows at one a second: the limit for raw.
+RAW_CUSTOMER_RANGE = f"({RANGE} <= interval '6 hours')"
+# Consumer snapshots come about ten a second per consumer: an hour of them is the limit.
+SNAPSHOT_RANGE = f"({RANGE} <= interval '1 hour')"
 ANOMALY_COLORS = {"BRADYCARDIA": "blue", "TACHYCARDIA": "red", "INVALID": "orange"}
 SCHEMA_VERSION = 39  # Grafana 10.4's dashboard schema
 
@@ -62,6 +72,27 @@ def _sql(text: str) -> str:
     lines = text.strip("\n").splitlines()
     indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
     return "\n".join(line[indent:] for line in lines)
+
+
+# The raw tail of the fleet rollup: whole minutes of the range from `start` (the first one
+# after the newest rolled-up minute) to `stop`. Fleet series count a minute when its start lies
+# in the range, from the rollup and from the tail alike.
+FLEET_TAIL = _sql(
+    """
+    tail AS (
+        SELECT greatest(max(minute) + interval '1 minute',
+                        date_trunc('minute', $__timeFrom()::timestamptz + interval '59.999999 s')
+               ) AS start,
+               date_trunc('minute', $__timeTo()::timestamptz) + interval '1 minute' AS stop
+        FROM fleet_minute_stats
+    )
+    """
+)
+
+
+def _with_fleet_tail(sql: str) -> str:
+    """`sql` (more CTEs, then the query) after `WITH tail AS (...)`."""
+    return f"WITH {FLEET_TAIL}, {_sql(sql)}"
 
 
 # -- the PostgreSQL query ------------------------------------------------------------------------
@@ -193,18 +224,25 @@ def _table(pid: int, title: str, grid: GridPos, description: str, sql: str) -> t
 # -- the rows of the monitoring dashboard -------------------------------------------------------
 
 def pipeline_health(y: int) -> list[stat.Panel]:
-    """One stat per number the original design's Pipeline Health row showed."""
+    """One stat per number the original design's Pipeline Health row showed.
+
+    All read vw_pipeline_summary, which adds the rollups to the raw readings newer than them.
+    """
+    totals = ("(fleet_minute_stats, kept HEARTBEAT_ROLLUP_RETENTION_DAYS, plus the readings "
+              "newer than its newest minute)")
     health = [
-        ("Valid readings", "total_records", "NORMAL readings stored in heartbeat_records.",
-         "green"),
+        ("Valid readings", "total_records", f"NORMAL readings stored {totals}.", "green"),
         ("Anomalies", "total_anomalies",
-         "BRADYCARDIA, TACHYCARDIA and INVALID readings in heartbeat_anomalies.", "orange"),
+         f"BRADYCARDIA, TACHYCARDIA and INVALID readings stored {totals}.", "orange"),
         ("Anomalies (last 5 min)", "anomalies_last_5m",
-         "Anomalies detected in the last five minutes.", "red"),
+         "Anomalies detected in the last five minutes (heartbeat_anomalies by detected_at).",
+         "red"),
         ("Active customers (5 min)", "active_customers_5m",
-         "Customers with a valid reading taken in the last five minutes.", "blue"),
+         "Customers with a valid reading taken in the last five minutes (the customers table "
+         "plus the readings newer than the newest rolled-up minute).", "blue"),
         ("Dead letters", "dead_letter_count",
-         "Messages that were not readings at all (see heartbeat_dead_letters.reason).", "purple"),
+         "Messages that were not readings at all, in the raw retention window (see "
+         "heartbeat_dead_letters.reason).", "purple"),
     ]
     panels = [
         _stat(1 + i, title, _grid(4 * i, y, 4, 4), f"{text} Reads vw_pipeline_summary.",
@@ -213,7 +251,8 @@ def pipeline_health(y: int) -> list[stat.Panel]:
     ]
     panels.append(_stat(
         6, "Latest reading", _grid(20, y, 4, 4),
-        "Event time of the newest valid reading. Reads vw_pipeline_summary.",
+        "Event time of the newest valid reading (the customers table and the readings newer "
+        "than the newest rolled-up minute). Reads vw_pipeline_summary.",
         """
         SELECT extract(epoch FROM latest_reading_at) * 1000 AS "Latest reading"
         FROM vw_pipeline_summary
@@ -224,33 +263,72 @@ def pipeline_health(y: int) -> list[stat.Panel]:
 
 
 def fleet(y: int) -> list[cogbuilder.Builder]:
+    """Fleet series from the per-minute rollup: buckets are a minute or more."""
     bpm = _timeseries(
         7, "Fleet Average BPM", _grid(0, y, 16, 8),
-        "Average heart rate of all valid readings per time bucket (by event time).",
+        "Average heart rate of all valid readings per time bucket of at least a minute (by "
+        "event time): sums of fleet_minute_stats, plus heartbeat_records newer than its "
+        "newest minute.",
         "suffix: bpm",
-    ).with_target(Sql(
+    ).with_target(Sql(_with_fleet_tail(
         """
-        SELECT $__timeGroupAlias(event_timestamp, $__interval),
-               round(avg(heart_rate), 1) AS "fleet average bpm"
-        FROM heartbeat_records
-        WHERE $__timeFilter(event_timestamp)
+        minutes AS (
+            SELECT minute, reading_count, bpm_sum
+            FROM fleet_minute_stats
+            WHERE $__timeFilter(minute)
+            UNION ALL
+            -- the tail a minute at a time: a range condition each costs less than bucketing
+            -- every row with a function
+            SELECT minute, raw.reading_count, raw.bpm_sum
+            FROM tail
+            CROSS JOIN generate_series(tail.start, tail.stop - interval '1 minute',
+                                       interval '1 minute') AS minute
+            CROSS JOIN LATERAL (
+                SELECT count(*) AS reading_count, sum(heart_rate) AS bpm_sum
+                FROM heartbeat_records
+                WHERE event_timestamp >= minute AND event_timestamp < minute + interval '1 minute'
+            ) AS raw
+        )
+        SELECT $__timeGroupAlias(minute, $__interval),
+               round(sum(bpm_sum)::numeric / sum(reading_count), 1) AS "fleet average bpm"
+        FROM minutes
         GROUP BY 1
+        HAVING sum(reading_count) > 0
         ORDER BY 1
         """
-    ).time_series())
+    )).time_series())
     pie = (
         piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
-        .description("Anomalies by type, readings taken in the dashboard's time range.")
+        .description("Anomalous readings by type, taken in the dashboard's time range (whole "
+                     "minutes): counts of fleet_minute_stats, plus heartbeat_anomalies newer "
+                     "than its newest minute (a reading stored twice counts once).")
         .datasource(DATASOURCE)
-        .with_target(Sql(
+        .with_target(Sql(_with_fleet_tail(
             """
-            SELECT anomaly_type AS "type", count(*) AS "anomalies"
-            FROM heartbeat_anomalies
-            WHERE $__timeFilter(event_timestamp)
-            GROUP BY 1
+            counts AS (
+                SELECT bradycardia_count, tachycardia_count, invalid_count
+                FROM fleet_minute_stats
+                WHERE $__timeFilter(minute)
+                UNION ALL
+                SELECT count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA'),
+                       count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA'),
+                       count(*) FILTER (WHERE anomaly_type = 'INVALID')
+                FROM (SELECT DISTINCT ON (customer_id, event_timestamp) anomaly_type
+                      FROM heartbeat_anomalies
+                      WHERE event_timestamp >= (SELECT start FROM tail)
+                        AND event_timestamp < (SELECT stop FROM tail)) AS raw
+            ), slices AS (
+                SELECT unnest(ARRAY['BRADYCARDIA', 'TACHYCARDIA', 'INVALID']) AS "type",
+                       unnest(ARRAY[sum(bradycardia_count), sum(tachycardia_count),
+                                    sum(invalid_count)])::bigint AS "anomalies"
+                FROM counts
+            )
+            SELECT "type", "anomalies"
+            FROM slices
+            WHERE "anomalies" > 0
             ORDER BY 1
             """
-        ))
+        )))
         .unit("short")
         .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
         .reduce_options(_last_not_null(values=True))
@@ -268,38 +346,85 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
 
 
 def streaming(y: int) -> list[timeseries.Panel]:
-    throughput = _timeseries(
-        9, "Throughput", _grid(0, y, 12, 8),
-        "Messages consumed per second, summed over consumers: increases of each consumer's "
-        "cumulative stats_messages_consumed snapshots in pipeline_metrics (a counter that "
-        "restarts at a new consumer process is handled like a Prometheus counter reset).",
-        "suffix: msg/s",
-    ).with_target(Sql(
-        """
-        SELECT $__timeGroupAlias(recorded_at, $__interval),
-               sum(CASE WHEN delta >= 0 THEN delta ELSE metric_value END)
-                   / ($__interval_ms / 1000.0) AS "consumed msg/s"
-        FROM (
-            SELECT recorded_at, metric_value,
-                   metric_value - lag(metric_value) OVER (
-                       PARTITION BY labels->>'consumer' ORDER BY recorded_at, id
-                   ) AS delta
-            FROM pipeline_metrics
-            WHERE metric_name = 'stats_messages_consumed'
-              AND $__timeFilter(recorded_at)
-        ) AS snapshots
-        WHERE delta IS NOT NULL
-        GROUP BY 1
-        ORDER BY 1
-        """
-    ).time_series())
+    throughput = (
+        _timeseries(
+            9, "Throughput", _grid(0, y, 12, 8),
+            "Ranges up to an hour: messages consumed per second, summed over consumers, from "
+            "increases of each consumer's cumulative stats_messages_consumed snapshots in "
+            "pipeline_metrics (a counter that restarts at a new consumer process is handled "
+            "like a Prometheus counter reset); consumers write about ten a second, too many "
+            "to read for longer ranges. Longer ranges: readings stored per second by event "
+            "time, per bucket of at least a minute, from fleet_minute_stats plus the raw "
+            "readings newer than its newest minute.",
+            "suffix: msg/s",
+        )
+        .with_target(Sql(
+            f"""
+            SELECT $__timeGroupAlias(recorded_at, $__interval),
+                   sum(CASE WHEN delta >= 0 THEN delta ELSE metric_value END)
+                       / ($__interval_ms / 1000.0) AS "consumed msg/s"
+            FROM (
+                SELECT recorded_at, metric_value,
+                       metric_value - lag(metric_value) OVER (
+                           PARTITION BY labels->>'consumer' ORDER BY recorded_at, id
+                       ) AS delta
+                FROM pipeline_metrics
+                WHERE metric_name = 'stats_messages_consumed'
+                  AND $__timeFilter(recorded_at) AND {SNAPSHOT_RANGE}
+            ) AS snapshots
+            WHERE delta IS NOT NULL
+            GROUP BY 1
+            ORDER BY 1
+            """
+        ).time_series().ref_id("A"))
+        .with_target(Sql(_with_fleet_tail(
+            f"""
+            minutes AS (
+                SELECT minute, reading_count + anomaly_count AS readings
+                FROM fleet_minute_stats
+                WHERE $__timeFilter(minute) AND NOT {SNAPSHOT_RANGE}
+                UNION ALL
+                -- the tail a minute at a time, as in Fleet Average BPM; count(heart_rate),
+                -- not count(*): rows through the BRIN index, never the whole primary key
+                SELECT minute, raw.readings
+                FROM tail
+                CROSS JOIN generate_series(tail.start, tail.stop - interval '1 minute',
+                                           interval '1 minute') AS minute
+                CROSS JOIN LATERAL (
+                    SELECT count(heart_rate) AS readings
+                    FROM heartbeat_records
+                    WHERE event_timestamp >= minute
+                      AND event_timestamp < minute + interval '1 minute'
+                ) AS raw
+                WHERE NOT {SNAPSHOT_RANGE}
+                UNION ALL
+                SELECT date_trunc('minute', event_timestamp), count(*)
+                FROM (SELECT DISTINCT customer_id, event_timestamp
+                      FROM heartbeat_anomalies
+                      WHERE event_timestamp >= (SELECT start FROM tail)
+                        AND event_timestamp < (SELECT stop FROM tail)
+                        AND NOT {SNAPSHOT_RANGE}) AS raw
+                GROUP BY 1
+            )
+            SELECT $__timeGroupAlias(minute, $__interval),
+                   sum(readings) / greatest($__interval_ms / 1000.0, 60) AS "stored readings/s"
+            FROM minutes
+            GROUP BY 1
+            HAVING sum(readings) > 0
+            ORDER BY 1
+            """
+        )).time_series().ref_id("B"))
+    )
     lag = (
         _timeseries(
             10, "Consumer lag", _grid(12, y, 12, 8),
             "Left axis: messages behind the log end per partition, from the Dagster "
             "pipeline_health_snapshot (health_consumer_lag rows in pipeline_metrics). Right "
-            "axis: worst delay from a reading's event time to its landing in PostgreSQL per "
-            "partition, from heartbeat_records; it needs no snapshot and grows when the "
+            "axis: delay from a reading's event time to its landing in PostgreSQL, sampled at "
+            "most 300 times over the range: the worst of the newest 30 anomalous readings "
+            "stored before each sample point (heartbeat_anomalies through its detected_at "
+            "index; anomalies land in the same batches as the valid readings, whose own "
+            "table has no index on arrival time). It needs no snapshot and grows when the "
             "consumer falls behind.",
             "short", axis_label="messages behind",
         )
@@ -315,14 +440,26 @@ def streaming(y: int) -> list[timeseries.Panel]:
             """
         ).time_series().ref_id("A"))
         .with_target(Sql(
-            """
-            SELECT $__timeGroupAlias(event_timestamp, $__interval),
-                   'partition ' || kafka_partition || ' delay' AS metric,
-                   max(extract(epoch FROM ingested_at - event_timestamp)) AS value
-            FROM heartbeat_records
-            WHERE $__timeFilter(event_timestamp)
-            GROUP BY 1, 2
-            ORDER BY 1, 2
+            f"""
+            WITH samples AS (
+                SELECT moment, width
+                FROM (SELECT greatest($__interval_ms * interval '1 millisecond',
+                                      {RANGE} / 300) AS width) AS step,
+                     generate_series($__timeTo()::timestamptz, $__timeFrom()::timestamptz,
+                                     -width) AS moment
+            )
+            SELECT moment AS "time",
+                   max(extract(epoch FROM detected_at - event_timestamp)) AS "sampled delay"
+            FROM samples
+            CROSS JOIN LATERAL (
+                SELECT detected_at, event_timestamp
+                FROM heartbeat_anomalies
+                WHERE detected_at <= moment AND detected_at > moment - width
+                ORDER BY detected_at DESC
+                LIMIT 30
+            ) AS newest
+            GROUP BY 1
+            ORDER BY 1
             """
         ).time_series().ref_id("B"))
         .override_by_regexp("/ delay$/", [
@@ -357,8 +494,10 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     bpm = (
         _timeseries(
             13, "BPM of $customer", _grid(0, y + 1, 16, 8),
-            "Every reading of the selected customer: valid readings as a line, anomalies as "
-            "points by type.",
+            "The selected customer's valid readings as a line: every reading for ranges up to "
+            "6 hours (heartbeat_records by its primary key), hourly averages for longer ones "
+            "(customer_hourly_bpm_stats, plus the readings newer than its newest hour). "
+            "Anomalies as points by type (heartbeat_anomalies by its customer index).",
             "suffix: bpm",
         )
         .with_target(Sql(
@@ -366,6 +505,18 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
             SELECT event_timestamp AS "time", heart_rate AS "bpm"
             FROM heartbeat_records
             WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+              AND {RAW_CUSTOMER_RANGE}
+            UNION ALL
+            SELECT hour, round(bpm_sum::numeric / reading_count, 1)
+            FROM customer_hourly_bpm_stats
+            WHERE customer_id = {CUSTOMER} AND $__timeFilter(hour) AND reading_count > 0
+              AND NOT {RAW_CUSTOMER_RANGE}
+            UNION ALL
+            SELECT date_trunc('hour', event_timestamp), round(avg(heart_rate), 1)
+            FROM heartbeat_records
+            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+              AND event_timestamp >= {HOURLY_TAIL} AND NOT {RAW_CUSTOMER_RANGE}
+            GROUP BY 1
             ORDER BY 1
             """
         ).time_series().ref_id("A"))
@@ -389,19 +540,34 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     summary = (
         _stat(
             14, "$customer in the time range", _grid(16, y + 1, 8, 8),
-            "Readings and anomalies of the selected customer in the dashboard's time range "
-            "(base tables through their customer indexes: the all-time vw_customer_bpm_summary "
-            "would aggregate every customer on each refresh).",
+            "Readings and anomalies of the selected customer in the dashboard's time range: "
+            "for ranges up to 6 hours the raw tables through their customer indexes, for "
+            "longer ones customer_hourly_bpm_stats (whole hours) plus the raw readings newer "
+            "than its newest hour. A reading stored twice counts once.",
             f"""
-            SELECT count(*) AS "readings",
-                   round(avg(heart_rate), 1) AS "avg bpm",
-                   min(heart_rate) AS "min bpm",
-                   max(heart_rate) AS "max bpm",
-                   (SELECT count(*) FROM heartbeat_anomalies
-                     WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-                   ) AS "anomalies"
-            FROM heartbeat_records
-            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+            WITH parts AS (
+                SELECT reading_count AS readings, bpm_sum, min_bpm, max_bpm,
+                       anomaly_count AS anomalies
+                FROM customer_hourly_bpm_stats
+                WHERE customer_id = {CUSTOMER} AND $__timeFilter(hour)
+                  AND NOT {RAW_CUSTOMER_RANGE}
+                UNION ALL
+                SELECT count(*), sum(heart_rate), min(heart_rate), max(heart_rate), 0
+                FROM heartbeat_records
+                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+                  AND ({RAW_CUSTOMER_RANGE} OR event_timestamp >= {HOURLY_TAIL})
+                UNION ALL
+                SELECT 0, 0, NULL, NULL, count(DISTINCT event_timestamp)
+                FROM heartbeat_anomalies
+                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
+                  AND ({RAW_CUSTOMER_RANGE} OR event_timestamp >= {HOURLY_TAIL})
+            )
+            SELECT sum(readings)::bigint AS "readings",
+                   round(sum(bpm_sum)::numeric / nullif(sum(readings), 0), 1) AS "avg bpm",
+                   min(min_bpm) AS "min bpm",
+                   max(max_bpm) AS "max bpm",
+                   sum(anomalies)::bigint AS "anomalies"
+            FROM parts
             """,
             "blue",
         )
@@ -426,8 +592,8 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
 CUSTOMER_QUERY = _sql(
     """
     SELECT customer_id
-    FROM vw_customer_bpm_summary
-    ORDER BY anomaly_count DESC, customer_id
+    FROM customers
+    ORDER BY last_anomaly_at DESC NULLS LAST, customer_id
     """
 )
 
@@ -435,8 +601,10 @@ CUSTOMER_QUERY = _sql(
 def customer_variable() -> QueryVariable:
     return (
         QueryVariable("customer").label("Customer")
-        .description("Customers with the most anomalies first. Reads vw_customer_bpm_summary "
-                     "once per dashboard load.")
+        .description("Every customer seen, the one with the most recent anomaly first. Reads "
+                     "the customers table (one row per customer, kept by the fleet-minute "
+                     "rollup: a new customer appears once its first minute is rolled up) once "
+                     "per dashboard load.")
         .datasource(DATASOURCE)
         .query(CUSTOMER_QUERY)
         .refresh(VariableRefresh.ON_DASHBOARD_LOAD)

@@ -1,10 +1,11 @@
 """The committed Grafana dashboards, every panel run the way Grafana 10.4 would run it.
 
-There is no Grafana binary here, so these tests do Grafana's part: expand template
-variables and the PostgreSQL datasource's macros (a small expander, unit-tested below),
-run each panel's SQL as the SELECT-only role Grafana logs in as, against a database filled
-by the real producer -> broker -> consumer pipeline, and check that each panel gets the
-rows and columns its visualisation needs.
+There is no Grafana binary here, so these tests do Grafana's part with
+`heartbeat_platform.grafana_queries` (expand template variables and the PostgreSQL
+datasource's macros; unit-tested below), run each panel's SQL as the SELECT-only role
+Grafana logs in as, against a database filled by the real producer -> broker -> consumer
+pipeline and then rolled up, and check that each panel gets the rows and columns its
+visualisation needs, the same answer whether its readings are still raw or rolled up.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +27,15 @@ from confluent_kafka import Producer
 
 from heartbeat_platform import platform
 from heartbeat_platform.config import load_settings
+from heartbeat_platform.grafana_queries import (
+    QueryContext,
+    dashboard_file,
+    expand,
+    format_interval,
+    panel_queries,
+)
 from heartbeat_platform.storage.migrations import migrate, sql_dir
+from heartbeat_platform.storage.rollups import refresh_pending
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 
@@ -36,94 +45,6 @@ DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 READER = "heartbeat_grafana_reader"
 ANOMALY_TYPES = {"BRADYCARDIA", "TACHYCARDIA", "INVALID"}
 INTERVAL = timedelta(seconds=1)  # finer than the 5 s minimum: a few seconds of data, many buckets
-
-
-# -- Grafana's SQL expansion --------------------------------------------------------------------
-# Grafana 10.4 first substitutes dashboard variables and $__interval / $__interval_ms, then the
-# PostgreSQL datasource's macros (pkg/tsdb/grafana-postgresql-datasource/macros.go).
-
-_VARIABLE = re.compile(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)")
-_MACRO = re.compile(r"\$(\w+)\(([^)]*)\)")
-_INTERVAL = re.compile(r"(\d+)(ms|s|m|h|d|w)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-@dataclass(frozen=True)
-class QueryContext:
-    """What Grafana knows when it runs a panel: time range, interval, variable values."""
-
-    time_from: datetime
-    time_to: datetime
-    interval: timedelta = INTERVAL
-    variables: dict[str, str] = field(default_factory=dict)
-
-
-def format_interval(interval: timedelta) -> str:
-    """Go's gtime.FormatInterval: the largest whole unit, truncated (90 s -> "1m")."""
-    ms = interval // timedelta(milliseconds=1)
-    for unit, size in (("y", 31_536_000_000), ("d", 86_400_000), ("h", 3_600_000),
-                       ("m", 60_000), ("s", 1_000), ("ms", 1)):
-        if ms >= size:
-            return f"{ms // size}{unit}"
-    return "1ms"
-
-
-def rfc3339(moment: datetime) -> str:
-    """Go's time.RFC3339Nano in UTC: no trailing zeros in the fraction, a "Z" zone."""
-    utc = moment.astimezone(UTC)
-    fraction = f"{utc.microsecond:06d}".rstrip("0")
-    return utc.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
-
-
-def _seconds(text: str) -> str:
-    match = _INTERVAL.fullmatch(text.strip().strip("'"))
-    if not match:
-        raise ValueError(f"error parsing interval {text}")
-    seconds = Decimal(match.group(1)) * Decimal(str(_UNITS[match.group(2)]))
-    return format(seconds.normalize(), "f")
-
-
-def _variable(match: re.Match, variables: dict[str, str]) -> str:
-    name = match.group(1) or match.group(3)
-    if name not in variables:
-        return match.group(0)  # Grafana's own $__ names, handled below
-    value, fmt = variables[name], match.group(2)
-    if fmt in (None, "raw"):
-        return value  # a single-value variable goes in as it is
-    if fmt == "sqlstring":
-        return "'" + value.replace("'", "''") + "'"
-    raise ValueError(f"variable format {fmt!r} is not handled here")
-
-
-def expand(sql: str, ctx: QueryContext) -> str:
-    """The SQL Grafana sends to PostgreSQL for `sql` in `ctx`."""
-    sql = _VARIABLE.sub(lambda m: _variable(m, ctx.variables), sql)
-    sql = sql.replace("$__interval_ms", str(ctx.interval // timedelta(milliseconds=1)))
-    sql = sql.replace("$__interval", format_interval(ctx.interval))
-
-    def macro(match: re.Match) -> str:
-        name, args = match.group(1), [a.strip() for a in match.group(2).split(",")]
-        if name == "__timeGroup" and sql[match.end():match.end() + 1] == ",":
-            name = "__timeGroupAlias"  # Grafana's pre-5.3 compatibility rule
-        if name == "__timeFilter":
-            return f"{args[0]} BETWEEN '{rfc3339(ctx.time_from)}' AND '{rfc3339(ctx.time_to)}'"
-        if name == "__timeFrom":
-            return f"'{rfc3339(ctx.time_from)}'"
-        if name == "__timeTo":
-            return f"'{rfc3339(ctx.time_to)}'"
-        if name in ("__timeGroup", "__timeGroupAlias"):
-            if len(args) < 2:
-                raise ValueError(f"macro {name} needs a time column and an interval")
-            seconds = _seconds(args[1])  # a third argument (fill) is applied by Grafana
-            group = f"floor(extract(epoch from {args[0]})/{seconds})*{seconds}"
-            return group + (' AS "time"' if name == "__timeGroupAlias" else "")
-        raise ValueError(f"unknown macro {name!r}")
-
-    sql = _MACRO.sub(macro, sql)
-    left = re.search(r"\$\{?\w+", sql)
-    if left:
-        raise ValueError(f"{left.group(0)} was not expanded")
-    return sql
 
 
 # -- the expander itself ------------------------------------------------------------------------
@@ -276,21 +197,53 @@ def test_panels_do_not_overlap() -> None:
                 assert apart, (title_a, title_b)
 
 
+def test_panel_queries_name_every_target_and_the_variable() -> None:
+    """What the benchmark times: each panel target and query variable, in dashboard order."""
+    assert dashboard_file() == GRAFANA / "dashboards" / "heartbeat-monitoring.json"
+    dashboard = _load(dashboard_file())
+    queries = panel_queries(dashboard)
+    targets = [(p["title"], t) for p in _panels(dashboard) for t in p["targets"]]
+    assert queries == [(f"{title}/{t['refId']}", t["rawSql"]) for title, t in targets] + [
+        ("variable customer", dashboard["templating"]["list"][0]["query"])
+    ]
+
+
 # -- the panels against data --------------------------------------------------------------------
 
 BAD_MESSAGES = [b"not json", b'{"customer_id": "CUST_00001"}', b"[1, 2, 3]"]
+# The queries that read the rollups; each gets the same answer from the raw tail alone.
+ROLLED_UP = ["Valid readings/A", "Anomalies/A", "Latest reading/A", "Fleet Average BPM/A",
+             "Anomaly Type breakdown/A", "Throughput/B", "Active customers (5 min)/A"]
+
+
+@dataclass
+class Result:
+    columns: list[str]
+    rows: list[tuple]
+
+    def column(self, name: str) -> list:
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
 
 
 @dataclass
 class FilledDatabase:
     url: str
-    started: datetime
     consumer_name: str
+    live: QueryContext  # the minutes around the pipeline's run, as the dashboard opens
+    week: QueryContext  # the last seven days: rollups, not raw readings
+    unrolled: dict[tuple[str, str], Result]  # (span, ROLLED_UP query) before any rollup
+
+
+def run_sql(conn: psycopg.Connection, sql: str, ctx: QueryContext) -> Result:
+    cursor = conn.execute(expand(sql, ctx))
+    return Result([c.name for c in cursor.description], cursor.fetchall())
 
 
 @pytest.fixture(scope="module")
 def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
-    """3,000 readings of 20 customers and a few dead letters, through the real pipeline."""
+    """3,000 readings of 20 customers and a few dead letters through the real pipeline, then
+    the rollups of every settled window; the ROLLED_UP queries are answered in between."""
     started = datetime.now(UTC)
     url = embedded_postgres.ensure_database(f"grafana_{uuid.uuid4().hex[:12]}")
     settings = load_settings(
@@ -314,7 +267,19 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
     config = platform.consumer_config(settings, prepared.endpoints)
     result = HeartbeatConsumer(config).run(stop_when_idle=1.5)
     assert result.stats.messages_consumed == 3_000 + len(BAD_MESSAGES)
-    return FilledDatabase(url, started, config.name)
+    finished = datetime.now(UTC)
+
+    live = QueryContext(started - timedelta(minutes=1), finished + timedelta(minutes=1), INTERVAL)
+    week = QueryContext(live.time_to - timedelta(days=7), live.time_to, timedelta(minutes=10))
+    queries = dict(panel_queries(_load(dashboard_file())))
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM fleet_minute_stats").fetchone() == (0,)
+        conn.execute(f"SET ROLE {READER}")
+        unrolled = {(span, name): run_sql(conn, queries[name], ctx)
+                    for span, ctx in (("live", live), ("week", week)) for name in ROLLED_UP}
+        conn.execute("RESET ROLE")
+        refresh_pending(conn, finished + timedelta(hours=2))  # every window has settled
+    return FilledDatabase(url, config.name, live, week, unrolled)
 
 
 @pytest.fixture(scope="module")
@@ -331,33 +296,29 @@ def owner(filled: FilledDatabase) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-@dataclass
-class Result:
-    columns: list[str]
-    rows: list[tuple]
-
-    def column(self, name: str) -> list:
-        i = self.columns.index(name)
-        return [row[i] for row in self.rows]
+@pytest.fixture(scope="module")
+def customer(reader: psycopg.Connection) -> str:
+    """The customer the dashboard picks first."""
+    (variable,) = _load(dashboard_file())["templating"]["list"]
+    customers = reader.execute(variable["query"]).fetchall()
+    assert customers
+    return customers[0][0]
 
 
 @pytest.fixture(scope="module")
-def context(filled: FilledDatabase, reader: psycopg.Connection) -> QueryContext:
+def context(filled: FilledDatabase, customer: str) -> QueryContext:
     """The dashboard's view of the data: a range around it, the customer picked first."""
-    monitoring = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
-    (variable,) = monitoring["templating"]["list"]
-    customers = reader.execute(variable["query"]).fetchall()
-    assert customers
-    return QueryContext(
-        time_from=filled.started - timedelta(minutes=1),
-        time_to=datetime.now(UTC) + timedelta(minutes=1),
-        variables={"customer": customers[0][0]},
-    )
+    return replace(filled.live, variables={"customer": customer})
+
+
+@pytest.fixture(scope="module")
+def week(filled: FilledDatabase, customer: str) -> QueryContext:
+    """Seven days: the fleet series and the customer drill-down read rollups."""
+    return replace(filled.week, variables={"customer": customer})
 
 
 def run(conn: psycopg.Connection, target: dict, ctx: QueryContext) -> Result:
-    cursor = conn.execute(expand(target["rawSql"], ctx))
-    return Result([c.name for c in cursor.description], cursor.fetchall())
+    return run_sql(conn, target["rawSql"], ctx)
 
 
 def _numeric(value: object) -> bool:
@@ -403,14 +364,18 @@ PANELS = [
 ]
 
 
+@pytest.mark.parametrize("span", ["live", "week"])
 @pytest.mark.parametrize("panel", PANELS)
-def test_panel_query_returns_what_its_panel_needs(panel: dict, reader, context) -> None:
-    """Every query runs as the reader role; a target may be empty only while another of
-    the same panel has rows (the lag panel's Dagster snapshot series before Dagster runs)."""
+def test_panel_query_returns_what_its_panel_needs(panel: dict, span: str, reader, context,
+                                                  week) -> None:
+    """Every query runs as the reader role, over the live minutes and over a week; a target
+    may be empty only while another of the same panel has rows (the lag panel's Dagster
+    snapshot series before Dagster runs; throughput's two sources, one per range length)."""
+    ctx = {"live": context, "week": week}[span]
     results = []
     for target in panel["targets"]:
         assert target["format"] == FORMATS[panel["type"]], target["refId"]
-        result = run(reader, target, context)
+        result = run(reader, target, ctx)
         if result.rows:
             CHECKS[panel["type"]](result)
         results.append(result)
@@ -418,14 +383,39 @@ def test_panel_query_returns_what_its_panel_needs(panel: dict, reader, context) 
 
 
 def _panel(title: str) -> dict:
-    dashboard = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
-    (panel,) = [p for p in dashboard["panels"] if p["title"] == title]
+    (panel,) = [p for p in _load(dashboard_file())["panels"] if p["title"] == title]
     return panel
 
 
 def _single(title: str, reader, context) -> Result:
     (target,) = _panel(title)["targets"]
     return run(reader, target, context)
+
+
+def test_rollups_hold_every_reading(owner) -> None:
+    """The fixture's refresh_pending rolled up every minute the consumer marked: no tail."""
+    rolled, records, tail = owner.execute(
+        "SELECT (SELECT sum(reading_count) FROM fleet_minute_stats), "
+        "(SELECT count(*) FROM heartbeat_records), "
+        "(SELECT count(*) FROM heartbeat_records WHERE event_timestamp >= "
+        " (SELECT max(minute) + interval '1 minute' FROM fleet_minute_stats))"
+    ).fetchone()
+    assert rolled == records > 0, "the consumer marked no rollup windows"
+    assert tail == 0
+    hours = owner.execute("SELECT sum(reading_count) FROM customer_hourly_bpm_stats").fetchone()
+    assert hours == (records,)
+
+
+@pytest.mark.parametrize("span", ["live", "week"])
+@pytest.mark.parametrize("name", ROLLED_UP)
+def test_rolled_up_queries_answer_as_the_raw_tail_did(name: str, span: str, filled,
+                                                      reader) -> None:
+    """Readings still in the raw tail and readings in the rollups give the same panel."""
+    ctx = {"live": filled.live, "week": filled.week}[span]
+    before = filled.unrolled[(span, name)]
+    after = run_sql(reader, dict(panel_queries(_load(dashboard_file())))[name], ctx)
+    assert after == before
+    assert after.rows or name == "Throughput/B" and span == "live"  # B: long ranges only
 
 
 def test_health_stats_count_what_the_tables_hold(reader, owner, context) -> None:
@@ -449,30 +439,39 @@ def test_health_stats_count_what_the_tables_hold(reader, owner, context) -> None
     assert float(latest) == pytest.approx(newest.timestamp() * 1000)
 
 
-def test_fleet_average_is_one_normal_value_per_interval(reader, owner, context) -> None:
-    """Readings are averaged per $__interval bucket, never listed one by one."""
-    result = _single("Fleet Average BPM", reader, context)
-    (seconds,) = owner.execute(
-        "SELECT count(DISTINCT floor(extract(epoch FROM event_timestamp))) FROM heartbeat_records"
-    ).fetchone()
-    assert len(result.rows) == seconds  # INTERVAL is one second
+@pytest.mark.parametrize("bucket", [timedelta(seconds=1), timedelta(minutes=5)])
+def test_fleet_average_is_one_normal_value_per_bucket(bucket: timedelta, reader, owner,
+                                                      context) -> None:
+    """Readings are averaged per $__interval bucket of at least a minute, never listed."""
+    result = run(reader, _panel("Fleet Average BPM")["targets"][0],
+                 replace(context, interval=bucket))
+    seconds = max(bucket, timedelta(minutes=1)) // timedelta(seconds=1)
+    expected = owner.execute(
+        "SELECT floor(extract(epoch FROM date_trunc('minute', event_timestamp)) / %(s)s) * %(s)s,"
+        "       round(avg(heart_rate), 1) "
+        "FROM heartbeat_records GROUP BY 1 ORDER BY 1",
+        {"s": seconds},
+    ).fetchall()
+    assert result.rows == expected
     assert all(40 <= v <= 180 for v in result.column("fleet average bpm"))
 
 
 def test_anomaly_breakdown_adds_up(reader, owner, context) -> None:
     result = _single("Anomaly Type breakdown", reader, context)
-    counts = dict(result.rows)
-    assert set(counts) <= ANOMALY_TYPES and len(counts) >= 2
-    total = owner.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
-    assert sum(counts.values()) == total
+    expected = owner.execute(
+        "SELECT anomaly_type, count(*) FROM (SELECT DISTINCT customer_id, event_timestamp, "
+        "anomaly_type FROM heartbeat_anomalies) AS readings GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert result.rows == expected
+    assert set(dict(result.rows)) <= ANOMALY_TYPES and len(result.rows) >= 2
 
 
 def test_throughput_accounts_for_every_message_between_snapshots(reader, owner, filled,
                                                                  context) -> None:
-    """Rates times the bucket width add up to the consumer's counter increase in range."""
-    result = _single("Throughput", reader, context)
-    assert len(result.rows) >= 1
-    rates = result.column("consumed msg/s")
+    """Short ranges: rates times the bucket width add up to the consumer's counter increase."""
+    snapshots, stored = (run(reader, t, context) for t in _panel("Throughput")["targets"])
+    assert stored.rows == []
+    rates = snapshots.column("consumed msg/s")
     assert all(r > 0 for r in rates)
     first, last = owner.execute(
         "SELECT min(metric_value), max(metric_value) FROM pipeline_metrics "
@@ -483,18 +482,34 @@ def test_throughput_accounts_for_every_message_between_snapshots(reader, owner, 
     assert float(sum(rates)) * INTERVAL.total_seconds() == pytest.approx(last - first)
 
 
-def test_consumer_lag_shows_delay_per_partition_now(reader, context) -> None:
-    """Before any Dagster snapshot: the per-partition event-to-database delay."""
+def test_throughput_of_long_ranges_counts_every_stored_reading(reader, owner, week) -> None:
+    """Long ranges: rates times the bucket width add up to the readings stored."""
+    snapshots, stored = (run(reader, t, week) for t in _panel("Throughput")["targets"])
+    assert snapshots.rows == []
+    (readings,) = owner.execute(
+        "SELECT (SELECT count(*) FROM heartbeat_records) + (SELECT count(*) FROM "
+        "(SELECT DISTINCT customer_id, event_timestamp FROM heartbeat_anomalies) AS a)"
+    ).fetchone()
+    rates = stored.column("stored readings/s")
+    assert float(sum(rates)) * week.interval.total_seconds() == pytest.approx(readings)
+
+
+def test_consumer_lag_shows_the_delay_now(reader, owner, context) -> None:
+    """Before any Dagster snapshot: the event-to-database delay of the newest readings."""
     snapshot, delay = (run(reader, t, context) for t in _panel("Consumer lag")["targets"])
     assert snapshot.rows == []
-    assert set(delay.column("metric")) == {f"partition {p} delay" for p in range(3)}
-    assert all(v >= 0 for v in delay.column("value"))
+    assert delay.columns == ["time", "sampled delay"]
+    (worst,) = owner.execute(
+        "SELECT max(extract(epoch FROM detected_at - event_timestamp)) FROM heartbeat_anomalies"
+    ).fetchone()
+    assert all(0 <= v <= worst for v in delay.column("sampled delay"))
 
 
-def test_consumer_lag_reads_the_dagster_health_snapshot(database_url, context) -> None:
+def test_consumer_lag_reads_the_dagster_health_snapshot(database_url) -> None:
     """The contract with pipeline_health_snapshot: health_consumer_lag rows, labels.partition."""
     migrate(database_url)
     now = datetime.now(UTC)
+    context = QueryContext(now - timedelta(minutes=15), now + timedelta(minutes=1))
     with psycopg.connect(database_url, autocommit=True) as conn:
         for partition, lag in ((0, 12.0), (1, 0.0), (2, 5.0)):
             conn.execute(
@@ -519,23 +534,32 @@ def test_recent_anomalies_newest_first(reader, owner, context) -> None:
     assert set(result.column("type")) <= ANOMALY_TYPES
 
 
-def test_customer_variable_lists_the_most_anomalous_customer_first(reader, owner,
-                                                                   context) -> None:
-    (most,) = owner.execute("SELECT max(anomaly_count) FROM vw_customer_bpm_summary").fetchone()
-    (picked,) = owner.execute(
-        "SELECT anomaly_count FROM vw_customer_bpm_summary WHERE customer_id = %s",
-        (context.variables["customer"],),
+def test_customer_variable_lists_every_customer_newest_anomaly_first(reader, owner,
+                                                                     customer) -> None:
+    (variable,) = _load(dashboard_file())["templating"]["list"]
+    listed = [c for (c,) in reader.execute(variable["query"])]
+    seen = [c for (c,) in owner.execute(
+        "SELECT customer_id FROM heartbeat_records "
+        "UNION SELECT customer_id FROM heartbeat_anomalies ORDER BY 1"
+    )]
+    assert sorted(listed) == seen
+    (newest,) = owner.execute(
+        "SELECT customer_id FROM heartbeat_anomalies ORDER BY event_timestamp DESC LIMIT 1"
     ).fetchone()
-    assert picked == most > 0
+    assert customer == newest
 
 
-def test_customer_drilldown_shows_only_that_customer(reader, owner, context) -> None:
-    customer = context.variables["customer"]
-    readings, anomalies = owner.execute(
+def _customer_counts(owner, customer: str) -> tuple[int, int]:
+    return owner.execute(
         "SELECT (SELECT count(*) FROM heartbeat_records WHERE customer_id = %(c)s), "
         "(SELECT count(*) FROM heartbeat_anomalies WHERE customer_id = %(c)s)",
         {"c": customer},
     ).fetchone()
+
+
+def test_customer_drilldown_shows_only_that_customer(reader, owner, context) -> None:
+    """Short ranges: every reading of the customer, from the raw tables."""
+    readings, anomalies = _customer_counts(owner, context.variables["customer"])
     line, points = (run(reader, t, context) for t in _panel("BPM of $customer")["targets"])
     assert len(line.rows) == readings > 0
     assert len(points.rows) == anomalies > 0
@@ -547,12 +571,26 @@ def test_customer_drilldown_shows_only_that_customer(reader, owner, context) -> 
     assert len(table.rows) == min(anomalies, 50)
 
 
-def test_customer_value_is_quoted_not_spliced(reader, context) -> None:
+def test_customer_drilldown_of_long_ranges_reads_hours(reader, owner, context, week) -> None:
+    """Long ranges: hourly averages, and the same totals as the raw readings."""
+    customer = week.variables["customer"]
+    line, points = (run(reader, t, week) for t in _panel("BPM of $customer")["targets"])
+    hours = owner.execute(
+        "SELECT date_trunc('hour', event_timestamp), round(avg(heart_rate), 1) "
+        "FROM heartbeat_records WHERE customer_id = %s GROUP BY 1 ORDER BY 1", (customer,)
+    ).fetchall()
+    assert line.rows == hours
+    assert len(points.rows) == _customer_counts(owner, customer)[1]
+    short, long = (_single("$customer in the time range", reader, ctx) for ctx in (context, week))
+    assert long == short
+
+
+def test_customer_value_is_quoted_not_spliced(reader, context, week) -> None:
     """A hostile variable value stays a string literal and matches no customer."""
-    hostile = QueryContext(context.time_from, context.time_to,
-                           variables={"customer": "x' OR '1'='1"})
-    line, _ = (run(reader, t, hostile) for t in _panel("BPM of $customer")["targets"])
-    assert line.rows == []
+    for ctx in (context, week):
+        hostile = replace(ctx, variables={"customer": "x' OR '1'='1"})
+        line, _ = (run(reader, t, hostile) for t in _panel("BPM of $customer")["targets"])
+        assert line.rows == []
 
 
 # -- the SELECT-only role -----------------------------------------------------------------------
@@ -564,7 +602,7 @@ def test_reader_role_reads_everything_and_changes_nothing(database_url) -> None:
         conn.execute("CREATE TABLE added_later (x int)")
         relations = [name for (name,) in conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm')"
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm')"
         )]
         assert {"heartbeat_records", "vw_pipeline_summary", "added_later"} <= set(relations)
         for name in relations:

@@ -160,9 +160,10 @@ _rollup = {
 
 @dg.asset(
     description="Whole fleet per minute: readings, active customers, BPM average/min/max/"
-    "stddev, anomalies by type (each reading once). A partition is one hour of minutes, "
-    "computed from that hour's raw readings only; the rollup sensor recomputes the minutes "
-    "the consumer marked pending, within a minute. Also keeps the `customers` table.",
+    "stddev, anomalies by type (each reading once). A partition is one hour of minutes; "
+    "each minute's raw readings are read once, into customer_minute_stats, and the fleet "
+    "minutes, fleet_totals and the `customers` table are built from them. The rollup "
+    "sensor recomputes the minutes the consumer marked pending, within a minute.",
     deps=[RECORDS, ANOMALIES],
     partitions_def=hourly,
     **_rollup,
@@ -175,8 +176,8 @@ def fleet_minute_stats(
 
 @dg.asset(
     description="Per customer and hour: readings, BPM average/min/max/stddev, first and last "
-    "reading, anomalies by type. Computed from the hour's raw readings only, once the hour "
-    "has closed, and again when late readings arrive for it.",
+    "reading, anomalies by type. Built from the hour's customer minutes (customer_minute_"
+    "stats) once the hour has closed, and again when late readings change one of them.",
     deps=[RECORDS, ANOMALIES],
     partitions_def=hourly,
     **_rollup,

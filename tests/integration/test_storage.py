@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
+from test_schema import VIEW_COLUMNS  # the views' contract, one list for both files
 
 from heartbeat_platform import platform
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
@@ -50,24 +51,6 @@ DAY = timedelta(days=1)
 MICROSECOND = timedelta(microseconds=1)
 ROLLUP_TABLES = ("fleet_minute_stats", "customer_hourly_bpm_stats", "customer_daily_bpm_stats",
                  "customers")
-# The columns of the original design's views, in order: their contract with Grafana and
-# Dagster (the same list guards a fresh schema in test_schema.py).
-VIEW_COLUMNS = {
-    "vw_customer_bpm_summary": [
-        "customer_id", "reading_count", "avg_bpm", "min_bpm", "max_bpm", "stddev_bpm",
-        "first_reading_at", "last_reading_at", "anomaly_count", "bradycardia_count",
-        "tachycardia_count", "invalid_count", "last_anomaly_at",
-    ],
-    "vw_recent_anomalies": [
-        "id", "customer_id", "heart_rate", "anomaly_type", "severity", "event_timestamp",
-        "detected_at", "kafka_partition", "kafka_offset",
-    ],
-    "vw_pipeline_summary": [
-        "total_records", "total_anomalies", "bradycardia_count", "tachycardia_count",
-        "invalid_count", "anomalies_last_5m", "dead_letter_count", "active_customers_5m",
-        "total_customers", "latest_reading_at", "alerts_total",
-    ],
-}
 
 Record = tuple[str, datetime, int]  # customer_id, event_timestamp, heart_rate
 Anomaly = tuple[str, datetime, int, str, int]  # ... anomaly_type, kafka_offset

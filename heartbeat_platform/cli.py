@@ -329,14 +329,38 @@ def bench(
     output: Annotated[
         Path | None, typer.Option(help="Also write the JSON results to this file.")
     ] = None,
+    history: Annotated[
+        int,
+        typer.Option(
+            help="Then load N readings of history with SQL and measure again on it: consume "
+            "rate against the empty table's, dashboard queries, rollups, bytes per reading.",
+            min=0,
+        ),
+    ] = 0,
+    history_span_hours: Annotated[
+        float | None,
+        typer.Option(
+            help="Spread the history over H hours (default: the design rate, 10,000 readings/s).",
+            min=0,
+        ),
+    ] = None,
 ) -> None:
-    """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON)."""
-    from heartbeat_platform.bench import run_bench, write_json
+    """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
-    results = run_bench(
-        _settings(), events=events, latency_rate=latency_rate, latency_seconds=latency_seconds,
-        log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
-    )
+    With --history N, also how all of it holds up once the database holds N readings.
+    """
+    from heartbeat_platform.bench import HistoryPlanError, run_bench, write_json
+
+    try:
+        results = run_bench(
+            _settings(), events=events, latency_rate=latency_rate,
+            latency_seconds=latency_seconds, history=history,
+            history_span_hours=history_span_hours,
+            log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
+        )
+    except HistoryPlanError as exc:
+        err.print(f"[red]bench:[/red] {exc}")
+        raise typer.Exit(2) from None
     print(write_json(results, output))
 
 

@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 DASHBOARD = Path("dashboards") / "heartbeat-monitoring.json"
+GRAFANA_MAX_DATA_POINTS = 1000  # a panel about 1000 px wide
+GRAFANA_MIN_INTERVAL = timedelta(seconds=5)  # the datasource's timeInterval (provisioning)
 
 _VARIABLE = re.compile(r"\$\{(\w+)(?::(\w+))?\}|\$(\w+)")
 _MACRO = re.compile(r"\$(\w+)\(([^)]*)\)")
@@ -122,3 +124,27 @@ def expand(sql: str, ctx: QueryContext) -> str:
     if left:
         raise ValueError(f"{left.group(0)} was not expanded")
     return sql
+
+
+def grafana_interval(
+    span: timedelta,
+    max_data_points: int = GRAFANA_MAX_DATA_POINTS,
+    minimum: timedelta = GRAFANA_MIN_INTERVAL,
+) -> timedelta:
+    """$__interval as Grafana computes it: range / data points, rounded to a nice step."""
+    raw_ms = span / timedelta(milliseconds=1) / max_data_points
+    rounded = next((to for below, to in _GRAFANA_ROUNDING if raw_ms < below), _GRAFANA_YEAR)
+    return max(timedelta(milliseconds=rounded), minimum)
+
+
+# Grafana's roundInterval (@grafana/data, rangeutil): below X ms -> Y ms.
+_GRAFANA_ROUNDING = (
+    (15, 10), (35, 20), (75, 50), (150, 100), (350, 200), (750, 500), (1_500, 1_000),
+    (3_500, 2_000), (7_500, 5_000), (12_500, 10_000), (17_500, 15_000), (25_000, 20_000),
+    (45_000, 30_000), (90_000, 60_000), (210_000, 120_000), (450_000, 300_000),
+    (750_000, 600_000), (1_050_000, 900_000), (1_500_000, 1_200_000),
+    (2_700_000, 1_800_000), (5_400_000, 3_600_000), (9_000_000, 7_200_000),
+    (16_200_000, 10_800_000), (32_400_000, 21_600_000), (86_400_000, 43_200_000),
+    (604_800_000, 86_400_000), (1_814_400_000, 604_800_000), (3_628_800_000, 2_592_000_000),
+)
+_GRAFANA_YEAR = 31_536_000_000  # anything longer

@@ -155,7 +155,9 @@ def maintain(
         refreshed = refresh_pending(conn, now)
         retention = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
-        open_windows = conn.execute("SELECT count(*) FROM rollup_pending").fetchone()[0]
+        open_windows = conn.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) w"
+        ).fetchone()[0]
     report = {
         "rollups": {
             r.rollup.value: {"windows": r.windows, "rows": r.rows, "readings": r.readings,

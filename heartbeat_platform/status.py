@@ -32,7 +32,7 @@ GROUP BY parent.relname
 _ROLLUPS = """
 SELECT (SELECT max(minute) + interval '1 minute' FROM fleet_minute_stats),
        (SELECT max(hour) + interval '1 hour' FROM customer_hourly_bpm_stats),
-       (SELECT count(*) FROM rollup_pending)
+       (SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) AS w)
 """
 
 

@@ -6,6 +6,7 @@ are the summaries (materialised views refreshed concurrently, so readers never b
 and `pipeline_health_snapshot`, which records the pipeline's health every minute.
 """
 
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -148,6 +149,9 @@ def _key_bounds(rollup: Rollup, start, end) -> tuple:
     return start, end
 
 
+# BackfillPolicy is marked beta in Dagster 1.13; it is what makes a week's backfill a
+# handful of runs instead of 168, so it stays, without a warning on every code load.
+warnings.filterwarnings("ignore", message=".*`backfill_policy`.*", category=dg.BetaWarning)
 hourly = dg.HourlyPartitionsDefinition(start_date=f"{ROLLUPS_START}-00:00", end_offset=1)
 daily = dg.DailyPartitionsDefinition(start_date=ROLLUPS_START, end_offset=1)
 # A backfill of many windows runs a day at a time per run, not one run per hour.

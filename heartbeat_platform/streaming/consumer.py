@@ -362,13 +362,10 @@ class HeartbeatConsumer:
                 dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
             else:
                 customer, bpm, when = reading
-                if not oldest <= when <= newest:
+                if not oldest <= when <= newest:  # could not be kept, or claims the future
                     dead.append((epoch, partition, offset, message.key(), raw,
                                  window.reason(when)))
-                    nxt[partition] = offset + 1
-                    continue
-                klass = classify(bpm)
-                if klass is _NORMAL:
+                elif (klass := classify(bpm)) is _NORMAL:
                     records.append((customer, when, bpm, epoch, partition, offset))
                 else:
                     anomalies.append(

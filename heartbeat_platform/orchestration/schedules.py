@@ -74,7 +74,7 @@ def rollup_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResourc
     for rollup, partition_start, marked_at in runs:
         if requested == MAX_RUNS_PER_TICK:
             break
-        key = partition_start.strftime(_PARTITION_KEY_FORMAT[rollup])
+        key = partition_start.astimezone(UTC).strftime(_PARTITION_KEY_FORMAT[rollup])
         requested += 1
         yield dg.RunRequest(
             job_name=ROLLUP_JOBS[rollup].name,

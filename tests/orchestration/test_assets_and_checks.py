@@ -131,7 +131,10 @@ def test_a_backfill_run_over_a_partition_range_recomputes_every_window_of_it(
 def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
     platform_settings, db
 ) -> None:
-    """Two old hours pending -> one fleet run each, keyed by their marks; nothing else."""
+    """Two old hours pending -> one fleet run each, keyed by their marks; nothing else.
+
+    The database's sessions default to India's time zone: partition keys are UTC hours."""
+    db.execute(f"ALTER DATABASE \"{db.info.dbname}\" SET timezone TO 'Asia/Kolkata'")
     old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=5), old + timedelta(hours=1)])
     mark_pending(db, Rollup.CUSTOMER_HOURLY, [old])

@@ -71,6 +71,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _rollups_outlive_raw_readings(self) -> Settings:
+        """Retention drops a raw day only once its daily rollup holds it; a rollup that
+        left before its readings would keep those days (and the disk) for ever."""
+        if self.heartbeat_rollup_retention_days <= self.heartbeat_raw_retention_days + 1:
+            raise ValueError(
+                "HEARTBEAT_ROLLUP_RETENTION_DAYS must be longer than "
+                "HEARTBEAT_RAW_RETENTION_DAYS + 1 (rollups outlive the readings they summarise)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         object.__setattr__(self, "heartbeat_state_dir", self.heartbeat_state_dir.resolve())
         return self

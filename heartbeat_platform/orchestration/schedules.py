@@ -5,13 +5,14 @@ pending and launches a run for exactly those partitions."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from heartbeat_platform.orchestration.assets import (
     ANOMALIES,
     RECORDS,
+    ROLLUPS_START,
     customer_daily_bpm_stats,
     customer_hourly_bpm_stats,
     fleet_minute_stats,
@@ -56,7 +57,11 @@ _PARTITION_KEY_FORMAT = {
     Rollup.CUSTOMER_HOURLY: "%Y-%m-%d-%H:%M",
     Rollup.CUSTOMER_DAILY: "%Y-%m-%d",
 }
+ROLLUPS_FIRST_PARTITION = datetime.fromisoformat(ROLLUPS_START).replace(tzinfo=UTC)
 MAX_RUNS_PER_TICK = 12  # a backlog of late windows is worked off over several ticks
+# Marks still there this long after their last change mean the run that took them failed
+# (its transaction put them back): a new run key every interval retries it.
+RETRY_AFTER = timedelta(minutes=10)
 
 
 @dg.sensor(
@@ -68,23 +73,41 @@ MAX_RUNS_PER_TICK = 12  # a backlog of late windows is worked off over several t
     "once their hours are done; late readings mark their window again).",
 )
 def rollup_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+    now = datetime.now(UTC)
     with postgres.connect() as conn:
-        runs = pending_runs(conn, datetime.now(UTC))
-    requested = 0
+        runs = pending_runs(conn, now)
+    requested, too_old = 0, 0
     for rollup, partition_start, marked_at in runs:
         if requested == MAX_RUNS_PER_TICK:
             break
+        if partition_start < ROLLUPS_FIRST_PARTITION:
+            too_old += 1  # no Dagster partition: `heartbeat-platform maintain` computes it
+            continue
         key = partition_start.astimezone(UTC).strftime(_PARTITION_KEY_FORMAT[rollup])
         requested += 1
         yield dg.RunRequest(
             job_name=ROLLUP_JOBS[rollup].name,
             partition_key=key,
-            # a window marked again later gets a new run; the same marks never run twice
-            run_key=f"{rollup}:{key}:{marked_at.isoformat()}",
+            run_key=rollup_run_key(rollup, key, marked_at, now),
             run_config={"ops": {rollup.table: {"config": {"pending_only": True}}}},
         )
+    if too_old:
+        context.log.warning(
+            "%d pending rollup partitions start before %s, the first Dagster partition: run "
+            "`heartbeat-platform maintain` to compute them", too_old, ROLLUPS_START,
+        )
     if not requested:
-        yield dg.SkipReason("no settled pending rollup window")
+        yield dg.SkipReason("no settled pending rollup window in a Dagster partition")
+
+
+def rollup_run_key(rollup: Rollup, key: str, marked_at: datetime, now: datetime) -> str:
+    """The same marks give the same key (Dagster runs a key once); a window marked again
+    gets a new one, and marks older than RETRY_AFTER a new one every RETRY_AFTER, so the
+    windows of a failed run are retried."""
+    run_key = f"{rollup}:{key}:{marked_at.isoformat()}"
+    if now - marked_at >= RETRY_AFTER:
+        run_key += f":retry-{int((now - marked_at) / RETRY_AFTER)}"
+    return run_key
 
 
 every_minute = dg.ScheduleDefinition(

@@ -10,7 +10,7 @@ import pytest
 from heartbeat_platform.orchestration.assets import health_metrics
 from heartbeat_platform.orchestration.definitions import defs
 from heartbeat_platform.orchestration.resources import PostgresResource
-from heartbeat_platform.orchestration.schedules import rollup_sensor
+from heartbeat_platform.orchestration.schedules import rollup_run_key, rollup_sensor
 from heartbeat_platform.storage.rollups import Rollup, mark_pending
 from heartbeat_platform.streaming.lag import PartitionLag
 
@@ -138,6 +138,8 @@ def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
     old = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=5), old + timedelta(hours=1)])
     mark_pending(db, Rollup.CUSTOMER_HOURLY, [old])
+    # before the first Dagster partition: left to `maintain`, and must not fail the tick
+    mark_pending(db, Rollup.FLEET_MINUTE, [datetime(2025, 12, 31, 10, tzinfo=UTC)])
     context = dg.build_sensor_context(resources={"postgres": PostgresResource()})
     requests = list(rollup_sensor(context))
     got = sorted((r.job_name, r.partition_key) for r in requests)
@@ -154,6 +156,18 @@ def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
     assert again == {r.run_key for r in requests}
     mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=6)])
     assert len({r.run_key for r in rollup_sensor(context)} - again) == 1
+
+
+def test_rollup_run_key_is_stable_for_the_same_marks_and_retries_stale_ones() -> None:
+    now = datetime(2026, 12, 2, 12, tzinfo=UTC)
+    fresh, stale = now - timedelta(minutes=1), now - timedelta(minutes=25)
+    key = rollup_run_key(Rollup.FLEET_MINUTE, "2026-12-02-11:00", fresh, now)
+    assert key == rollup_run_key(Rollup.FLEET_MINUTE, "2026-12-02-11:00", fresh, now)
+    retried = {  # a failed run's marks are back unchanged: a new key every ten minutes
+        rollup_run_key(Rollup.FLEET_MINUTE, "2026-12-02-11:00", stale, now + timedelta(minutes=m))
+        for m in (0, 5, 10, 20)
+    }
+    assert len(retried) == 3
 
 
 def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:

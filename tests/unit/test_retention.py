@@ -190,3 +190,16 @@ def test_day_boundary_readings_fall_in_their_own_utc_day() -> None:
     for moment in (last_instant, midnight):
         first, last = DEFAULTS.days_to_create(moment)
         assert first <= utc_day(moment) <= last
+
+
+def test_rollups_must_outlive_the_raw_readings() -> None:
+    """Retention waits for a day's daily rollup; a rollup kept shorter would keep raw days
+    (and the disk) for ever, so the setting is refused."""
+    from pydantic import ValidationError
+
+    from heartbeat_platform.config import load_settings
+
+    with pytest.raises(ValidationError, match="HEARTBEAT_ROLLUP_RETENTION_DAYS"):
+        load_settings(_env_file=None, heartbeat_raw_retention_days=7,
+                      heartbeat_rollup_retention_days=8)
+    assert load_settings(_env_file=None, heartbeat_rollup_retention_days=9)

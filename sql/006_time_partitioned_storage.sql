@@ -153,6 +153,17 @@ BEGIN
                 EXCEPTION WHEN duplicate_table OR unique_violation THEN
                     NULL;  -- another session created it since the check above
                 END;
+            ELSIF NOT EXISTS (
+                SELECT FROM pg_inherits
+                WHERE inhrelid = to_regclass(format('%I', parent || to_char(day, '"_p"YYYYMMDD'))))
+            THEN
+                -- left detached by a retention run that stopped before its DROP: attach it
+                -- again (retention drops it whole if it is still expired)
+                EXECUTE format(
+                    'ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                    parent, parent || to_char(day, '"_p"YYYYMMDD'),
+                    day::timestamp AT TIME ZONE 'UTC', (day + 1)::timestamp AT TIME ZONE 'UTC');
+                created := created + 1;
             END IF;
             day := day + 1;
         END LOOP;

@@ -28,6 +28,10 @@ DAY_PARTITIONED = (*RAW_TABLES, "customer_minute_stats")
 # (or are the rollup's first level); they leave with the same window.
 ROLLED_UP = frozenset({"heartbeat_records", "heartbeat_anomalies"})
 _SUFFIX = re.compile(r"_p(\d{8})$")
+# Creating, attaching or detaching a partition locks its parent, and waits behind any open
+# reader (a slow panel, an idle transaction) while writers queue behind it. Give up after
+# this long instead; the next run (or the consumer's next hourly check) tries again.
+DDL_LOCK_TIMEOUT = "2s"
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RetentionReport:
     created: int = 0
     dropped: dict[str, list[date]] = field(default_factory=dict)  # table -> days dropped
     kept_for_rollups: list[date] = field(default_factory=list)  # expired, rollups pending
+    busy: list[str] = field(default_factory=list)  # partitions a reader kept locked: next run
     first_day: date | None = None
     last_day: date | None = None
 
@@ -44,6 +49,7 @@ class RetentionReport:
             "days_dropped": sorted({str(d) for days in self.dropped.values() for d in days}),
             "partitions_dropped": sum(len(days) for days in self.dropped.values()),
             "days_kept_for_rollups": [str(d) for d in self.kept_for_rollups],
+            "partitions_busy_retry_next_run": self.busy,
             "window_first_day": str(self.first_day),
             "window_last_day": str(self.last_day),
         }
@@ -53,6 +59,7 @@ def ensure_partitions(conn: psycopg.Connection, policy: RetentionPolicy, now: da
     """Create the missing day partitions of the window (retention + days ahead); how many."""
     first, last = policy.days_to_create(now)
     with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
         created = conn.execute(
             "SELECT heartbeat_ensure_partitions(%s, %s)", (first, last)
         ).fetchone()[0]
@@ -95,11 +102,17 @@ def apply_retention(
     )
     blocked = set(report.kept_for_rollups)
     for table, days in expired.items():
-        droppable = [d for d in days if d not in blocked]
-        for day in droppable:
-            _drop(conn, table, day)
-        if droppable:
-            report.dropped[table] = droppable
+        for day in (d for d in days if d not in blocked):
+            try:
+                _drop(conn, table, day)
+            except psycopg.errors.LockNotAvailable:
+                report.busy.append(f"{table}_p{day:%Y%m%d}")
+            else:
+                report.dropped.setdefault(table, []).append(day)
+    for name in _detached_leftovers(conn, policy, now):
+        with conn.transaction():  # a run that stopped between its DETACH and its DROP
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        log.info("dropped %s, left detached by an earlier retention run", name)
     if blocked:
         log.warning(
             "kept expired days %s: their rollups are not materialised yet",
@@ -138,11 +151,44 @@ def _readings_without_daily_rollup(
     return conn.execute(query, (day,)).fetchone()[0]
 
 
+def oldest_day_with_readings(conn: psycopg.Connection) -> date | None:
+    """The oldest day whose raw readings are still kept (empty leading days skipped: a
+    raised retention creates partitions for days whose readings were dropped long ago)."""
+    existing = partition_days(conn)
+    for day in existing["heartbeat_records"]:
+        holds = sql.SQL(" OR ").join(
+            sql.SQL("EXISTS (SELECT 1 FROM {})").format(sql.Identifier(f"{t}_p{day:%Y%m%d}"))
+            for t in sorted(ROLLED_UP) if day in existing[t]
+        )
+        if conn.execute(sql.SQL("SELECT {}").format(holds)).fetchone()[0]:
+            return day
+    return None
+
+
+def _detached_leftovers(
+    conn: psycopg.Connection, policy: RetentionPolicy, now: datetime
+) -> list[str]:
+    """Day tables of ours that are no partition any more and whose day has expired."""
+    rows = conn.execute(
+        """SELECT relname FROM pg_class
+           WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r'
+             AND NOT relispartition AND relname ~ %s""",
+        (f"^({'|'.join(DAY_PARTITIONED)})_p[0-9]{{8}}$",),
+    ).fetchall()
+    days = {
+        name: datetime.strptime(_SUFFIX.search(name).group(1), "%Y%m%d").date()
+        for (name,) in rows
+    }
+    expired = set(policy.expired_days(set(days.values()), now))
+    return sorted(name for name, day in days.items() if day in expired)
+
+
 def _drop(conn: psycopg.Connection, table: str, day: date) -> None:
     """Detach, then drop, in two transactions: the parent's lock (which stalls the writer
     for about one batch) is held for the detach only, not while the day's files go."""
     name = sql.Identifier(f"{table}_p{day:%Y%m%d}")
     with conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
         conn.execute(
             sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(table), name)
         )

@@ -26,7 +26,7 @@ from enum import StrEnum
 import psycopg
 
 from heartbeat_platform.domain.retention import day_start
-from heartbeat_platform.storage.partitions import partition_days
+from heartbeat_platform.storage.partitions import oldest_day_with_readings
 
 
 class Rollup(StrEnum):
@@ -225,8 +225,8 @@ def _oldest_raw(conn: psycopg.Connection) -> datetime:
     A backfill never recomputes a window before it: its raw rows were dropped by
     retention, and recomputing would replace the kept rollups with nothing.
     """
-    days = partition_days(conn)["heartbeat_records"]
-    return day_start(days[0]) if days else datetime.max.replace(tzinfo=UTC)
+    day = oldest_day_with_readings(conn)
+    return day_start(day) if day else datetime.max.replace(tzinfo=UTC)
 
 
 def _all_windows(rollup: Rollup, start: datetime, end: datetime) -> list[datetime]:

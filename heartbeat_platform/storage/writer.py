@@ -247,9 +247,13 @@ class BatchWriter:
         """Move a partition's progress without rows (log reset or truncation handling)."""
         self.write(Batch(progress={partition: (expected, new)}))
 
-    def ensure_partitions(self, policy: RetentionPolicy) -> int:
-        """Create the missing day partitions of the admissible window; how many."""
-        return ensure_partitions(self._connection(), policy, datetime.now(UTC))
+    def ensure_partitions(self, policy: RetentionPolicy) -> int | None:
+        """Create the missing day partitions of the admissible window; how many, or None
+        when a reader kept the tables locked (they exist days ahead: try again later)."""
+        try:
+            return ensure_partitions(self._connection(), policy, datetime.now(UTC))
+        except psycopg.errors.LockNotAvailable:
+            return None
 
     # -- the batch ------------------------------------------------------------------------
     def ping(self) -> None:

@@ -412,10 +412,14 @@ class HeartbeatConsumer:
         if checked is not None and now - checked < _PARTITION_CHECK_EVERY_S:
             return
         self._settle()
-        if self._with_database(
+        created = self._with_database(
             lambda: self.writer.ensure_partitions(self.config.retention), "ensure partitions"
-        ) is not None:
+        )
+        if created is not None:
             self._partitions_checked_at = now
+        elif not self._stop.is_set():  # tables locked by a reader: again in a minute
+            log.warning("day partitions not checked: the tables are locked; retrying in 60 s")
+            self._partitions_checked_at = now - _PARTITION_CHECK_EVERY_S + 60
 
     # -- recovery -------------------------------------------------------------------------
     def _rewind(self, partitions: list[int]) -> None:

@@ -582,6 +582,76 @@ def test_a_backfill_over_a_dropped_day_keeps_its_rollups(database_url: str, db) 
     assert without_computed_at(all_rollups(db)) == before
 
 
+def test_a_day_left_detached_is_dropped_when_expired_and_attached_again_when_kept(
+    database_url: str, db
+) -> None:
+    """A retention run that stopped between its DETACH and its DROP leaves a plain table:
+    expired, the next run drops it; back inside a (raised) window, it is attached again,
+    so a reading of that day still finds its partition."""
+    migrate(database_url)
+    policy = RetentionPolicy()
+    today = migration_day(db)
+    now = midnight(today) + timedelta(hours=12)
+    old, kept = today - timedelta(days=10), today - timedelta(days=3)
+    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
+    for day in (old, kept):
+        db.execute(f"ALTER TABLE heartbeat_records DETACH PARTITION "
+                   f"{partition_name('heartbeat_records', day)}")
+
+    apply_retention(db, policy, now)
+
+    assert not exists(db, partition_name("heartbeat_records", old))
+    assert kept in partition_days(db)["heartbeat_records"]
+    insert_readings(db, [("CUST_00001", midnight(kept) + timedelta(hours=1), 70)], [])
+
+
+def test_retention_gives_up_on_a_day_a_reader_keeps_locked_and_drops_it_next_time(
+    database_url: str, db
+) -> None:
+    """DETACH waits behind any open reader and every writer would queue behind it: after
+    the lock timeout the day is reported busy and left for the next run."""
+    migrate(database_url)
+    policy = RetentionPolicy()
+    today = migration_day(db)
+    now = midnight(today) + timedelta(hours=12)
+    old = today - timedelta(days=10)
+    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
+    with psycopg.connect(database_url) as reader:
+        reader.execute("SELECT count(*) FROM heartbeat_records").fetchone()  # holds its lock
+        report = apply_retention(db, policy, now)
+        assert f"heartbeat_records_p{old:%Y%m%d}" in report.busy
+        assert "heartbeat_records" not in report.dropped
+    report = apply_retention(db, policy, now)
+    assert report.dropped["heartbeat_records"] == [old] and report.busy == []
+
+
+def test_a_backfill_after_retention_was_raised_keeps_the_rollups_of_dropped_days(
+    database_url: str, db
+) -> None:
+    """Raising HEARTBEAT_RAW_RETENTION_DAYS creates empty partitions for days whose readings
+    were dropped long ago; a backfill over them must not recompute their rollups from
+    nothing."""
+    migrate(database_url)
+    today = migration_day(db)
+    now = midnight(today) + timedelta(hours=12)
+    old = today - timedelta(days=10)
+    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
+    fill_day(db, old, offset=0)
+    mark_all_pending(db)
+    refresh_pending(db, now)
+    apply_retention(db, RetentionPolicy(), now)
+    before = without_computed_at(all_rollups(db))
+    totals = db.execute("SELECT * FROM fleet_totals").fetchone()
+
+    ensure_partitions(db, RetentionPolicy(raw_retention_days=30), now)  # old is back, empty
+    assert old in partition_days(db)["heartbeat_records"]
+    for rollup in Rollup:
+        refresh(db, rollup, midnight(old), midnight(old) + DAY, pending_only=False)
+
+    assert without_computed_at(all_rollups(db)) == before
+    assert db.execute("SELECT * FROM fleet_totals").fetchone() == totals
+
+
 # -- 6. rollups equal a full recompute ----------------------------------------------------------
 SEEDED_START = datetime(2026, 3, 1, 21, 0, tzinfo=UTC)  # six hours across a UTC midnight
 SEEDED_HOURS = 6

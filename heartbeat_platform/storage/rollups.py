@@ -122,14 +122,7 @@ def refresh(
     started = time.perf_counter()
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"rollup:{rollup}",))
-        claimed = [
-            row[0]
-            for row in conn.execute(
-                "DELETE FROM rollup_pending WHERE rollup = %s AND window_start >= %s "
-                "AND window_start < %s RETURNING window_start",
-                (rollup.value, start, end),
-            )
-        ]
+        claimed = [row[0] for row in conn.execute(_CLAIM, (rollup.value, start, end))]
         windows = sorted(set(claimed)) if pending_only else _all_windows(rollup, start, end)
         rows = readings = 0
         if windows:
@@ -138,6 +131,22 @@ def refresh(
         rollup, len(windows), rows, readings, time.perf_counter() - started,
         windows[0] if windows else None, windows[-1] if windows else None,
     )
+
+
+# The marks of a range, taken for recomputation. They are locked in window order, the
+# order in which a consumer's batch upserts its own: the two never deadlock.
+_CLAIM = """
+WITH claimed AS (
+    SELECT rollup, window_start, kafka_partition FROM rollup_pending
+    WHERE rollup = %s AND window_start >= %s AND window_start < %s
+    ORDER BY window_start, kafka_partition
+    FOR UPDATE
+)
+DELETE FROM rollup_pending AS p USING claimed AS c
+WHERE p.rollup = c.rollup AND p.window_start = c.window_start
+  AND p.kafka_partition = c.kafka_partition
+RETURNING p.window_start
+"""
 
 
 def settled_until(rollup: Rollup, now: datetime) -> datetime:

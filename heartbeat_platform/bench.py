@@ -52,7 +52,7 @@ from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.partitions import RAW_TABLES
 from heartbeat_platform.storage.rollups import Rollup, mark_pending, refresh_pending, window_start
 from heartbeat_platform.storage.writer import BatchWriter, encode_records
-from heartbeat_platform.streaming.producer import HeartbeatProducer
+from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 from heartbeat_platform.streaming.topics import ensure_topic
 
 BENCH_DATABASE = "heartbeat_bench"
@@ -92,10 +92,7 @@ def run_bench(
 
     topic = _topic(bench)
     log(f"producer: {events:,} events to {topic}")
-    with HeartbeatProducer(
-        platform.producer_config(_on(bench, topic), _endpoints(bench))
-    ) as producer:
-        report = producer.run(platform.generator(settings, seed=1), events=events)
+    report = _produce(_on(bench, topic), events)
     results["producer"] = {
         "events_per_s": round(report.delivered / report.seconds, 1),
         "delivered": report.delivered,
@@ -446,10 +443,7 @@ def _growth(
 
     topic = _topic(settings)
     log(f"growth: producer: {events:,} events to {topic}")
-    with HeartbeatProducer(
-        platform.producer_config(_on(settings, topic), _endpoints(settings))
-    ) as producer:
-        produced = producer.run(platform.generator(settings, seed=1), events=events)
+    produced = _produce(_on(settings, topic), events)
     log("growth: consume_to_postgres: consumer process, database with history")
     load["consume_with_history"] = round(os.getloadavg()[0], 2)
     consumed = _consume_process(_on(settings, topic), stop_when_idle=3)
@@ -670,6 +664,12 @@ def _fresh_database(database_url: str) -> str:
 
 def _endpoints(settings: Settings) -> Endpoints:
     return Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
+
+
+def _produce(settings: Settings, events: int) -> ProducerReport:
+    """The same seeded events into the settings' topic, as fast as delivery allows."""
+    with HeartbeatProducer(platform.producer_config(settings, _endpoints(settings))) as producer:
+        return producer.run(platform.generator(settings, seed=1), events=events)
 
 
 def _topic(settings: Settings) -> str:

@@ -558,12 +558,10 @@ def test_retention_drops_expired_days_but_not_one_whose_rollups_are_pending(
     assert without_computed_at(all_rollups(db)) == without_computed_at(rollups_before)
 
 
-def test_a_backfill_over_a_dropped_day_keeps_its_rollups(database_url: str, db) -> None:
-    """Backfills re-run any range (Dagster offers partitions from ROLLUPS_START): over a day
-    whose raw partition retention already dropped, there is nothing to recompute from, so
-    the rollups kept for months must stay as they are."""
+def rolled_up_and_dropped_day(database_url: str, db) -> tuple[date, datetime]:
+    """A day 10 days old whose readings were rolled up, then dropped by retention; the
+    day and the `now` of that retention run."""
     migrate(database_url)
-    policy = RetentionPolicy()
     today = migration_day(db)
     now = midnight(today) + timedelta(hours=12)
     old = today - timedelta(days=10)
@@ -571,7 +569,15 @@ def test_a_backfill_over_a_dropped_day_keeps_its_rollups(database_url: str, db) 
     fill_day(db, old, offset=0)
     mark_all_pending(db)
     refresh_pending(db, now)
-    assert apply_retention(db, policy, now).dropped["heartbeat_records"] == [old]
+    assert apply_retention(db, RetentionPolicy(), now).dropped["heartbeat_records"] == [old]
+    return old, now
+
+
+def test_a_backfill_over_a_dropped_day_keeps_its_rollups(database_url: str, db) -> None:
+    """Backfills re-run any range (Dagster offers partitions from ROLLUPS_START): over a day
+    whose raw partition retention already dropped, there is nothing to recompute from, so
+    the rollups kept for months must stay as they are."""
+    old, now = rolled_up_and_dropped_day(database_url, db)
     before = without_computed_at(all_rollups(db))
     assert all(before.values())
 
@@ -631,15 +637,7 @@ def test_a_backfill_after_retention_was_raised_keeps_the_rollups_of_dropped_days
     """Raising HEARTBEAT_RAW_RETENTION_DAYS creates empty partitions for days whose readings
     were dropped long ago; a backfill over them must not recompute their rollups from
     nothing."""
-    migrate(database_url)
-    today = migration_day(db)
-    now = midnight(today) + timedelta(hours=12)
-    old = today - timedelta(days=10)
-    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
-    fill_day(db, old, offset=0)
-    mark_all_pending(db)
-    refresh_pending(db, now)
-    apply_retention(db, RetentionPolicy(), now)
+    old, now = rolled_up_and_dropped_day(database_url, db)
     before = without_computed_at(all_rollups(db))
     totals = db.execute("SELECT * FROM fleet_totals").fetchone()
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.streaming.kafka_config import client_config, needs_security
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,16 @@ class Settings(BaseSettings):
     kafka_partitions: int = Field(default=3, ge=1)
     kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
     heartbeat_state_dir: Path = Path(".heartbeat")
+    # A real cluster's security: a Kafka client.properties file and/or the common keys as
+    # variables (which win over the file); see `kafka_client_config`.
+    kafka_client_properties: Path | None = Field(
+        default=None, description="Kafka client.properties file (TLS, SASL) for every client"
+    )
+    kafka_security_protocol: str | None = None
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
 
     heartbeat_customer_count: int = Field(default=10_000, ge=1, le=9_999_999_999)
     heartbeat_anomaly_rate: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -52,7 +63,12 @@ class Settings(BaseSettings):
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
     )
 
-    @field_validator("database_url", "kafka_bootstrap_servers", mode="before")
+    @field_validator(
+        "database_url", "kafka_bootstrap_servers", "kafka_client_properties",
+        "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+        "kafka_sasl_password", "kafka_ssl_ca_location",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """`DATABASE_URL=` in a .env file means "use the embedded service", not an empty URL."""
@@ -84,7 +100,43 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_state_dir(self) -> Settings:
         object.__setattr__(self, "heartbeat_state_dir", self.heartbeat_state_dir.resolve())
+        if self.kafka_client_properties is not None:  # the same file for Dagster's processes
+            object.__setattr__(
+                self, "kafka_client_properties", self.kafka_client_properties.resolve()
+            )
         return self
+
+    @model_validator(mode="after")
+    def _kafka_client_settings_work(self) -> Settings:
+        """Check the client settings when a command starts (a bad file, key or value says
+        so now, not as a connection that never comes up); the file's bootstrap.servers
+        applies when KAFKA_BOOTSTRAP_SERVERS is unset."""
+        config, bootstrap = client_config(self.kafka_client_properties, self._kafka_variables())
+        if self.kafka_bootstrap_servers is None and bootstrap:
+            object.__setattr__(self, "kafka_bootstrap_servers", bootstrap)
+        if self.kafka_bootstrap_servers is None and needs_security(config):
+            raise ValueError(
+                f"security.protocol={config['security.protocol']} needs a Kafka cluster: set "
+                "KAFKA_BOOTSTRAP_SERVERS (the embedded broker speaks PLAINTEXT only)"
+            )
+        return self
+
+    def _kafka_variables(self) -> dict[str, str | None]:
+        password = self.kafka_sasl_password
+        return {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": password.get_secret_value() if password else None,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+        }
+
+    @property
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings every Kafka client of the platform takes on top of its own
+        (producer, consumer, admin, lag probe): KAFKA_CLIENT_PROPERTIES, then the KAFKA_*
+        security variables over it. Empty for the embedded broker."""
+        return client_config(self.kafka_client_properties, self._kafka_variables())[0]
 
     @property
     def retention(self) -> RetentionPolicy:

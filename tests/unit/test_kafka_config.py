@@ -1,0 +1,199 @@
+"""Kafka client.properties: parsed like Kafka's own tools, translated or refused, checked.
+
+No service is needed: librdkafka checks the settings by building a client that connects
+nowhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trustme
+from pydantic import ValidationError
+
+from heartbeat_platform.config import load_settings
+from heartbeat_platform.streaming.kafka_config import (
+    KafkaConfigError,
+    client_config,
+    read_properties,
+    translate,
+)
+
+NO_VARIABLES: dict[str, str | None] = {}
+
+
+def write(tmp_path: Path, text: str, name: str = "client.properties") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_java_properties_syntax(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "# a comment\n"
+        "! another comment\n"
+        "security.protocol=SASL_SSL\n"
+        "sasl.mechanism : PLAIN\n"
+        "   bootstrap.servers   broker-1:9092,broker-2:9092\n"
+        "sasl.username = key\\\n"
+        "    -continued\n"
+        "sasl.password=p\\u00e4ss=word:#!\n"
+        "client.id=first\n"
+        "client.id=second\n"
+    ))
+    assert read_properties(path) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "bootstrap.servers": "broker-1:9092,broker-2:9092",
+        "sasl.username": "key-continued",
+        "sasl.password": "päss=word:#!",
+        "client.id": "second",  # the last one wins, as in Java
+    }
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(KafkaConfigError, match=r"KAFKA_CLIENT_PROPERTIES: .*nope.properties does "
+                                               r"not exist"):
+        client_config(tmp_path / "nope.properties", NO_VARIABLES)
+
+
+def test_file_then_variables_over_it(tmp_path: Path) -> None:
+    path = write(tmp_path, (
+        "bootstrap.servers=kafka.example.com:9093\n"
+        "security.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n"
+        "sasl.username=from-file\nsasl.password=file-secret\nlinger.ms=50\n"
+    ))
+    config, bootstrap = client_config(path, {
+        "sasl.username": "from-env", "sasl.mechanism": "SCRAM-SHA-512", "ssl.ca.location": None,
+    })
+    assert bootstrap == "kafka.example.com:9093"
+    assert config == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "from-env", "sasl.password": "file-secret", "linger.ms": "50",
+    }
+
+
+@pytest.mark.parametrize(
+    ("jaas", "username", "password"),
+    [
+        ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+         'username="ABC" password="s3cr=t;x";', "ABC", "s3cr=t;x"),
+        ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+         'username="app" password="with \\"quote\\"";', "app", 'with "quote"'),
+        ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+         "username=bare password=plain;", "bare", "plain"),
+    ],
+)
+def test_jaas_for_plain_and_scram_becomes_username_and_password(
+    jaas: str, username: str, password: str
+) -> None:
+    out = translate({"sasl.jaas.config": jaas, "sasl.mechanism": "PLAIN"}, "f")
+    assert out == {"sasl.mechanism": "PLAIN", "sasl.username": username,
+                   "sasl.password": password}
+
+
+def test_jaas_with_another_login_module_is_refused() -> None:
+    jaas = ("org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required "
+            "clientId='x';")
+    with pytest.raises(KafkaConfigError, match=r"client.properties: sasl.jaas.config with "
+                                               r".*OAuthBearerLoginModule.*sasl.oauthbearer"):
+        translate({"sasl.jaas.config": jaas}, "client.properties")
+
+
+def test_jaas_and_a_different_explicit_username_conflict() -> None:
+    jaas = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+            'username="a" password="b";')
+    with pytest.raises(KafkaConfigError, match="sasl.username is given twice"):
+        translate({"sasl.jaas.config": jaas, "sasl.username": "other"}, "f")
+
+
+def test_hostname_check_switched_off_the_java_way_becomes_none() -> None:
+    assert translate({"ssl.endpoint.identification.algorithm": ""}, "f") == {
+        "ssl.endpoint.identification.algorithm": "none"}
+    assert translate({"ssl.endpoint.identification.algorithm": "https"}, "f") == {
+        "ssl.endpoint.identification.algorithm": "https"}
+
+
+def test_a_pem_truststore_becomes_the_ca_location() -> None:
+    out = translate({"ssl.truststore.type": "PEM", "ssl.truststore.location": "/ca.pem"}, "f")
+    assert out == {"ssl.ca.location": "/ca.pem"}
+
+
+@pytest.mark.parametrize("kind", [None, "JKS", "PKCS12"])
+def test_a_java_truststore_is_refused_with_what_to_do(kind: str | None) -> None:
+    props = {"ssl.truststore.location": "/trust.jks", "ssl.truststore.password": "x"}
+    if kind:
+        props["ssl.truststore.type"] = kind
+    with pytest.raises(KafkaConfigError, match=r"f: ssl.truststore.location .*keytool "
+                                               r"-exportcert.*ssl.ca.location"):
+        translate(props, "f")
+
+
+def test_keystores_pkcs12_kept_jks_refused() -> None:
+    props = {"ssl.keystore.type": "PKCS12", "ssl.keystore.location": "/k.p12",
+             "ssl.keystore.password": "x"}
+    assert translate(props, "f") == {"ssl.keystore.location": "/k.p12",
+                                     "ssl.keystore.password": "x"}
+    with pytest.raises(KafkaConfigError, match="ssl.keystore.type=JKS"):
+        translate({"ssl.keystore.type": "JKS", "ssl.keystore.location": "/k.jks"}, "f")
+
+
+def test_schema_registry_keys_are_ignored() -> None:
+    props = {"schema.registry.url": "https://sr", "basic.auth.credentials.source": "USER_INFO",
+             "basic.auth.user.info": "a:b", "security.protocol": "SSL"}
+    assert translate(props, "f") == {"security.protocol": "SSL"}
+
+
+def test_a_key_librdkafka_does_not_know_is_named_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "security.protocol=SSL\nssl.enabled.protocols=TLSv1.2\n")
+    with pytest.raises(KafkaConfigError) as caught:
+        client_config(path, NO_VARIABLES)
+    message = str(caught.value)
+    assert str(path) in message and "ssl.enabled.protocols" in message
+
+
+def test_a_bad_value_is_named_with_its_variable() -> None:
+    with pytest.raises(KafkaConfigError) as caught:
+        client_config(None, {"security.protocol": "TLS"})
+    message = str(caught.value)
+    assert "KAFKA_SECURITY_PROTOCOL" in message and '"security.protocol"' in message
+
+
+def test_a_missing_certificate_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, f"security.protocol=SSL\nssl.ca.location={tmp_path}/ca.pem\n")
+    with pytest.raises(KafkaConfigError, match=r"ssl.ca.location=.*/ca.pem: no such file"):
+        client_config(path, NO_VARIABLES)
+
+
+def test_settings_build_the_one_client_config(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca))  # librdkafka loads it
+    path = write(tmp_path, (
+        "bootstrap.servers=kafka.example.com:9093\nsecurity.protocol=SASL_SSL\n"
+        "sasl.mechanism=PLAIN\nsasl.jaas.config=org.apache.kafka.common.security.plain."
+        'PlainLoginModule required username="u" password="p";\n'
+    ))
+    settings = load_settings(
+        _env_file=None, kafka_client_properties=path, kafka_sasl_password="override",
+        kafka_ssl_ca_location=str(ca),
+    )
+    assert settings.kafka_bootstrap_servers == "kafka.example.com:9093"  # from the file
+    assert settings.kafka_client_config == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "sasl.username": "u",
+        "sasl.password": "override", "ssl.ca.location": str(ca),
+    }
+    explicit = load_settings(
+        _env_file=None, kafka_client_properties=path, kafka_bootstrap_servers="other:9093"
+    )
+    assert explicit.kafka_bootstrap_servers == "other:9093"  # the variable wins
+    assert "bootstrap.servers" not in explicit.kafka_client_config
+
+
+def test_no_settings_no_overrides() -> None:
+    assert load_settings(_env_file=None).kafka_client_config == {}
+
+
+def test_security_without_a_cluster_is_a_configuration_error() -> None:
+    with pytest.raises(ValidationError, match="KAFKA_BOOTSTRAP_SERVERS"):
+        load_settings(_env_file=None, kafka_security_protocol="SSL")

@@ -15,6 +15,7 @@ import psycopg
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,8 +28,9 @@ from heartbeat_platform.status import collect_status
 from heartbeat_platform.storage.database import describe
 from heartbeat_platform.storage.migrations import MigrationError
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from heartbeat_platform.streaming.kafka_config import KafkaConfigError
 from heartbeat_platform.streaming.producer import HeartbeatProducer
-from heartbeat_platform.streaming.topics import BrokerUnavailable
+from heartbeat_platform.streaming.topics import BrokerUnavailable, TopicMissing
 
 app = typer.Typer(
     help="Real-time heart-rate monitoring on Kafka, PostgreSQL, Dagster and Grafana.",
@@ -56,7 +58,12 @@ def _settings() -> Settings:
     except ValidationError as exc:
         for problem in exc.errors():
             field = ".".join(str(p) for p in problem["loc"]).upper()
-            err.print(f"[red]configuration error[/red] {field}: {problem['msg']}")
+            cause = problem.get("ctx", {}).get("error")  # our own message, without pydantic's
+            message = str(cause) if cause else problem["msg"]
+            err.print(
+                f"[red]configuration error[/red] {escape(field + ': ' if field else '')}"
+                f"{escape(message)}"
+            )
         raise typer.Exit(2) from None
 
 
@@ -65,10 +72,10 @@ def run() -> None:
     try:
         app(prog_name="heartbeat-platform")
     except (
-        MigrationError, BrokerUnavailable, EmbeddedPostgresError, EmbeddedBrokerError,
-        psycopg.OperationalError,
+        MigrationError, BrokerUnavailable, TopicMissing, KafkaConfigError,
+        EmbeddedPostgresError, EmbeddedBrokerError, psycopg.OperationalError,
     ) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc).strip())}")
         raise SystemExit(1) from None
 
 
@@ -149,7 +156,7 @@ def maintain(
     from heartbeat_platform.storage.rollups import delete_expired, refresh_pending
 
     settings = _settings()
-    database_url = platform.prepare(settings).endpoints.database_url
+    database_url = platform.ready(settings, topic=False).database_url
     now = datetime.now(UTC)
     with connect(database_url, autocommit=True) as conn:
         refreshed = refresh_pending(conn, now)
@@ -220,8 +227,8 @@ def produce(
         err.print("give --events or --duration, not both")
         raise typer.Exit(2)
     settings = _settings()
-    prepared = platform.prepare(settings)
-    producer = HeartbeatProducer(platform.producer_config(settings, prepared.endpoints))
+    endpoints = platform.ready(settings)
+    producer = HeartbeatProducer(platform.producer_config(settings, endpoints))
     with (
         producer,
         _stop_on_signals(producer.request_stop),
@@ -254,11 +261,9 @@ def consume(
 ) -> None:
     """Consume events in batches and land them in PostgreSQL exactly once."""
     settings = _settings()
-    prepared = platform.prepare(settings)
+    endpoints = platform.ready(settings)
     overrides = {"batch_size": batch_size} if batch_size else {}
-    consumer = HeartbeatConsumer(
-        platform.consumer_config(settings, prepared.endpoints, **overrides)
-    )
+    consumer = HeartbeatConsumer(platform.consumer_config(settings, endpoints, **overrides))
     with _stop_on_signals(consumer.request_stop):
         report = consumer.run(stop_when_idle=stop_when_idle)
     if as_json:

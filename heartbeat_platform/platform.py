@@ -1,7 +1,11 @@
-"""Bring the platform to a usable state: services up, schema and partitions, topic created.
+"""Bring the platform to a usable state, or check that it is in one.
 
-Every entry point (CLI commands, Dagster, tests) calls `prepare()` first, so whichever
-starts first leaves the platform ready for the others.
+`prepare()` is the setup (`init-db`, `up`, tests): services up, schema migrated, day
+partitions and topic created; it needs a database role that may create tables and a
+Kafka principal that may create topics. `ready()` is what the pipeline's commands and
+Dagster's runs call: services up (embedded ones are started), schema current and topic
+present, or an error that says to run `heartbeat-platform init-db`; it changes nothing,
+so they run under a role with only the rights they use (see README, Security).
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import connect
-from heartbeat_platform.storage.migrations import migrate
+from heartbeat_platform.storage.migrations import check_schema, migrate
 from heartbeat_platform.storage.partitions import ensure_partitions
 from heartbeat_platform.streaming.consumer import ConsumerConfig
 from heartbeat_platform.streaming.producer import ProducerConfig
-from heartbeat_platform.streaming.topics import ensure_topic
+from heartbeat_platform.streaming.topics import ensure_topic, require_topic
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,32 @@ def prepare(settings: Settings, services: LocalServices | None = None) -> Prepar
         settings.kafka_topic,
         partitions=settings.kafka_partitions,
         retention_ms=settings.kafka_retention_ms,
+        overrides=settings.kafka_client_config,
     )
     return Prepared(endpoints, applied, created)
 
 
+def ready(
+    settings: Settings, services: LocalServices | None = None, *, topic: bool = True
+) -> Endpoints:
+    """The endpoints, once the schema is current and (with `topic`) the topic exists.
+
+    Raises SchemaNotReady / TopicMissing, whose messages say to run `init-db`.
+    """
+    endpoints = (services or LocalServices(settings)).start()
+    check_schema(endpoints.database_url)
+    if topic:
+        require_topic(
+            endpoints.bootstrap_servers, settings.kafka_topic, settings.kafka_client_config
+        )
+    return endpoints
+
+
 def producer_config(settings: Settings, endpoints: Endpoints) -> ProducerConfig:
-    return ProducerConfig(endpoints.bootstrap_servers, settings.kafka_topic)
+    return ProducerConfig(
+        endpoints.bootstrap_servers, settings.kafka_topic,
+        kafka_overrides=settings.kafka_client_config,
+    )
 
 
 def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> ConsumerConfig:
@@ -55,6 +79,7 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> Co
         "batch_size": settings.heartbeat_consume_batch_size,
         "stats_every": settings.heartbeat_stats_every,
         "retention": settings.retention,
+        "kafka_overrides": settings.kafka_client_config,
     }
     values.update(overrides)
     return ConsumerConfig(**values)

@@ -111,7 +111,7 @@ def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:
         status["error"] = "embedded broker is not running (run `heartbeat-platform init-db`)"
         return status
     try:
-        info = describe_topic(bootstrap, settings.kafka_topic)
+        info = describe_topic(bootstrap, settings.kafka_topic, settings.kafka_client_config)
         status["reachable"] = True
         status["partitions"] = info.partitions if info else None
     except BrokerUnavailable as exc:

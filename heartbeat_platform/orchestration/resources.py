@@ -2,8 +2,10 @@
 
 Settings are read when a run, sensor or schedule uses them (environment / `.env`, exactly
 as `heartbeat-platform` reads them), never when the code location loads: loading the
-definitions starts nothing. The first use in a process prepares the platform like every
-CLI command does (services reachable, schema applied, topic created).
+definitions starts nothing. The first use in a process checks the platform like the
+pipeline's CLI commands do (services reachable, schema current, topic present) and
+changes nothing: `heartbeat-platform up` (or `init-db`) did the setup, so runs can use a
+role without the right to change the schema or create topics.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import logging
 
 import dagster as dg
 import psycopg
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heartbeat_platform import platform
 from heartbeat_platform.config import Settings, load_settings
-from heartbeat_platform.local.services import LocalServices
+from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.storage.database import connect
-from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.consumer import ConsumerConfig
 from heartbeat_platform.streaming.lag import PartitionLag, consumer_lag
 from heartbeat_platform.streaming.producer import ProducerConfig
@@ -51,7 +52,7 @@ class OrchestrationSettings(BaseSettings):
 def settings_environment(settings: Settings) -> dict[str, str]:
     """Environment variables that give another process (Dagster's) exactly these settings."""
     return {
-        name.upper(): str(value)
+        name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
         for name, value in settings.model_dump().items()
         if value is not None
     }
@@ -70,18 +71,16 @@ def consumer_workers(settings: Settings) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _database_url(settings: Settings) -> str:
-    url = LocalServices(settings).start().database_url
-    migrate(url)
-    return url
+    return platform.ready(settings, topic=False).database_url
 
 
 @functools.lru_cache(maxsize=8)
-def _prepared(settings: Settings) -> platform.Prepared:
-    return platform.prepare(settings)
+def _endpoints(settings: Settings) -> Endpoints:
+    return platform.ready(settings)
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """The platform's PostgreSQL (DATABASE_URL, or the embedded server), schema applied."""
+    """The platform's PostgreSQL (DATABASE_URL, or the embedded server), schema current."""
 
     def settings(self) -> Settings:
         return load_settings()
@@ -96,7 +95,7 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class KafkaResource(dg.ConfigurableResource):
-    """The platform's Kafka (KAFKA_BOOTSTRAP_SERVERS, or the embedded broker), topic created."""
+    """The platform's Kafka (KAFKA_BOOTSTRAP_SERVERS, or the embedded broker), topic present."""
 
     def settings(self) -> Settings:
         return load_settings()
@@ -107,16 +106,16 @@ class KafkaResource(dg.ConfigurableResource):
 
     def producer_config(self) -> ProducerConfig:
         settings = self.settings()
-        return platform.producer_config(settings, _prepared(settings).endpoints)
+        return platform.producer_config(settings, _endpoints(settings))
 
     def consumer_config(self, **overrides: object) -> ConsumerConfig:
         settings = self.settings()
-        return platform.consumer_config(settings, _prepared(settings).endpoints, **overrides)
+        return platform.consumer_config(settings, _endpoints(settings), **overrides)
 
     def lag(self) -> list[PartitionLag]:
         """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""
         settings = self.settings()
-        endpoints = _prepared(settings).endpoints
+        endpoints = _endpoints(settings)
         return consumer_lag(
             endpoints.bootstrap_servers, endpoints.database_url,
             settings.kafka_topic, settings.kafka_group_id,

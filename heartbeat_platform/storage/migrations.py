@@ -2,6 +2,10 @@
 
 Two processes may start at once (the CLI, Dagster, several consumers): a PostgreSQL
 advisory lock serialises them, so the second one finds the work done and applies nothing.
+
+Only `init-db` and `up` migrate (with a role that may create tables). The pipeline's
+commands and Dagster's runs call `check_schema()`, which reads `schema_migrations` and
+changes nothing, so they can run as a role that has no right to change the schema.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.database import connect, describe
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,10 @@ _FILE_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 
 class MigrationError(RuntimeError):
     """The database holds a schema that the files on disk do not describe."""
+
+
+class SchemaNotReady(MigrationError):
+    """The schema is missing or older than this code; `heartbeat-platform init-db` fixes it."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,35 @@ def migrate(database_url: str, directory: Path | None = None) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+def check_schema(database_url: str, directory: Path | None = None) -> int:
+    """The schema version, when every migration this code knows is applied; else
+    SchemaNotReady saying to run `init-db`. Reads only (no lock, no DDL)."""
+    migrations = load_migrations(directory)
+    where = describe(database_url)
+    with connect(database_url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        if not exists[0]:
+            raise SchemaNotReady(
+                f"PostgreSQL {where} has no heartbeat schema: run `heartbeat-platform init-db` "
+                "first (as a role that may create tables)"
+            )
+        done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    for migration in migrations:
+        if migration.version in done and done[migration.version] != migration.checksum:
+            raise MigrationError(
+                f"{migration.name}.sql changed after it was applied to {where}; schema "
+                "changes go in a new numbered file"
+            )
+    pending = [m.name for m in migrations if m.version not in done]
+    if pending:
+        raise SchemaNotReady(
+            f"PostgreSQL {where} has schema version {max(done, default=0)}, this "
+            f"heartbeat-platform needs {migrations[-1].version} ({', '.join(pending)} not "
+            "applied): run `heartbeat-platform init-db` (as a role that may create tables)"
+        )
+    return max(done)
 
 
 def schema_version(database_url: str) -> int | None:

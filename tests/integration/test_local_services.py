@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from heartbeat_platform.local.postgres import EmbeddedPostgres
+from heartbeat_platform.local.process import free_port, write_json
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.platform import prepare
+from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import describe_topic, ensure_topic
 
 
@@ -23,7 +28,9 @@ def test_embedded_services_start_reuse_and_stop(settings_factory, tmp_path) -> N
     try:
         prepared = prepare(settings, first)
         assert sorted(first.started) == ["broker", "postgres"]
-        assert prepared.endpoints.database_url.startswith("postgresql://postgres@127.0.0.1:")
+        url = urlsplit(prepared.endpoints.database_url)
+        assert (url.username, url.hostname) == ("postgres", "127.0.0.1")
+        assert url.password == first.postgres.password_file.read_text().strip()
         assert prepared.endpoints.bootstrap_servers.startswith("127.0.0.1:")
         assert prepared.topic_created
 
@@ -42,6 +49,59 @@ def test_embedded_services_start_reuse_and_stop(settings_factory, tmp_path) -> N
         first.stop_started()
     assert not first.postgres.is_running()
     assert not first.broker.is_running()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}").geturl()
+
+
+def _refused(url: str) -> str:
+    with pytest.raises(psycopg.OperationalError) as caught:
+        psycopg.connect(url, connect_timeout=5).close()
+    return str(caught.value)
+
+
+def test_embedded_postgres_asks_for_its_password(embedded_postgres, monkeypatch) -> None:
+    """No trust: a connection without the password (or with another) is refused, over TCP
+    and over the unix socket; the secret is readable by its owner only."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", os.devnull)
+    url = embedded_postgres.url()
+    mode = stat.S_IMODE(embedded_postgres.password_file.stat().st_mode)
+    assert mode == 0o600
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "no password supplied" in _refused(_without_password(url))
+    wrong = url.replace(urlsplit(url).password, "wrong")
+    assert "password authentication failed" in _refused(wrong)
+    socket = f"postgresql://postgres@/postgres?host={embedded_postgres.root}" \
+             f"&port={urlsplit(url).port}"
+    assert "no password supplied" in _refused(socket)
+
+
+def test_a_trust_state_folder_of_an_earlier_version_is_upgraded(tmp_path, caplog) -> None:
+    """A folder initialised without a password keeps its data and asks for one from then on."""
+    server = EmbeddedPostgres(tmp_path / "postgres")
+    server.root.mkdir(parents=True)
+    server._prepare_permissions()
+    server._run("initdb", "-D", str(server.data_dir), "--auth=trust", "-U", "postgres",
+                "--encoding=UTF8", "--no-instructions")  # what earlier versions did
+    write_json(server.state_file, {"host": "127.0.0.1", "port": free_port()})
+    assert not server.password_file.exists()
+    try:
+        assert server.start() is True
+        assert "asks for the password" in caplog.text
+        assert stat.S_IMODE(server.password_file.stat().st_mode) == 0o600
+        with psycopg.connect(server.url(), connect_timeout=5) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("heartbeat",)
+        assert "no password supplied" in _refused(_without_password(server.url()))
+        caplog.clear()
+        server.stop()
+        assert server.start() is True  # a second start finds nothing to upgrade
+        assert "asks for the password" not in caplog.text
+    finally:
+        server.stop()
 
 
 def test_configured_services_start_nothing(settings_factory, services, tmp_path) -> None:
@@ -120,8 +180,53 @@ def test_status_names_an_unreachable_database(cli_env, tmp_path) -> None:
     assert "127.0.0.1" in report["database"]["error"]
 
 
+def test_pipeline_commands_check_and_ask_for_init_db(cli_env, database_url, tmp_path) -> None:
+    """`produce`, `consume` and `maintain` create nothing: before `init-db` they say to run it."""
+    for command in (["produce", "--events", "1"], ["consume", "--stop-when-idle", "1"],
+                    ["maintain"]):
+        result = _cli(*command, env=cli_env, cwd=tmp_path)
+        assert result.returncode == 1, result.stdout
+        assert "has no heartbeat schema" in result.stderr, result.stderr
+        assert "heartbeat-platform init-db" in result.stderr
+    with psycopg.connect(database_url) as conn:  # nothing was created
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+
+    migrate(database_url)  # schema current, topic still missing
+    result = _cli("produce", "--events", "1", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"topic '{cli_env['KAFKA_TOPIC']}' does not exist" in result.stderr, result.stderr
+    assert "heartbeat-platform init-db" in result.stderr
+    assert describe_topic(cli_env["KAFKA_BOOTSTRAP_SERVERS"], cli_env["KAFKA_TOPIC"]) is None
+
+
+def test_an_older_schema_is_named_with_what_is_missing(cli_env, database_url, tmp_path) -> None:
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        newest = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        conn.execute("DELETE FROM schema_migrations WHERE version = %s", (newest,))
+    result = _cli("consume", "--stop-when-idle", "1", env=cli_env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"has schema version {newest - 1}" in result.stderr, result.stderr
+    assert f"needs {newest}" in result.stderr and "heartbeat-platform init-db" in result.stderr
+
+
 def test_bad_configuration_is_a_clear_error(cli_env, tmp_path) -> None:
     env = {**cli_env, "DATABASE_URL": "mysql://x@y/z"}
     result = _cli("status", env=env, cwd=tmp_path)
     assert result.returncode == 2
     assert "DATABASE_URL" in result.stderr and "postgresql://" in result.stderr
+
+
+def test_a_bad_client_properties_file_is_a_clear_error(cli_env, tmp_path) -> None:
+    missing = tmp_path / "missing.properties"
+    result = _cli("status", env={**cli_env, "KAFKA_CLIENT_PROPERTIES": str(missing)},
+                  cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"KAFKA_CLIENT_PROPERTIES: {missing} does not exist" in result.stderr, result.stderr
+
+    unknown = tmp_path / "client.properties"
+    unknown.write_text("security.protocol=SSL\nssl.protocol=TLSv1.3\n")
+    result = _cli("status", env={**cli_env, "KAFKA_CLIENT_PROPERTIES": str(unknown)},
+                  cwd=tmp_path)
+    assert result.returncode == 2
+    assert str(unknown) in result.stderr and "ssl.protocol" in result.stderr, result.stderr

@@ -47,11 +47,12 @@ from heartbeat_platform import grafana_queries, platform
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.events import classify_heart_rate, encode_event, validate_message
 from heartbeat_platform.local.services import Endpoints
+from heartbeat_platform.storage.copy_format import encode_records
 from heartbeat_platform.storage.database import connect, ensure_database
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.partitions import RAW_TABLES
+from heartbeat_platform.storage.progress import load_progress
 from heartbeat_platform.storage.rollups import Rollup, mark_pending, refresh_pending, window_start
-from heartbeat_platform.storage.writer import BatchWriter, encode_records
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 from heartbeat_platform.streaming.topics import ensure_topic
 
@@ -761,17 +762,15 @@ def _last_json(output: str) -> dict:
 
 
 def _wait_for_offsets(settings: Settings, offsets: dict[int, list[int]], timeout: float) -> None:
-    writer = BatchWriter(settings.database_url, settings.kafka_group_id, settings.kafka_topic)
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            stored = writer.load_progress(offsets)
-            if all(p in stored and stored[p].next_offset > end for p, (_, end) in offsets.items()):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"consumer did not reach offsets {offsets} within {timeout}s")
-    finally:
-        writer.close()
+    while time.monotonic() < deadline:
+        stored = load_progress(
+            settings.database_url, settings.kafka_group_id, settings.kafka_topic, offsets
+        )
+        if all(p in stored and stored[p].next_offset > end for p, (_, end) in offsets.items()):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"consumer did not reach offsets {offsets} within {timeout}s")
 
 
 def write_json(results: dict, path: Path | None) -> str:

@@ -12,11 +12,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-import psycopg
-
 from heartbeat_platform import platform
 from heartbeat_platform.config import Settings
 from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.progress import load_all_progress
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 
@@ -69,37 +68,26 @@ def run_demo(
     return summary
 
 
-def _progress(conn: psycopg.Connection, settings: Settings) -> dict[int, tuple[int, int]]:
-    """partition -> (log_epoch, next_offset) stored for the platform's consumer group."""
-    rows = conn.execute(
-        "SELECT kafka_partition, log_epoch, next_offset FROM consumer_progress "
-        "WHERE consumer_group = %s AND topic = %s",
-        (settings.kafka_group_id, settings.kafka_topic),
-    ).fetchall()
-    return {p: (epoch, offset) for p, epoch, offset in rows}
-
-
 def _wait_until_stored(database_url: str, settings: Settings, report: ProducerReport) -> None:
     """Until the stored progress passes the last offset delivered to every partition."""
     deadline = time.monotonic() + WAIT_FOR_CONSUMER_S
-    with connect(database_url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            progress = _progress(conn, settings)
-            if all(
-                p in progress and progress[p][1] > high
-                for p, (_, high) in report.delivered_offsets.items()
-            ):
-                return
-            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        progress = load_all_progress(database_url, settings.kafka_group_id, settings.kafka_topic)
+        if all(
+            p in progress and progress[p].next_offset > high
+            for p, (_, high) in report.delivered_offsets.items()
+        ):
+            return
+        time.sleep(0.2)
 
 
 def _account(database_url: str, settings: Settings, report: ProducerReport) -> DemoSummary:
     """Find every delivered message in exactly one landing table, by partition and offset."""
     summary = DemoSummary(report.sent, report.delivered, report.failed)
     with connect(database_url, autocommit=True) as conn:
-        progress = _progress(conn, settings)
+        progress = load_all_progress(database_url, settings.kafka_group_id, settings.kafka_topic)
         ranges = [
-            (p, progress.get(p, (0, 0))[0], low, high)
+            (p, progress[p].log_epoch if p in progress else 0, low, high)
             for p, (low, high) in report.delivered_offsets.items()
         ]
         by_class: dict[str, int] = {}

@@ -3,53 +3,73 @@
 Rows go in with COPY straight into each table, inside a savepoint; only when a row is
 already there (a replay) is that COPY undone and redone through a session-local staging
 table and INSERT ... SELECT ... ON CONFLICT DO NOTHING, so a replay adds nothing. The
-progress row of each partition (with the topic's id, to recognise a re-created topic)
-is moved forward only from the offset this consumer expects (a compare-and-set): when
-another consumer of the group got there first, the whole batch is rolled back and
-`StaleProgress` says which partitions to re-read. Rows and progress commit together or
-not at all, which is what makes a kill -9 at any instant lose and double nothing.
+progress of each partition moves by compare-and-set (`storage.progress`): when another
+consumer of the group got there first, the whole batch is rolled back and `StaleProgress`
+says which partitions to re-read. Rows and progress commit together or not at all, which
+is what makes a kill -9 at any instant lose and double nothing.
 
-The raw tables are partitioned by time (sql/006), so a unique key can only name a message
-together with its time column. Anomalies are unique per message and event time; an alert
-row is written only with the anomaly it belongs to (after a replay, only the alerts of the
-anomalies actually inserted), and a dead letter already stored is skipped by a lookup.
-The same transaction marks the minutes the batch touched as pending for the rollups
-(`storage.rollups`), so every stored reading reaches them exactly once.
+A reading is stored once under its identity (customer_id, event_timestamp): as a record
+or an anomaly, and an alert row only with the anomaly actually inserted. A dead letter
+(no reading to name it) is stored once per message: (log_epoch, partition, offset), the
+epoch naming one log of one topic (sql/007). The same transaction marks the minutes the
+batch touched as pending for the rollups (`storage.rollups`).
+
+A batch the database refuses because of one message's content does not stop the stream:
+the message is found by halving the batch, stored as a dead letter with the database's
+error as the reason, and the rest is written (`storage.db_errors`). A passing conflict or
+timeout is retried a few times first; an outage is the caller's to wait out.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from operator import itemgetter
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
-import orjson
 import psycopg
 
 from heartbeat_platform.domain.alerts import MetricRow
 from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.storage import db_errors
+from heartbeat_platform.storage.copy_format import (
+    ANOMALIES,
+    DEAD_LETTERS,
+    METRICS,
+    MINUTE,
+    PG_EPOCH,
+    RECORDS,
+    AnomalyRow,
+    DeadLetterRow,
+    RecordRow,
+    dead_letter_row,
+    encode_anomalies,
+    encode_metrics,
+    encode_records,
+    minute_number,
+)
 from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.partitions import ensure_partitions
+from heartbeat_platform.storage.progress import (
+    PartitionProgress,
+    ProgressMove,
+    ProgressStore,
+    StaleProgress,
+    StoredProgress,
+)
+
+__all__ = [
+    "Batch", "BatchWriter", "PartitionProgress", "StaleProgress", "WriteResult",
+    "TRANSIENT_RETRIES", "MAX_FAILING_MESSAGES",
+]
 
 log = logging.getLogger(__name__)
 
-RecordRow = tuple[str, datetime, int, int, int, int]
-"""customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset"""
-AnomalyRow = tuple[str, datetime, int, str, str, int, int, int]
-"""customer_id, event_timestamp, heart_rate, anomaly_type, raw_payload, epoch, partition, offset"""
-DeadLetterRow = tuple[int, int, int, bytes | None, bytes | None, str]
-"""log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason"""
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionProgress:
-    """Where a partition stands: the epoch of its log and the next offset to read."""
-
-    log_epoch: int
-    next_offset: int
+TRANSIENT_RETRIES = 3  # a conflict or timeout: the same batch again, then message by message
+MAX_FAILING_MESSAGES = 100  # more refused messages in one batch: not a message problem
+Position = tuple[int, int]  # (kafka_partition, kafka_offset)
+RawMessage = tuple[bytes | None, bytes | None]  # (key, value) as consumed
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +86,10 @@ class Batch:
     anomalies: list[AnomalyRow] = field(default_factory=list)
     dead_letters: list[DeadLetterRow] = field(default_factory=list)
     metrics: list[MetricRow] = field(default_factory=list)
-    # partition -> (progress this consumer expects in the table or None if new, progress after)
-    progress: dict[int, tuple[PartitionProgress | None, PartitionProgress]] = field(
-        default_factory=dict
-    )
+    progress: dict[int, ProgressMove] = field(default_factory=dict)
+    # The consumed (key, value) of each position: only read to turn a message the database
+    # refuses into a dead letter (records keep no raw bytes).
+    raw: Callable[[Position], RawMessage] | None = None
     payloads: CopyPayloads | None = None  # the rows in COPY format, once encoded
 
     def encode(self) -> CopyPayloads:
@@ -82,12 +102,12 @@ class Batch:
         if self.payloads is None:
             minutes: set[int] = set()
             records = encode_records(self.records, minutes)
-            minutes.update(_minute_number(row[1]) for row in self.anomalies)
+            minutes.update(minute_number(row[1]) for row in self.anomalies)
             self.payloads = CopyPayloads(
                 records,
-                _anomalies_text(self.anomalies),
-                _metrics_text(self.metrics),
-                sorted(_PG_EPOCH + m * _MINUTE for m in minutes),
+                encode_anomalies(self.anomalies),
+                encode_metrics(self.metrics),
+                sorted(PG_EPOCH + m * MINUTE for m in minutes),
             )
         return self.payloads
 
@@ -95,68 +115,53 @@ class Batch:
     def message_count(self) -> int:
         return len(self.records) + len(self.anomalies) + len(self.dead_letters)
 
+    def positions(self) -> list[Position]:
+        return sorted(
+            [(r[4], r[5]) for r in self.records] + [(a[6], a[7]) for a in self.anomalies]
+            + [(d[1], d[2]) for d in self.dead_letters]
+        )
+
+    def only(self, positions: Iterable[Position]) -> Batch:
+        """The rows of these messages, without progress: a trial write."""
+        keep = set(positions)
+        return Batch(
+            [r for r in self.records if (r[4], r[5]) in keep],
+            [a for a in self.anomalies if (a[6], a[7]) in keep],
+            [d for d in self.dead_letters if (d[1], d[2]) in keep],
+            [m for m in self.metrics if (m.kafka_partition, m.kafka_offset) in keep],
+        )
+
+    def refused(self, reasons: dict[Position, str]) -> Batch:
+        """The same batch with these messages as dead letters (their rows taken out)."""
+        if self.raw is None:
+            raise ValueError("a batch without its raw messages cannot dead-letter one")
+        epochs = {(r[4], r[5]): r[3] for r in self.records}
+        epochs.update({(a[6], a[7]): a[5] for a in self.anomalies})
+        dead = [d for d in self.dead_letters if (d[1], d[2]) not in reasons]
+        for (partition, offset), reason in sorted(reasons.items()):
+            key, value = self.raw((partition, offset))
+            epoch = epochs.get((partition, offset), 0)
+            dead.append((epoch, partition, offset, key, value,
+                         f"the database refused it: {reason}"))
+        return replace(
+            self,
+            records=[r for r in self.records if (r[4], r[5]) not in reasons],
+            anomalies=[a for a in self.anomalies if (a[6], a[7]) not in reasons],
+            dead_letters=dead,
+            metrics=[m for m in self.metrics if (m.kafka_partition, m.kafka_offset) not in reasons],
+            payloads=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     records: int
-    duplicates: int
+    duplicates: int  # readings already stored (records and anomalies)
     anomalies: int
     dead_letters: int
     metrics: int
+    refused: int = 0  # messages the database refused, stored as dead letters
 
-
-class StaleProgress(RuntimeError):
-    """Another consumer moved these partitions on; this batch was rolled back."""
-
-    def __init__(self, partitions: Sequence[int]):
-        super().__init__(f"progress of partitions {sorted(partitions)} moved on elsewhere")
-        self.partitions = list(partitions)
-
-
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_records (
-    customer_id text, event_timestamp timestamptz, heart_rate integer,
-    log_epoch integer, kafka_partition integer, kafka_offset bigint) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_anomalies (
-    customer_id text, event_timestamp timestamptz, heart_rate integer, anomaly_type text,
-    raw_payload text, log_epoch integer, kafka_partition integer, kafka_offset bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_dead_letters (
-    log_epoch integer, kafka_partition integer, kafka_offset bigint, message_key bytea,
-    raw_value bytea, reason text) ON COMMIT DELETE ROWS;
-"""
-
-_INSERT_RECORDS = """
-INSERT INTO heartbeat_records
-    (customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset)
-SELECT customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset
-FROM stage_records
-ON CONFLICT DO NOTHING
-"""
-
-_INSERT_ANOMALIES = """
-INSERT INTO heartbeat_anomalies (customer_id, event_timestamp, heart_rate, anomaly_type,
-                                 raw_payload, log_epoch, kafka_partition, kafka_offset)
-SELECT customer_id, event_timestamp, heart_rate, anomaly_type,
-       raw_payload, log_epoch, kafka_partition, kafka_offset
-FROM stage_anomalies
-ON CONFLICT DO NOTHING
-RETURNING log_epoch, kafka_partition, kafka_offset
-"""
-
-# No unique key can name a dead letter (its partition key is its arrival time), so a
-# message already stored is skipped by a lookup. Only replays meet one; consumers of one
-# group never write the same partition at once (progress moves by compare-and-set).
-_INSERT_DEAD_LETTERS = """
-INSERT INTO heartbeat_dead_letters
-    (log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason)
-SELECT s.log_epoch, s.kafka_partition, s.kafka_offset, s.message_key, s.raw_value, s.reason
-FROM stage_dead_letters s
-WHERE NOT EXISTS (
-    SELECT 1 FROM heartbeat_dead_letters d
-    WHERE d.kafka_partition = s.kafka_partition AND d.kafka_offset = s.kafka_offset
-      AND d.log_epoch = s.log_epoch)
-"""
 
 _MARK_PENDING = """
 INSERT INTO rollup_pending (rollup, window_start, kafka_partition)
@@ -164,20 +169,17 @@ SELECT 'fleet_minute', minute, %(partition)s FROM unnest(%(minutes)s::timestampt
 ON CONFLICT (rollup, window_start, kafka_partition) DO UPDATE SET marked_at = clock_timestamp()
 """
 
-_ADVANCE = """
-UPDATE consumer_progress
-SET next_offset = %(next_offset)s, log_epoch = %(new_epoch)s, updated_at = now(),
-    topic_id = coalesce(%(topic_id)s, topic_id)
-WHERE consumer_group = %(group)s AND topic = %(topic)s AND kafka_partition = %(partition)s
-  AND next_offset = %(expected_offset)s AND log_epoch = %(expected_epoch)s
-"""
-
-_CLAIM = """
-INSERT INTO consumer_progress
-    (consumer_group, topic, kafka_partition, log_epoch, next_offset, topic_id)
-VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s, %(topic_id)s)
-ON CONFLICT DO NOTHING
-"""
+# No unique key can name a dead letter (its partition key is its arrival time), so a
+# message already stored is skipped by a lookup. Only replays meet one; consumers of one
+# group never write the same partition at once (progress moves by compare-and-set).
+_INSERT_DEAD_LETTERS = DEAD_LETTERS.insert_from_stage(
+    "WHERE NOT EXISTS (SELECT 1 FROM heartbeat_dead_letters d WHERE d.kafka_partition = "
+    "stage_dead_letters.kafka_partition AND d.kafka_offset = stage_dead_letters.kafka_offset "
+    "AND d.log_epoch = stage_dead_letters.log_epoch)"
+)
+_INSERT_ANOMALIES = ANOMALIES.insert_from_stage(
+    "ON CONFLICT DO NOTHING RETURNING kafka_partition, kafka_offset"
+)
 
 
 class BatchWriter:
@@ -185,8 +187,7 @@ class BatchWriter:
 
     def __init__(self, database_url: str, group: str, topic: str):
         self.database_url = database_url
-        self.group = group
-        self.topic = topic
+        self.progress = ProgressStore(group, topic)
         self.topic_id: str | None = None  # the broker's id of the topic, stored with progress
         self._conn: psycopg.Connection | None = None
 
@@ -199,7 +200,8 @@ class BatchWriter:
             # that loses the last commits loses their progress too, and those messages are
             # read from Kafka again. No reading is lost or doubled.
             conn.execute("SET synchronous_commit = off")
-            conn.execute(_STAGING)
+            for table in (RECORDS, ANOMALIES, DEAD_LETTERS):
+                conn.execute(table.stage_ddl())
             conn.commit()
             self._conn = conn
         return self._conn
@@ -211,41 +213,41 @@ class BatchWriter:
             finally:
                 self._conn = None
 
+    def _in_transaction(self, action: Callable[[psycopg.Connection], object]):
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                return action(conn)
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
     # -- progress -------------------------------------------------------------------------
+    def load(self, partitions: Iterable[int]) -> dict[int, StoredProgress]:
+        """Stored progress of these partitions, with the topic id it was stored under."""
+        return self._in_transaction(lambda conn: self.progress.load(conn, partitions))
+
     def load_progress(self, partitions: Iterable[int]) -> dict[int, PartitionProgress]:
         """Stored progress of these partitions; missing ones have never been consumed."""
-        return self.load_progress_and_topic_ids(partitions)[0]
+        return {p: stored.progress for p, stored in self.load(partitions).items()}
 
-    def load_progress_and_topic_ids(
-        self, partitions: Iterable[int]
-    ) -> tuple[dict[int, PartitionProgress], dict[int, str | None]]:
-        """Stored progress, and the topic id each was stored under (None: not known)."""
-        conn = self._connection()
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT kafka_partition, log_epoch, next_offset, topic_id FROM consumer_progress "
-                "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
-                (self.group, self.topic, list(partitions)),
-            ).fetchall()
-        progress = {p: PartitionProgress(epoch, offset) for p, epoch, offset, _ in rows}
-        return progress, {p: stored_id for p, _, _, stored_id in rows}
+    def logs(self, partitions: Iterable[int]):
+        """The known logs of these partitions (`storage.progress.KafkaLog`), oldest first."""
+        return self._in_transaction(lambda conn: self.progress.logs(conn, partitions))
 
-    def next_epoch(self, partition: int) -> int:
-        """A log epoch never used for this partition by any group, for a log that was reset."""
-        conn = self._connection()
-        with conn.transaction():
-            row = conn.execute(
-                "SELECT coalesce(max(log_epoch), -1) + 1 FROM consumer_progress "
-                "WHERE topic = %s AND kafka_partition = %s",
-                (self.topic, partition),
-            ).fetchone()
-        return row[0]
+    def register_log(self, partition: int, topic_id: str | None, start_offset: int, reason: str):
+        """A new log of `partition` under an epoch never used before."""
+        return self._in_transaction(
+            lambda conn: self.progress.register_log(conn, partition, topic_id, start_offset, reason)
+        )
 
     def move_progress(
         self, partition: int, expected: PartitionProgress | None, new: PartitionProgress
     ) -> None:
-        """Move a partition's progress without rows (log reset or truncation handling)."""
-        self.write(Batch(progress={partition: (expected, new)}))
+        """Move a partition's progress without rows (a new log, or retention skipped some)."""
+        self._in_transaction(
+            lambda conn: self.progress.advance(conn, {partition: (expected, new)}, self.topic_id)
+        )
 
     def ensure_partitions(self, policy: RetentionPolicy) -> int | None:
         """Create the missing day partitions of the admissible window; how many, or None
@@ -255,12 +257,12 @@ class BatchWriter:
         except psycopg.errors.LockNotAvailable:
             return None
 
-    # -- the batch ------------------------------------------------------------------------
     def ping(self) -> None:
         """Raise psycopg.OperationalError while the database is unreachable."""
         self._connection().execute("SELECT 1")
         self._conn.rollback()
 
+    # -- the batch ------------------------------------------------------------------------
     def write(
         self,
         batch: Batch,
@@ -269,102 +271,99 @@ class BatchWriter:
         """Write the batch and move progress; `extra_metrics` sees the counts before commit.
 
         It lets the caller add a stats snapshot that includes this batch, in the same
-        transaction, so a rolled-back batch leaves no snapshot behind.
+        transaction, so a rolled-back batch leaves no snapshot behind. Raises
+        psycopg.OperationalError during an outage, StaleProgress when another consumer moved
+        a partition on, and any error no retry or dead letter can fix.
         """
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                self._advance_progress(conn, batch)
-                payloads = batch.encode()
-                records = 0
-                if batch.records:
-                    records = _insert(conn, _RECORDS, payloads.records, len(batch.records))
-                duplicates = len(batch.records) - records
-                alerts, alerts_text = batch.metrics, payloads.alerts
-                anomalies = len(batch.anomalies)
-                if batch.anomalies:
-                    inserted = _insert_anomalies(conn, payloads.anomalies)
-                    if inserted is not None:  # a replay: only new anomalies raise alerts
-                        anomalies = len(inserted)
-                        alerts = [m for m in alerts if _position(m) in inserted]
-                        alerts_text = _metrics_text(alerts)
-                dead = _insert_dead_letters(conn, batch.dead_letters)
-                if payloads.minutes:
-                    conn.execute(
-                        _MARK_PENDING,
-                        {"partition": min(batch.progress), "minutes": payloads.minutes},
-                    )
-                result = WriteResult(records, duplicates, anomalies, dead, len(alerts))
-                snapshot = extra_metrics(result) if extra_metrics else []
-                if alerts or snapshot:
-                    _copy(conn, f"pipeline_metrics ({_METRIC_COLUMNS})",
-                          alerts_text + _metrics_text(snapshot))
-        except psycopg.OperationalError:
-            self.close()
-            raise
+        def write_batch(conn: psycopg.Connection) -> WriteResult:
+            return self._write(conn, batch, extra_metrics)
+
+        delay = 0.5
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            try:
+                return self._in_transaction(write_batch)
+            except psycopg.Error as exc:
+                failure = db_errors.classify(exc)
+                if failure is db_errors.Failure.TRANSIENT and attempt < TRANSIENT_RETRIES:
+                    log.warning("batch write failed (%s); trying again in %.1fs",
+                                db_errors.describe(exc), delay)
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                if failure not in (db_errors.Failure.CONTENT, db_errors.Failure.TRANSIENT):
+                    raise
+                refused = self._find_refused(batch)
+                if not refused:
+                    raise  # no single message fails on its own: not a content problem
+                log.error("the database refused %d message(s) of a batch of %d; they become "
+                          "dead letters: %s", len(refused), batch.message_count,
+                          "; ".join(sorted(set(refused.values()))))
+                batch = batch.refused(refused)
+                return replace(self._in_transaction(write_batch), refused=len(refused))
+        raise AssertionError("unreachable")
+
+    def _find_refused(self, batch: Batch) -> dict[Position, str]:
+        """The messages of `batch` the database refuses on their own, with its reasons."""
+        def attempt(positions: Sequence[Position]) -> BaseException | None:
+            conn = self._connection()
+            try:
+                with conn.transaction(force_rollback=True):
+                    self._write_rows(conn, batch.only(positions))
+            except psycopg.OperationalError as exc:
+                if db_errors.classify(exc) is db_errors.Failure.OUTAGE:
+                    self.close()
+                    raise
+                return exc
+            except psycopg.Error as exc:
+                return exc
+            return None
+
+        failing = db_errors.find_failing(batch.positions(), attempt, MAX_FAILING_MESSAGES)
+        return {position: db_errors.describe(exc) for position, exc in failing.items()}
+
+    def _write(
+        self, conn: psycopg.Connection, batch: Batch,
+        extra_metrics: Callable[[WriteResult], list[MetricRow]] | None,
+    ) -> WriteResult:
+        self.progress.advance(conn, batch.progress, self.topic_id)
+        result, alerts_text = self._write_rows(conn, batch)
+        payloads = batch.encode()
+        if payloads.minutes:
+            conn.execute(
+                _MARK_PENDING, {"partition": min(batch.progress), "minutes": payloads.minutes}
+            )
+        snapshot = extra_metrics(result) if extra_metrics else []
+        if alerts_text or snapshot:
+            _copy(conn, METRICS.copy_into(), alerts_text + encode_metrics(snapshot))
         return result
 
-    def _advance_progress(self, conn: psycopg.Connection, batch: Batch) -> None:
-        stale = []
-        for partition, (expected, new) in batch.progress.items():
-            params = {
-                "group": self.group,
-                "topic": self.topic,
-                "partition": partition,
-                "next_offset": new.next_offset,
-                "new_epoch": new.log_epoch,
-                "topic_id": self.topic_id,
-            }
-            if expected is None:
-                moved = conn.execute(_CLAIM, params).rowcount
-            else:
-                params["expected_offset"] = expected.next_offset
-                params["expected_epoch"] = expected.log_epoch
-                moved = conn.execute(_ADVANCE, params).rowcount
-            if moved != 1:
-                stale.append(partition)
-        if stale:
-            raise StaleProgress(stale)
+    @staticmethod
+    def _write_rows(conn: psycopg.Connection, batch: Batch) -> tuple[WriteResult, str]:
+        """The batch's rows; the result and the alert rows (COPY text) still to write."""
+        payloads = batch.encode()
+        records = 0
+        if batch.records:
+            records = _insert(conn, RECORDS, payloads.records, len(batch.records))
+        alerts, alerts_text = batch.metrics, payloads.alerts
+        anomalies = len(batch.anomalies)
+        if batch.anomalies:
+            inserted = _insert_anomalies(conn, payloads.anomalies)
+            if inserted is not None:  # a replay: only new anomalies raise alerts
+                anomalies = len(inserted)
+                alerts = [m for m in alerts if (m.kafka_partition, m.kafka_offset) in inserted]
+                alerts_text = encode_metrics(alerts)
+        dead = _insert_dead_letters(conn, batch.dead_letters)
+        duplicates = len(batch.records) - records + len(batch.anomalies) - anomalies
+        return WriteResult(records, duplicates, anomalies, dead, len(alerts)), alerts_text
 
 
-# -- COPY text format, built in one pass: psycopg's per-row formatting was the hot spot ----
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-@dataclass(frozen=True)
-class _Target:
-    """A table written by COPY, its staging twin, and the duplicate-free fallback insert."""
-
-    table: str
-    stage: str
-    columns: str
-    fallback: str
-
-
-_RECORDS = _Target(
-    "heartbeat_records", "stage_records",
-    "customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset",
-    _INSERT_RECORDS,
-)
-_ANOMALIES = _Target(
-    "heartbeat_anomalies", "stage_anomalies",
-    "customer_id, event_timestamp, heart_rate, anomaly_type, raw_payload, log_epoch, "
-    "kafka_partition, kafka_offset",
-    _INSERT_ANOMALIES,
-)
-_METRIC_COLUMNS = (
-    "metric_name, metric_value, customer_id, log_epoch, kafka_partition, kafka_offset, labels"
-)
-
-
-def _copy(conn: psycopg.Connection, target: str, data: str | bytes) -> None:
+def _copy(conn: psycopg.Connection, statement: str, data: str | bytes) -> None:
     binary = isinstance(data, bytes)
-    statement = f"COPY {target} FROM STDIN" + (" (FORMAT binary)" if binary else "")
-    with conn.cursor().copy(statement) as copy:
+    with conn.cursor().copy(statement + (" (FORMAT binary)" if binary else "")) as copy:
         copy.write(data if binary else data.encode())
 
 
-def _insert(conn: psycopg.Connection, target: _Target, data: str | bytes, rows: int) -> int:
+def _insert(conn: psycopg.Connection, table, data: str | bytes, rows: int) -> int:
     """COPY straight into the table; if a row is already there, redo it without duplicates.
 
     Replays are rare (progress is stored with the rows), so the fast path nearly always
@@ -373,111 +372,32 @@ def _insert(conn: psycopg.Connection, target: _Target, data: str | bytes, rows: 
     """
     try:
         with conn.transaction():  # a savepoint: a conflict undoes only this COPY
-            _copy(conn, f"{target.table} ({target.columns})", data)
+            _copy(conn, table.copy_into(), data)
         return rows
     except psycopg.errors.UniqueViolation:
-        _copy(conn, target.stage, data)
-        return conn.execute(target.fallback).rowcount
+        _copy(conn, table.copy_into(table.stage), data)
+        return conn.execute(table.insert_from_stage()).rowcount
 
 
-def _insert_anomalies(conn: psycopg.Connection, data: str) -> set[tuple[int, int, int]] | None:
-    """Anomalies by COPY; after a replay, the (epoch, partition, offset) of those inserted.
+def _insert_anomalies(conn: psycopg.Connection, data: str) -> set[Position] | None:
+    """Anomalies by COPY; after a repeat, the (partition, offset) of those inserted.
 
     None means every row was new (the fast path), so every alert of the batch is written.
     """
     try:
         with conn.transaction():
-            _copy(conn, f"{_ANOMALIES.table} ({_ANOMALIES.columns})", data)
+            _copy(conn, ANOMALIES.copy_into(), data)
         return None
     except psycopg.errors.UniqueViolation:
-        _copy(conn, _ANOMALIES.stage, data)
-        return set(conn.execute(_ANOMALIES.fallback).fetchall())
+        _copy(conn, ANOMALIES.copy_into(ANOMALIES.stage), data)
+        return set(conn.execute(_INSERT_ANOMALIES).fetchall())
 
 
 def _insert_dead_letters(conn: psycopg.Connection, rows: list[DeadLetterRow]) -> int:
-    """Dead letters not stored yet (rare: row by row COPY, NUL made visible in reasons)."""
+    """Dead letters not stored yet (rare: row by row COPY)."""
     if not rows:
         return 0
-    with conn.cursor().copy(
-        "COPY stage_dead_letters (log_epoch, kafka_partition, kafka_offset, message_key, "
-        "raw_value, reason) FROM STDIN"
-    ) as copy:
+    with conn.cursor().copy(DEAD_LETTERS.copy_into(DEAD_LETTERS.stage)) as copy:
         for row in rows:
-            copy.write_row((*row[:5], row[5].replace("\x00", "\\x00")))
+            copy.write_row(dead_letter_row(row))
     return conn.execute(_INSERT_DEAD_LETTERS).rowcount
-
-
-def _position(metric: MetricRow) -> tuple[int | None, int | None, int | None]:
-    return metric.log_epoch, metric.kafka_partition, metric.kafka_offset
-
-
-_customer_id = itemgetter(0)
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_MINUTE = timedelta(minutes=1)
-_MINUTE_US = 60_000_000
-_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_BINARY_TRAILER = b"\xff\xff"
-_record_structs: dict[int, struct.Struct] = {}
-
-
-def _record_struct(id_length: int) -> struct.Struct:
-    """Binary COPY layout of a record row: 6 fields, each length-prefixed."""
-    layout = _record_structs.get(id_length)
-    if layout is None:
-        layout = _record_structs[id_length] = struct.Struct(f">hi{id_length}siqiiiiiiiq")
-    return layout
-
-
-def _minute_number(when: datetime) -> int:
-    return (when - _PG_EPOCH) // _MINUTE
-
-
-def encode_records(rows: list[RecordRow], minutes: set[int] | None = None) -> bytes:
-    """Records in COPY's binary format, grouped by customer; adds their minutes to `minutes`.
-
-    Binary is about three times cheaper to build than text, and PostgreSQL skips parsing
-    timestamps. Grouped by customer_id, the primary key's first column, consecutive rows
-    land on neighbouring primary-key pages, which made PostgreSQL's COPY about a fifth
-    faster. The sort is stable and on the id alone: comparing aware datetimes cost twice
-    as much, and a customer's readings come from one partition, already in order.
-    """
-    out = [_BINARY_HEADER]
-    append = out.append
-    seen = set() if minutes is None else minutes
-    add_minute = seen.add
-    for customer, when, bpm, epoch, partition, offset in sorted(rows, key=_customer_id):
-        encoded = customer.encode()
-        micros = (when - _PG_EPOCH) // _MICROSECOND
-        add_minute(micros // _MINUTE_US)
-        append(
-            _record_struct(len(encoded)).pack(
-                6, len(encoded), encoded, 8, micros, 4, bpm, 4, epoch, 4, partition, 8, offset,
-            )
-        )
-    append(_BINARY_TRAILER)
-    return b"".join(out)
-
-
-def _anomalies_text(rows: list[AnomalyRow]) -> str:
-    return "".join(
-        [
-            f"{customer}\t{when.isoformat()}\t{bpm}\t{kind}\t{raw.translate(_COPY_ESCAPES)}"
-            f"\t{epoch}\t{partition}\t{offset}\n"
-            for customer, when, bpm, kind, raw, epoch, partition, offset in rows
-        ]
-    )
-
-
-def _metrics_text(rows: list[MetricRow]) -> str:
-    def value(v: object) -> str:
-        return "\\N" if v is None else str(v)
-
-    return "".join(
-        [
-            f"{m.metric_name}\t{m.metric_value!r}\t{value(m.customer_id)}\t{value(m.log_epoch)}"
-            f"\t{value(m.kafka_partition)}\t{value(m.kafka_offset)}"
-            f"\t{orjson.dumps(m.labels).decode().translate(_COPY_ESCAPES)}\n"
-            for m in rows
-        ]
-    )

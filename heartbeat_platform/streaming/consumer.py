@@ -1,26 +1,33 @@
 """The batch consumer: Kafka -> validate/classify -> PostgreSQL, with an exactly-once effect.
 
+The loop and the rebalance callbacks live here; each step they call has one job elsewhere:
+`batch_builder` (messages in, rows and progress out), the writer on its own thread
+(`storage.writer`), `log_decisions` (is the stored offset still right for the broker's
+log?), `offset_commits` (when to tell Kafka) and `storage.progress` (progress and logs).
+
 Guarantees (what survives what):
-- Progress lives in PostgreSQL (`consumer_progress`), written in the same transaction as
-  the rows of the batch; on assignment the consumer seeks to it. A kill -9 at any instant
-  therefore neither loses nor doubles a reading. Kafka's committed offsets are updated
-  after the database commit, for lag tools only.
+- Progress lives in PostgreSQL, written in the same transaction as the rows of the batch;
+  on assignment the consumer seeks to it. A kill -9 at any instant therefore neither loses
+  nor doubles a reading. Kafka's committed offsets are updated after the database commit,
+  for lag tools only.
 - A batch is written whole or not at all. When the database goes away the batch is
   abandoned, the partitions are rewound to the stored progress and paused, and the
-  consumer retries with backoff until the database is back; it never exits for that.
-- A rebalance can only happen inside `consume()`, between batches, so nothing is in
-  flight when partitions are revoked. A consumer that lost a partition without noticing
-  cannot overwrite another's work: progress moves by compare-and-set (see the writer).
-- A stored offset the broker's log no longer has is never skipped silently: below the
-  log start (retention deleted unread messages) is logged as an error and consumption
-  resumes at the log start; beyond the log end (the log was reset, e.g. the memory-only
-  embedded broker restarted) starts a new log epoch from the beginning of the new log.
-  So does a topic whose id differs from the one stored with the progress (it was created
-  again), which also catches a new log that already grew past the stored offset.
-- A reading whose time is outside the admissible window (older than the raw retention, or
-  further ahead than the allowed clock skew) is a dead letter with the reason; the day
-  partitions of the window are ensured at start and every hour, so a reading never
-  fails for lack of one.
+  consumer retries with backoff until the database is back; it never exits for that. A
+  message the database refuses becomes a dead letter with the database's error; the rest
+  of its batch lands.
+- A rebalance can only happen inside `consume()`, between batches: the callbacks first let
+  the in-flight batch commit, so nothing is in flight when partitions go. Eager, cooperative
+  (`cooperative-sticky`) and KIP-848 (`group.protocol=consumer`) assignment all work: the
+  callbacks add or remove only the partitions they are given when assignment is incremental.
+  A consumer that lost a partition without noticing cannot overwrite another's work:
+  progress moves by compare-and-set.
+- A stored offset the broker's log no longer has is never skipped silently, and a leader
+  change is never taken for a reset log (`log_decisions`): retention that deleted unread
+  messages is logged as an error with the count; a truncated log goes on under a new epoch
+  from its new end; a new log (another topic id) under a new epoch from its start.
+- A reading whose time is outside the admissible window, or a message over the size limit,
+  is a dead letter with the reason; the day partitions of the window are ensured at start
+  and every hour, so a reading never fails for lack of one.
 """
 
 from __future__ import annotations
@@ -36,36 +43,40 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from heartbeat_platform.domain.alerts import AlertManager, MetricRow, PipelineStats
-from heartbeat_platform.domain.events import (
-    HeartbeatClass,
-    InvalidMessage,
-    classify_heart_rate,
-    validate_message,
-)
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage.writer import (
-    Batch,
-    BatchWriter,
+from heartbeat_platform.storage import db_errors
+from heartbeat_platform.storage.progress import (
     PartitionProgress,
     StaleProgress,
-    WriteResult,
+    current_logs,
+)
+from heartbeat_platform.storage.writer import Batch, BatchWriter, WriteResult
+from heartbeat_platform.streaming.batch_builder import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    BatchBuilder,
+    Cursor,
 )
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
+from heartbeat_platform.streaming.log_decisions import (
+    AskBroker,
+    Continue,
+    NewLog,
+    Observation,
+    Resume,
+    decide,
+)
+from heartbeat_platform.streaming.offset_commits import OffsetCommitPolicy
 from heartbeat_platform.streaming.topics import topic_id
 
 log = logging.getLogger(__name__)
 
-_NORMAL = HeartbeatClass.NORMAL
-_ANOMALY_STAT = {
-    HeartbeatClass.BRADYCARDIA: "anomalies_bradycardia",
-    HeartbeatClass.TACHYCARDIA: "anomalies_tachycardia",
-    HeartbeatClass.INVALID: "anomalies_invalid",
-}
 _UNKNOWN_WATERMARK = -1001
 _PARTITION_CHECK_EVERY_S = 3600.0
+_LIST_OFFSETS_TIMEOUT_S = 5.0
+GROUP_PROTOCOLS = ("classic", "consumer")
 
 
 @dataclass
@@ -78,9 +89,64 @@ class ConsumerConfig:
     max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
     stats_every: int = 100
     session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
+    # "classic" (JoinGroup/SyncGroup, with `assignment_strategy`) or "consumer" (KIP-848:
+    # the broker assigns, incrementally; Kafka 4.0+).
+    group_protocol: str = "classic"
+    assignment_strategy: str = "cooperative-sticky"  # classic protocol only
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # larger messages are dead letters
+    # Memory the client may hold: fetched per request, and prefetched per partition queue.
+    # Bounded in compressed bytes; a batch is at most `batch_size` messages once decoded.
+    fetch_max_bytes: int = 16 * 1024 * 1024
+    queued_max_kbytes: int = 32 * 1024
     kafka_overrides: dict = field(default_factory=dict)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
+
+
+def client_settings(c: ConsumerConfig, error_cb: Callable | None = None) -> dict:
+    """The librdkafka configuration of the consumer, `kafka_overrides` last.
+
+    KIP-848 refuses the classic protocol's session, heartbeat and assignor settings (the
+    broker owns them), so they are only set for the classic protocol.
+    """
+    if c.group_protocol not in GROUP_PROTOCOLS:
+        raise ValueError(
+            f"group protocol must be one of {GROUP_PROTOCOLS}, got {c.group_protocol!r}"
+        )
+    settings: dict = {
+        "bootstrap.servers": c.bootstrap_servers,
+        "group.id": c.group_id,
+        "client.id": c.name,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",  # out-of-range must reach us, not be papered over
+        # A fetch that finds no new data returns after 100 ms, not the default 500:
+        # it bounds how long a reading waits at the broker when the stream is slow.
+        "fetch.wait.max.ms": 100,
+        "fetch.max.bytes": c.fetch_max_bytes,
+        "receive.message.max.bytes": c.fetch_max_bytes + 1024 * 1024,
+        "max.partition.fetch.bytes": min(c.fetch_max_bytes, max(c.max_message_bytes, 1 << 20)),
+        "queued.max.messages.kbytes": c.queued_max_kbytes,
+    }
+    if c.group_protocol == "consumer":
+        settings["group.protocol"] = "consumer"
+    else:
+        settings.update({
+            "session.timeout.ms": c.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, c.session_timeout_ms // 3),
+            "partition.assignment.strategy": c.assignment_strategy,
+        })
+    if error_cb is not None:
+        settings["error_cb"] = error_cb
+    settings.update(c.kafka_overrides)
+    return settings
+
+
+def assigns_incrementally(settings: dict) -> bool:
+    """True when rebalances hand over only the partitions that move (cooperative, KIP-848)."""
+    if str(settings.get("group.protocol", "classic")).lower() == "consumer":
+        return True
+    return "cooperative-sticky" in str(settings.get("partition.assignment.strategy", ""))
 
 
 @dataclass
@@ -89,6 +155,8 @@ class ConsumerReport:
     partitions_seen: set[int]
     seconds: float
     busy_seconds: float  # first message received -> last batch committed
+    rebalances: int = 0
+    settled_in_rebalance: int = 0  # batches in flight when partitions moved, committed first
 
     @property
     def rate(self) -> float:
@@ -105,6 +173,8 @@ class ConsumerReport:
             "dead_letters": stats.dead_letters,
             "duplicates_dropped": stats.duplicates_dropped,
             "batches": stats.batches,
+            "rebalances": self.rebalances,
+            "settled_in_rebalance": self.settled_in_rebalance,
             "seconds": round(self.seconds, 3),
             "busy_seconds": round(self.busy_seconds, 3),
             "messages_per_s": round(self.rate, 1),
@@ -122,15 +192,19 @@ class HeartbeatConsumer:
         self.alerts = alerts or AlertManager()
         self.stats = PipelineStats()
         self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
+        self.builder = BatchBuilder(self.alerts, config.retention, config.max_message_bytes)
+        self.commits = OffsetCommitPolicy()
+        self._settings = client_settings(config, self._on_kafka_error)
+        self._incremental = assigns_incrementally(self._settings)
         self._on_batch = on_batch
         self._stop = threading.Event()
         self.assigned = threading.Event()  # set once the group gave this consumer partitions
-        self._positions: dict[int, PartitionProgress | None] = {}  # None: never consumed
-        self._next: dict[int, int] = {}  # next offset to read, per assigned partition
+        self._cursors: dict[int, Cursor] = {}  # the assigned partitions
         self._watermark_at_assign: dict[int, int] = {}
+        self._unsettled_logs: set[int] = set()  # partitions whose log check must be retried
         self._partitions_seen: set[int] = set()
         self._last_activity = time.monotonic()
-        self._error_logged_at: dict[int, float] = {}
+        self._error_logged_at: dict[object, float] = {}
         self._consumer: Consumer | None = None
         # One batch is written by this thread while the next is consumed and classified:
         # PostgreSQL and Python then work at the same time instead of taking turns.
@@ -138,10 +212,10 @@ class HeartbeatConsumer:
         self._inflight: tuple[Future, Batch, PipelineStats] | None = None
         self._projected = self.stats  # the stats once the in-flight batch commits
         self._first_message_at: float | None = None
-        self._uncommitted: dict[int, int] = {}  # committed to PostgreSQL, not yet to Kafka
-        self._kafka_committed_at = 0.0
         self._last_commit_at: float | None = None
         self._partitions_checked_at: float | None = None
+        self._rebalances = 0
+        self._settled_in_rebalance = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -152,42 +226,28 @@ class HeartbeatConsumer:
     def run(self, stop_when_idle: float | None = None) -> ConsumerReport:
         started = time.monotonic()
         c = self.config
-        self._consumer = consumer = Consumer(
-            {
-                "bootstrap.servers": c.bootstrap_servers,
-                "group.id": c.group_id,
-                "client.id": c.name,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "error",  # out-of-range must reach us, not be papered over
-                "session.timeout.ms": c.session_timeout_ms,
-                "heartbeat.interval.ms": max(1000, c.session_timeout_ms // 3),
-                # A fetch that finds no new data returns after 100 ms, not the default 500:
-                # it bounds how long a reading waits at the broker when the stream is slow.
-                "fetch.wait.max.ms": 100,
-                "error_cb": self._on_kafka_error,
-                **c.kafka_overrides,
-            }
-        )
+        self._consumer = consumer = Consumer(self._settings)
         consumer.subscribe(
             [c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
-        log.info("consumer %s subscribed to %s in group %s", c.name, c.topic, c.group_id)
+        log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
+                 c.group_id, "incremental" if self._incremental else "eager")
         try:
             while not self._stop.is_set():
                 self._ensure_partitions()
                 messages = consumer.consume(c.batch_size, timeout=c.max_wait_s)
-                self._check_for_log_reset()
                 if messages:
                     self._last_activity = time.monotonic()
                     if self._first_message_at is None:
                         self._first_message_at = self._last_activity
                     self._process(messages)
-                    continue
-                self._settle()  # nothing new: let the in-flight batch finish now
+                else:
+                    self._settle()  # nothing new: let the in-flight batch finish now
+                self._check_logs()
                 if (
-                    stop_when_idle is not None
+                    not messages
+                    and stop_when_idle is not None
                     and self._partitions_seen
                     and time.monotonic() - self._last_activity >= stop_when_idle
                 ):
@@ -211,39 +271,25 @@ class HeartbeatConsumer:
             else 0.0
         )
         return ConsumerReport(
-            self.stats, set(self._partitions_seen), time.monotonic() - started, busy
+            self.stats, set(self._partitions_seen), time.monotonic() - started, busy,
+            self._rebalances, self._settled_in_rebalance,
         )
 
     # -- rebalance ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle(recover=False)
+        self._settle_for_rebalance()
         ids = [tp.partition for tp in partitions]
         current_id = topic_id(self.config.bootstrap_servers, self.config.topic)
         self.writer.topic_id = current_id
-        loaded = self._with_database(
-            lambda: self.writer.load_progress_and_topic_ids(ids), "load progress"
-        )
-        if loaded is None:  # stopping while the database was down
-            consumer.assign([])
+        cursors = self._with_database(lambda: self._open_cursors(ids, current_id), "load progress")
+        if cursors is None:  # stopping while the database was down
+            self._change_assignment(consumer, add=[])
             return
-        stored, stored_ids = loaded
         for tp in partitions:
-            progress = stored.get(tp.partition)
-            stored_id = stored_ids.get(tp.partition)
-            if progress is not None and current_id and stored_id and stored_id != current_id:
-                # Checked here because the log-end check below cannot see a new log that
-                # has already grown past the stored offset.
-                progress = self._start_new_epoch(
-                    tp.partition, progress, 0,
-                    f"the topic's id is now {current_id}, progress was stored under {stored_id}",
-                )
-                if progress is None:
-                    consumer.assign([])
-                    return
-            self._positions[tp.partition] = progress
-            self._next[tp.partition] = progress.next_offset if progress else 0
-            tp.offset = progress.next_offset if progress else OFFSET_BEGINNING
-        consumer.assign(partitions)
+            cursor = cursors[tp.partition]
+            tp.offset = cursor.next_offset if cursor.stored else OFFSET_BEGINNING
+        self._cursors.update(cursors)
+        self._change_assignment(consumer, add=partitions)
         for tp in partitions:
             self._watermark_at_assign[tp.partition] = self._cached_watermarks(tp.partition)[1]
         self._partitions_seen.update(ids)
@@ -252,36 +298,87 @@ class HeartbeatConsumer:
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._settle(recover=False)  # in-flight work commits or is abandoned, whole, first
+        self._settle_for_rebalance()  # in-flight work commits or is abandoned, whole, first
         self._commit_kafka_offsets(force=True)
-        for tp in partitions:
-            self._positions.pop(tp.partition, None)
-            self._next.pop(tp.partition, None)
-            self._watermark_at_assign.pop(tp.partition, None)
-        consumer.unassign()
+        self._drop(consumer, partitions)
         log.info("revoked partitions %s", [tp.partition for tp in partitions])
 
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member may own them already: no commit; the compare-and-set refuses any
+        write of ours that comes late."""
+        self._settle_for_rebalance()
+        self.commits.forget([tp.partition for tp in partitions])
+        self._drop(consumer, partitions)
+        log.warning("lost partitions %s (session expired)", [tp.partition for tp in partitions])
+
+    def _settle_for_rebalance(self) -> None:
+        self._rebalances += 1
+        if self._inflight is not None:
+            self._settled_in_rebalance += 1
+        self._settle(recover=False)
+
+    def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._cursors.pop(tp.partition, None)
+            self._watermark_at_assign.pop(tp.partition, None)
+            self._unsettled_logs.discard(tp.partition)
+        if self._incremental:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+
+    def _change_assignment(self, consumer: Consumer, add: list[TopicPartition]) -> None:
+        if self._incremental:
+            if add:
+                consumer.incremental_assign(add)
+        else:
+            consumer.assign(add)
+
+    def _open_cursors(self, partitions: list[int], current_id: str | None) -> dict[int, Cursor]:
+        """Cursors at the stored progress, each with the logs its offsets belong to; a
+        partition whose topic was created again starts a new log here (its new log can
+        already be longer than the stored offset, which no log-end check would notice)."""
+        stored = self.writer.load(partitions)
+        known = self.writer.logs(partitions)
+        cursors = {}
+        for partition in partitions:
+            found = stored.get(partition)
+            logs = current_logs(known.get(partition, []), current_id)
+            if not logs:
+                logs = [self.writer.register_log(
+                    partition, current_id, 0, "first read of this topic partition's log"
+                )]
+            cursor = Cursor(found.progress if found else None,
+                            found.progress.next_offset if found else 0, logs)
+            if found is not None:
+                action = decide(Observation(found.progress.next_offset, found.topic_id, current_id))
+                if isinstance(action, NewLog):
+                    self._new_log(partition, cursor, action, current_id)
+            cursors[partition] = cursor
+        return cursors
+
     # -- one batch ------------------------------------------------------------------------
-    def _process(self, messages: list[Message]) -> None:
-        batch, counts, out_of_range = self._build_batch(messages)
-        for partition in out_of_range:
-            self._handle_out_of_range(partition)
+    def _process(self, messages: list) -> None:
+        built = self.builder.build(messages, self._cursors, datetime.now(UTC))
+        self._unsettled_logs.update(built.out_of_range)
+        for error in built.errors:
+            self._log_rate_limited(error.code(), "Kafka error: %s", error)
+        batch = built.batch
         if not batch.progress:
             return
-        for partition, (_, after) in batch.progress.items():
-            self._positions[partition] = after  # the next batch continues from here
         batch.encode()  # here, while the writer thread still waits on PostgreSQL (see Batch)
         if not self._settle():
             return  # the previous batch failed: this one followed it and is abandoned too
         pending = copy.copy(self._projected)  # complete now that the previous write is done
+        counts = built.counts
 
         def snapshot(result: WriteResult) -> list[MetricRow]:
             pending.record_batch(
                 messages_consumed=batch.message_count,
                 records_written=result.records,
                 duplicates_dropped=result.duplicates,
-                dead_letters=len(batch.dead_letters),
-                alerts_triggered=len(batch.anomalies),
+                dead_letters=len(batch.dead_letters) + result.refused,
+                alerts_triggered=result.metrics,
                 **counts,
             )
             if pending.should_flush(self.config.stats_every):
@@ -297,6 +394,7 @@ class HeartbeatConsumer:
 
         On failure every assigned partition is rewound to its stored progress (after the
         database is back), unless `recover` is off because the partitions are going away.
+        Errors no wait can fix (missing schema or rights) end the consumer.
         """
         if self._inflight is None:
             return True
@@ -304,102 +402,42 @@ class HeartbeatConsumer:
         self._inflight = None
         try:
             result = future.result()
-        except psycopg.OperationalError as exc:
-            log.error("database unavailable, batch of %d rolled back: %s",
-                      batch.message_count, str(exc).strip())
-            self._projected = self.stats
-            if recover:
-                self._rewind_and_wait_for_database()
-            return False
         except StaleProgress as exc:
             log.warning("%s; re-reading from the stored progress", exc)
             self._projected = self.stats
             if recover:
-                self._rewind(list(self._positions))
+                self._rewind(list(self._cursors))
+            return False
+        except psycopg.Error as exc:
+            self._projected = self.stats
+            if db_errors.classify(exc) is not db_errors.Failure.OUTAGE:
+                log.error("batch of %d cannot be written and no retry can fix it: %s",
+                          batch.message_count, db_errors.describe(exc))
+                raise
+            log.error("database unavailable, batch of %d rolled back: %s",
+                      batch.message_count, db_errors.describe(exc))
+            if recover:
+                self._rewind_and_wait_for_database()
             return False
         self.stats = pending
         self._last_commit_at = time.monotonic()
         for partition, (_, after) in batch.progress.items():
-            self._uncommitted[partition] = after.next_offset
+            self.commits.stored(partition, after.next_offset)
         self._commit_kafka_offsets()
         if self._on_batch:
             self._on_batch(result, self.stats)
         return True
 
-    def _build_batch(self, messages: list[Message]) -> tuple[Batch, dict[str, int], set[int]]:
-        batch = Batch()
-        records, anomalies, dead, metrics = (
-            batch.records, batch.anomalies, batch.dead_letters, batch.metrics,
-        )
-        counts = dict.fromkeys(_ANOMALY_STAT.values(), 0)
-        out_of_range: set[int] = set()
-        nxt = self._next
-        positions = self._positions
-        started_at = dict(nxt)
-        epochs = {p: progress.log_epoch if progress else 0 for p, progress in positions.items()}
-        trigger = self.alerts.trigger_alert
-        classify = classify_heart_rate
-        window = self.config.retention.admissible(datetime.now(UTC))
-        oldest, newest = window.oldest, window.newest
-        for message in messages:
-            error = message.error()
-            partition = message.partition()
-            if error is not None:
-                if error.code() == KafkaError._AUTO_OFFSET_RESET and partition in positions:
-                    out_of_range.add(partition)
-                elif error.code() != KafkaError._PARTITION_EOF:
-                    self._log_rate_limited(error.code(), "Kafka error: %s", error)
-                continue
-            offset = message.offset()
-            expected = nxt.get(partition)
-            if expected is None or offset < expected:
-                continue  # revoked meanwhile, or already written (after a rewind)
-            epoch = epochs[partition]
-            raw = message.value()
-            try:
-                reading = validate_message(raw)
-            except InvalidMessage as exc:
-                dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
-            else:
-                customer, bpm, when = reading
-                if not oldest <= when <= newest:  # could not be kept, or claims the future
-                    dead.append((epoch, partition, offset, message.key(), raw,
-                                 window.reason(when)))
-                elif (klass := classify(bpm)) is _NORMAL:
-                    records.append((customer, when, bpm, epoch, partition, offset))
-                else:
-                    anomalies.append(
-                        (customer, when, bpm, klass.value, raw.decode(), epoch, partition, offset)
-                    )
-                    counts[_ANOMALY_STAT[klass]] += 1
-                    metrics.append(trigger(reading, klass, partition, offset, epoch))
-            nxt[partition] = offset + 1
-        for partition, next_offset in nxt.items():
-            if next_offset != started_at.get(partition):
-                batch.progress[partition] = (
-                    positions[partition], PartitionProgress(epochs[partition], next_offset)
-                )
-        return batch, counts, out_of_range
-
     def _commit_kafka_offsets(self, force: bool = False) -> None:
-        """Tell Kafka too, so lag tools see progress; the database stays the truth.
-
-        At most once a second (and when partitions go away): an offset commit per batch
-        cut fetch throughput by two thirds on the embedded broker, and lag tools do not
-        need more.
-        """
-        now = time.monotonic()
-        if not self._uncommitted or (not force and now - self._kafka_committed_at < 1.0):
+        """Tell Kafka what PostgreSQL holds, for lag tools (see `offset_commits`)."""
+        due = self.commits.due(time.monotonic(), force)
+        if not due:
             return
-        offsets = [
-            TopicPartition(self.config.topic, p, offset) for p, offset in self._uncommitted.items()
-        ]
-        self._uncommitted.clear()
-        self._kafka_committed_at = now
+        offsets = [TopicPartition(self.config.topic, p, offset) for p, offset in due.items()]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=not force)
         except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
-            self._log_rate_limited(-1, "could not commit offsets to Kafka: %s", exc)
+            self._log_rate_limited("commit", "could not commit offsets to Kafka: %s", exc)
 
     def _ensure_partitions(self) -> None:
         """The day partitions of the admissible window exist (at start, then hourly).
@@ -428,17 +466,18 @@ class HeartbeatConsumer:
         if stored is None:
             return
         for p in partitions:
-            if p not in self._positions:
+            cursor = self._cursors.get(p)
+            if cursor is None:
                 continue
             progress = stored.get(p)
-            self._positions[p] = progress
-            self._next[p] = progress.next_offset if progress else 0
+            cursor.stored = progress
+            cursor.next_offset = progress.next_offset if progress else 0
             self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
 
     def _rewind_and_wait_for_database(self) -> None:
         self._consumer.pause(self._consumer.assignment())
         self._with_database(self.writer.ping, "reconnect")
-        self._rewind(list(self._positions))
+        self._rewind(list(self._cursors))
         self._consumer.resume(self._consumer.assignment())
         self._last_activity = time.monotonic()  # the outage is not idleness
         log.info("database is back: resuming from the stored progress")
@@ -450,10 +489,12 @@ class HeartbeatConsumer:
             try:
                 return action()
             except psycopg.OperationalError as exc:
-                if self._stop.is_set():
-                    return None
+                if db_errors.classify(exc) is db_errors.Failure.FATAL or self._stop.is_set():
+                    if self._stop.is_set():
+                        return None
+                    raise
                 log.error("database unavailable (%s), retrying in %.1fs: %s", what, delay,
-                          str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                          db_errors.describe(exc))
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline and not self._stop.is_set():
                     if self._consumer is not None:
@@ -466,107 +507,137 @@ class HeartbeatConsumer:
         tp = TopicPartition(self.config.topic, partition, offset)
         try:
             self._consumer.seek(tp)
-        except Exception:  # noqa: BLE001 - not fetched yet: assign-level offset applies
-            self._consumer.assign(
-                [TopicPartition(self.config.topic, p, self._next[p] or OFFSET_BEGINNING)
-                 for p in self._positions]
-            )
+        except KafkaException:  # not fetching yet: the assignment's offset applies instead
+            if self._incremental:
+                self._consumer.incremental_unassign([TopicPartition(self.config.topic, partition)])
+                self._consumer.incremental_assign([tp])
+            else:
+                self._consumer.assign([
+                    TopicPartition(self.config.topic, p, c.next_offset if c.stored
+                                   else OFFSET_BEGINNING)
+                    for p, c in self._cursors.items()
+                ])
 
-    # -- log reset / truncation -------------------------------------------------------------
+    # -- the broker's log -----------------------------------------------------------------
     def _cached_watermarks(self, partition: int) -> tuple[int, int]:
         try:
             return self._consumer.get_watermark_offsets(
                 TopicPartition(self.config.topic, partition), cached=True
             )
-        except Exception:  # noqa: BLE001
+        except KafkaException:
             return (_UNKNOWN_WATERMARK, _UNKNOWN_WATERMARK)
 
-    def _check_for_log_reset(self) -> None:
-        """Catch a log that ends before our stored offset, which some brokers never report.
+    def _check_logs(self) -> None:
+        """Act on what the client says about each partition's log (`log_decisions`).
 
-        Uses the watermarks of the latest fetch response (cached), and only once one arrived
-        after the assignment: a broker query can lag behind (the embedded broker's does).
+        The fetch watermark counts only once a fetch response arrived after the assignment:
+        a broker query can lag behind (the embedded broker's does). A check the broker did
+        not answer in time is tried again on the next round; the partition waits meanwhile.
         """
-        for partition, progress in list(self._positions.items()):
-            if progress is None:
-                continue
-            low, high = self._cached_watermarks(partition)
+        for partition, cursor in list(self._cursors.items()):
+            high = self._cached_watermarks(partition)[1]
             fresh = high >= 0 and high != self._watermark_at_assign.get(partition)
-            if fresh and high < progress.next_offset:
-                self._handle_out_of_range(partition, (low, high))
-
-    def _handle_out_of_range(self, partition: int, watermarks: tuple[int, int] | None = None):
-        if not self._settle():
-            return
-        progress = self._positions.get(partition)
-        if progress is None:
-            return
-        if watermarks is None:
-            watermarks = self._consumer.get_watermark_offsets(
-                TopicPartition(self.config.topic, partition), timeout=10
+            seen = Observation(
+                next_offset=cursor.stored.next_offset if cursor.stored else None,
+                stored_topic_id=self.writer.topic_id,
+                topic_id=self.writer.topic_id,
+                out_of_range=partition in self._unsettled_logs,
+                fetched_end=high if fresh else None,
             )
-        low, high = watermarks
-        low = max(low, 0)
-        if progress.next_offset < low:
+            action = decide(seen)
+            if isinstance(action, Continue):
+                continue
+            if not self._settle():
+                return
+            cursor = self._cursors.get(partition)
+            if cursor is None:
+                continue
+            try:
+                listed = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.config.topic, partition), timeout=_LIST_OFFSETS_TIMEOUT_S
+                )
+            except KafkaException as exc:
+                self._unsettled_logs.add(partition)
+                self._log_rate_limited(("list", partition),
+                                       "partition %d: log start/end not known yet (%s); retrying",
+                                       partition, exc)
+                continue
+            now_id = topic_id(self.config.bootstrap_servers, self.config.topic)
+            seen = Observation(
+                cursor.stored.next_offset if cursor.stored else None, self.writer.topic_id,
+                now_id, seen.out_of_range, seen.fetched_end, listed,
+            )
+            action = decide(seen)
+            if isinstance(action, AskBroker | Continue):  # cannot happen with `listed`
+                continue
+            self._unsettled_logs.discard(partition)
+            if isinstance(action, Resume):
+                self._resume(partition, cursor, action)
+            else:
+                if now_id is not None:
+                    self.writer.topic_id = now_id
+                self._with_database(
+                    lambda a=action, c=cursor, p=partition, i=now_id: self._new_log(p, c, a, i),
+                    "new log",
+                )
+                self._seek(partition, cursor.next_offset if cursor.stored else OFFSET_BEGINNING)
+            self._watermark_at_assign[partition] = high
+
+    def _resume(self, partition: int, cursor: Cursor, action: Resume) -> None:
+        if action.lost:
             log.error(
                 "partition %d: messages at offsets %d..%d were deleted by the broker before "
                 "they were consumed (retention); %d readings are lost at the source. "
                 "Resuming at offset %d.",
-                partition, progress.next_offset, low - 1, low - progress.next_offset, low,
+                partition, action.offset - action.lost, action.offset - 1, action.lost,
+                action.offset,
             )
-            new = self._move_progress(
-                partition, progress, PartitionProgress(progress.log_epoch, low)
-            )
-        else:
-            new = self._start_new_epoch(
-                partition, progress, low,
-                f"the broker's log ends at offset {high} but {progress.next_offset} were "
-                "already stored",
-            )
-        if new is None:
-            return
-        self._positions[partition] = new
-        self._next[partition] = new.next_offset
-        self._watermark_at_assign[partition] = high
-        self._seek(partition, new.next_offset)
+            new = PartitionProgress(cursor.epoch_at(action.offset)[0], action.offset)
+            if self._with_database(
+                lambda: self._move_progress(partition, cursor, new), "move progress"
+            ) is False:
+                self._seek(partition, cursor.next_offset if cursor.stored else OFFSET_BEGINNING)
+                return
+        cursor.next_offset = action.offset
+        self._seek(partition, action.offset)
 
-    def _start_new_epoch(
-        self, partition: int, progress: PartitionProgress, start: int, why: str
-    ) -> PartitionProgress | None:
-        """Store that `partition` goes on with a new log epoch from offset `start`; returns
-        what `_move_progress` returns."""
-        epoch = self._with_database(lambda: self.writer.next_epoch(partition), "new epoch")
-        if epoch is None:
-            return None
-        new = PartitionProgress(epoch, start)
+    def _new_log(
+        self, partition: int, cursor: Cursor, action: NewLog, current_id: str | None
+    ) -> None:
+        """Register the new log and move the cursor and the stored progress into it (or to
+        what another consumer of the group stored first). The caller seeks."""
+        registered = self.writer.register_log(partition, current_id, action.start_offset,
+                                              action.reason)
+        known = self.writer.logs([partition]).get(partition, [registered])
+        cursor.logs = current_logs(known, current_id) or [registered]
+        start = action.read_from
         log.warning(
-            "partition %d: %s: the log was reset (the broker lost its data, or the topic was "
-            "created again). Starting log epoch %d from offset %d; rows of the old log keep "
-            "epoch %d.",
-            partition, why, epoch, start, progress.log_epoch,
+            "partition %d: %s. Reading it as log epoch %d from offset %d; rows of the "
+            "previous log keep their epoch.",
+            partition, action.reason, registered.log_epoch, start,
         )
-        return self._move_progress(partition, progress, new)
+        new = PartitionProgress(registered.log_epoch, start)
+        if cursor.stored is None or self._move_progress(partition, cursor, new):
+            cursor.next_offset = start
 
-    def _move_progress(
-        self, partition: int, progress: PartitionProgress, new: PartitionProgress
-    ) -> PartitionProgress | None:
-        """Store `new` as the partition's progress and return it; the stored progress instead
-        when another consumer of the group moved it first; None when stopping while the
-        database is down."""
+    def _move_progress(self, partition: int, cursor: Cursor, new: PartitionProgress) -> bool:
+        """Store `new` as the partition's progress; False (and the cursor at the stored
+        progress) when another consumer of the group moved it first. The caller seeks."""
         try:
-            self._with_database(
-                lambda: self.writer.move_progress(partition, progress, new), "move progress"
-            )
+            self.writer.move_progress(partition, cursor.stored, new)
         except StaleProgress:
-            stored = self._with_database(lambda: self.writer.load_progress([partition]), "reload")
-            return None if stored is None else stored.get(partition)
-        return new
+            stored = self.writer.load_progress([partition]).get(partition)
+            cursor.stored = stored
+            cursor.next_offset = stored.next_offset if stored else 0
+            return False
+        cursor.stored = new
+        return True
 
     # -- logging --------------------------------------------------------------------------
     def _on_kafka_error(self, error: KafkaError) -> None:
         self._log_rate_limited(error.code(), "Kafka: %s (retrying)", error.str())
 
-    def _log_rate_limited(self, key: int, message: str, *args) -> None:
+    def _log_rate_limited(self, key: object, message: str, *args) -> None:
         now = time.monotonic()
         if now - self._error_logged_at.get(key, 0.0) >= 10.0:
             self._error_logged_at[key] = now

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
-from heartbeat_platform.storage.writer import BatchWriter
+from heartbeat_platform.storage.progress import load_progress
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,7 @@ def consumer_lag(
     bootstrap_servers: str, database_url: str, topic: str, group_id: str
 ) -> list[PartitionLag]:
     ends = log_end_offsets(bootstrap_servers, topic)
-    writer = BatchWriter(database_url, group_id, topic)
-    try:
-        stored = writer.load_progress(ends)
-    finally:
-        writer.close()
+    stored = load_progress(database_url, group_id, topic, ends)
     return [
         PartitionLag(p, end, stored[p].next_offset if p in stored else 0)
         for p, end in sorted(ends.items())

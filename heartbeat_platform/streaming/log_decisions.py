@@ -1,0 +1,95 @@
+"""Is the stored offset still right for the broker's log? A pure decision, no client in it.
+
+What a consumer sees is ambiguous on Apache Kafka, and the wrong reading loses or doubles
+data (DESIGN.md, "Apache Kafka semantics"):
+- a fetch response right after a leader change can carry a high watermark below the
+  previous one: the log did not shrink, nothing is to be done;
+- an unclean leader election truncates a log under the same topic id: offsets below the
+  new end are the messages already read, the ones from the end on are new;
+- retention deletes messages nobody read: the log start passed the stored offset;
+- a topic deleted and created again (or a memory-only broker restarted) has a new topic id
+  and offsets that mean other messages from 0 on.
+So a reset or a truncation is declared only on evidence a leader change cannot produce:
+a changed topic id, or a log end below the stored offset as answered by a ListOffsets
+request (which KIP-207 makes monotonic). A fetch watermark alone only asks for that check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the client and the broker say about one assigned partition."""
+
+    next_offset: int | None  # stored progress; None: never consumed (started at the log start)
+    stored_topic_id: str | None  # the topic id stored with the progress (None: unknown)
+    topic_id: str | None  # the topic's id now (None: the broker gives none, or did not say)
+    out_of_range: bool = False  # the client reported OFFSET_OUT_OF_RANGE
+    fetched_end: int | None = None  # high watermark of a fetch response since assignment
+    listed: tuple[int, int] | None = None  # (log start, log end) from a ListOffsets request
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Nothing wrong: keep reading where we are."""
+
+
+@dataclass(frozen=True)
+class AskBroker:
+    """Ambiguous: ask the broker for the log's start and end (ListOffsets), then decide again."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Same log: read on from `offset` (retention deleted `lost` unread messages before it)."""
+
+    offset: int
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class NewLog:
+    """Another log: a new epoch owns the offsets from `start_offset` on (0 for a whole new
+    log, the new end for a truncated one); reading goes on at `read_from`."""
+
+    start_offset: int
+    read_from: int
+    reason: str
+
+
+Action = Continue | AskBroker | Resume | NewLog
+
+
+def decide(seen: Observation) -> Action:
+    """The action for one partition; see the module docstring for why each rule holds."""
+    stored, known_before, known_now = seen.next_offset, seen.stored_topic_id, seen.topic_id
+    if stored is not None and known_before and known_now and known_before != known_now:
+        return NewLog(
+            0, 0, f"the topic's id is now {known_now}, progress was stored under {known_before}"
+        )
+    suspicious = seen.out_of_range or (
+        stored is not None and seen.fetched_end is not None and seen.fetched_end < stored
+    )
+    if not suspicious:
+        return Continue()
+    if seen.listed is None:
+        return AskBroker()
+    start, end = max(seen.listed[0], 0), seen.listed[1]
+    if stored is None or stored < start:
+        return Resume(start, lost=0 if stored is None else start - stored)
+    if stored <= end:
+        return Resume(stored)  # a stale watermark (leader change) or a passing error
+    if known_before and known_now:  # the same id: the log was truncated
+        return NewLog(
+            end, end,
+            f"the log was truncated: it ends at offset {end} but {stored} were already "
+            "stored (an unclean leader election); offsets below the end are the same messages",
+        )
+    return NewLog(
+        0, start,
+        f"the broker's log ends at offset {end} but {stored} were already stored, and no "
+        "topic id tells a truncated log from a new one: reading the new log from its start "
+        "(repeated readings are recognised; a repeated dead letter may be stored again)",
+    )

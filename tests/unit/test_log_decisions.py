@@ -1,0 +1,83 @@
+"""The log-reset / truncation / retention decision against scripted broker events.
+
+Tansu never shows leader changes, truncation or retention; Apache Kafka does. Each row is
+what the client and the broker report, and the action that must follow.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from heartbeat_platform.streaming.log_decisions import (
+    AskBroker,
+    Continue,
+    NewLog,
+    Observation,
+    Resume,
+    decide,
+)
+
+ID = "topic-id-A"
+
+
+def seen(**fields) -> Observation:
+    base = {"next_offset": 500, "stored_topic_id": ID, "topic_id": ID}
+    base.update(fields)
+    return Observation(**base)
+
+
+CASES = [
+    # (what happened, observation, action)
+    ("steady state: the fetch watermark is past the stored offset",
+     seen(fetched_end=900), Continue()),
+    ("no fetch response yet", seen(), Continue()),
+    ("leader change: a fetch watermark below the stored offset only asks the broker",
+     seen(fetched_end=450), AskBroker()),
+    ("leader change, confirmed: ListOffsets (monotonic, KIP-207) says the log is longer",
+     seen(fetched_end=450, listed=(0, 900)), Resume(500)),
+    ("a passing out-of-range error on a log that still holds the offset",
+     seen(out_of_range=True, listed=(0, 900)), Resume(500)),
+    ("out of range, broker not asked yet", seen(out_of_range=True), AskBroker()),
+    ("retention deleted unread messages: resume at the log start, count the loss",
+     seen(out_of_range=True, listed=(700, 900)), Resume(700, lost=200)),
+    ("unclean leader election truncated the log under the same topic id",
+     seen(out_of_range=True, listed=(0, 300)), NewLog(300, 300, "truncated")),
+    ("truncation seen through the fetch watermark, confirmed by the broker",
+     seen(fetched_end=300, listed=(0, 300)), NewLog(300, 300, "truncated")),
+    ("topic created again (new id), new log already longer than the stored offset",
+     seen(topic_id="topic-id-B", fetched_end=5_000), NewLog(0, 0, "id")),
+    ("topic created again (new id), new log shorter",
+     seen(topic_id="topic-id-B", out_of_range=True), NewLog(0, 0, "id")),
+    ("broker without topic ids, log end below the stored offset: read the new log whole",
+     seen(stored_topic_id=None, topic_id=None, out_of_range=True, listed=(0, 300)),
+     NewLog(0, 0, "no topic id")),
+    ("progress stored without an id, broker gives one: cannot call it a truncation",
+     seen(stored_topic_id=None, out_of_range=True, listed=(40, 300)),
+     NewLog(0, 40, "no topic id")),
+    ("never consumed, out of range before the first batch: start at the log start",
+     seen(next_offset=None, stored_topic_id=None, out_of_range=True, listed=(1_000, 2_000)),
+     Resume(1_000)),
+    ("never consumed, out of range, broker not asked yet",
+     seen(next_offset=None, out_of_range=True), AskBroker()),
+    ("never consumed, another topic id: nothing stored to move",
+     seen(next_offset=None, topic_id="topic-id-B"), Continue()),
+]
+
+
+@pytest.mark.parametrize(("what", "observation", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_broker_event_gives_the_right_action(what, observation, expected) -> None:
+    action = decide(observation)
+    assert type(action) is type(expected), what
+    if isinstance(expected, NewLog):
+        assert (action.start_offset, action.read_from) == (
+            expected.start_offset, expected.read_from
+        )
+    else:
+        assert action == expected
+
+
+def test_a_new_log_says_why() -> None:
+    truncated = decide(seen(out_of_range=True, listed=(0, 300)))
+    assert "truncated" in truncated.reason and "300" in truncated.reason
+    recreated = decide(seen(topic_id="topic-id-B"))
+    assert "topic-id-B" in recreated.reason and ID in recreated.reason

@@ -35,8 +35,11 @@ class TopicInfo:
 
 
 def admin_client(bootstrap_servers: str, overrides: dict | None = None) -> AdminClient:
+    """An admin client whose librdkafka log goes to Python logging (quiet by default): a
+    broker it cannot reach gives one clear error, not a line per reconnect on stderr."""
     return AdminClient(
-        {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 5000, **(overrides or {})}
+        {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 5000, **(overrides or {})},
+        logger=log,
     )
 
 

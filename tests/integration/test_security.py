@@ -187,7 +187,7 @@ def pipeline_url(settings_factory, database_url) -> str:
     return url._replace(netloc=f"{role}:{password}@{url.hostname}:{url.port}").geturl()
 
 
-def test_the_pipeline_role_consumes_and_maintains_without_creating_tables(
+def test_the_pipeline_role_runs_the_pipeline_without_creating_tables(
     pipeline_url, database_url, services, topic_name, tmp_path
 ) -> None:
     env = {
@@ -207,6 +207,9 @@ def test_the_pipeline_role_consumes_and_maintains_without_creating_tables(
     assert json.loads(consumed.stdout)["messages"] == 300
     maintained = _cli("maintain", "--json", env=env, cwd=tmp_path)
     assert maintained.returncode == 0, maintained.stderr
+    status = _cli("status", "--json", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["database"]["row_counts"]
 
     with psycopg.connect(database_url) as conn:  # as the setup role: what landed
         assert conn.execute(

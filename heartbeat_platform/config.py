@@ -2,6 +2,9 @@
 
 Every knob has a default that works on a laptop: with no `DATABASE_URL` and no
 `KAFKA_BOOTSTRAP_SERVERS` the platform starts embedded services under `HEARTBEAT_STATE_DIR`.
+A real Kafka's TLS/SASL settings come from `KAFKA_CLIENT_PROPERTIES` and a few KAFKA_*
+variables, checked when the settings load and handed to every Kafka client through
+`Settings.kafka_client_config`.
 """
 
 from __future__ import annotations

@@ -197,3 +197,22 @@ def test_no_settings_no_overrides() -> None:
 def test_security_without_a_cluster_is_a_configuration_error() -> None:
     with pytest.raises(ValidationError, match="KAFKA_BOOTSTRAP_SERVERS"):
         load_settings(_env_file=None, kafka_security_protocol="SSL")
+
+
+def test_dagster_processes_get_the_same_client_settings(tmp_path: Path, monkeypatch) -> None:
+    """`up` hands its settings to Dagster's processes as variables: the password too."""
+    from heartbeat_platform.orchestration.resources import settings_environment
+
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "security.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n")
+    settings = load_settings(
+        _env_file=None, kafka_bootstrap_servers="kafka:9093", kafka_client_properties=path.name,
+        kafka_sasl_username="app", kafka_sasl_password="s3cret",
+    )
+    environment = settings_environment(settings)
+    assert environment["KAFKA_CLIENT_PROPERTIES"] == str(path)  # absolute: any working dir
+    assert environment["KAFKA_SASL_PASSWORD"] == "s3cret"  # not pydantic's "**********"
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir("/")
+    assert load_settings(_env_file=None).kafka_client_config == settings.kafka_client_config

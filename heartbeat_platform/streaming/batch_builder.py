@@ -50,11 +50,13 @@ class ConsumedMessage(Protocol):
 @dataclass(slots=True)
 class Cursor:
     """One assigned partition: the progress this consumer expects in the table (None: never
-    stored), the next offset to read, and the logs whose epochs its offsets belong to."""
+    stored), the next offset to read, the logs whose epochs its offsets belong to, and the
+    topic id those are known under (None: not known, e.g. progress from a broker without)."""
 
     stored: PartitionProgress | None
     next_offset: int
     logs: list[KafkaLog]
+    topic_id: str | None = None
 
     def epoch_at(self, offset: int) -> tuple[int, int | None]:
         return epoch_at(self.logs, offset)

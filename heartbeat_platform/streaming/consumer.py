@@ -279,7 +279,7 @@ class HeartbeatConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_for_rebalance()
         ids = [tp.partition for tp in partitions]
-        current_id = topic_id(self.config.bootstrap_servers, self.config.topic)
+        current_id = self._topic_id()
         self.writer.topic_id = current_id
         cursors = self._with_database(lambda: self._open_cursors(ids, current_id), "load progress")
         if cursors is None:  # stopping while the database was down
@@ -343,17 +343,28 @@ class HeartbeatConsumer:
         cursors = {}
         for partition in partitions:
             found = stored.get(partition)
-            logs = current_logs(known.get(partition, []), current_id)
-            if not logs:
-                logs = [self.writer.register_log(
+            every = known.get(partition, [])
+            if found is None:
+                known_id, logs = current_id, current_logs(every, current_id)
+            else:  # the id the stored progress is known under: its own, or its log's
+                its_log = [log for log in every if log.log_epoch == found.progress.log_epoch]
+                known_id = found.topic_id or next((log.topic_id for log in its_log), None)
+                if known_id is None:  # go on in that log until evidence says otherwise
+                    logs = current_logs([log for log in every if log.topic_id is None], None)
+                    logs = logs or its_log
+                else:
+                    logs = current_logs(every, current_id)
+            cursor = Cursor(found.progress if found else None,
+                            found.progress.next_offset if found else 0, logs, known_id)
+            action = Continue() if found is None else decide(
+                Observation(found.progress.next_offset, known_id, current_id)
+            )
+            if isinstance(action, NewLog):
+                self._new_log(partition, cursor, action, current_id)
+            elif not cursor.logs:
+                cursor.logs = [self.writer.register_log(
                     partition, current_id, 0, "first read of this topic partition's log"
                 )]
-            cursor = Cursor(found.progress if found else None,
-                            found.progress.next_offset if found else 0, logs)
-            if found is not None:
-                action = decide(Observation(found.progress.next_offset, found.topic_id, current_id))
-                if isinstance(action, NewLog):
-                    self._new_log(partition, cursor, action, current_id)
             cursors[partition] = cursor
         return cursors
 
@@ -519,6 +530,10 @@ class HeartbeatConsumer:
                 ])
 
     # -- the broker's log -----------------------------------------------------------------
+    def _topic_id(self) -> str | None:
+        c = self.config
+        return topic_id(c.bootstrap_servers, c.topic, c.kafka_overrides)
+
     def _cached_watermarks(self, partition: int) -> tuple[int, int]:
         try:
             return self._consumer.get_watermark_offsets(
@@ -539,8 +554,8 @@ class HeartbeatConsumer:
             fresh = high >= 0 and high != self._watermark_at_assign.get(partition)
             seen = Observation(
                 next_offset=cursor.stored.next_offset if cursor.stored else None,
-                stored_topic_id=self.writer.topic_id,
-                topic_id=self.writer.topic_id,
+                stored_topic_id=cursor.topic_id,
+                topic_id=cursor.topic_id,
                 out_of_range=partition in self._unsettled_logs,
                 fetched_end=high if fresh else None,
             )
@@ -562,9 +577,9 @@ class HeartbeatConsumer:
                                        "partition %d: log start/end not known yet (%s); retrying",
                                        partition, exc)
                 continue
-            now_id = topic_id(self.config.bootstrap_servers, self.config.topic)
+            now_id = self._topic_id()
             seen = Observation(
-                cursor.stored.next_offset if cursor.stored else None, self.writer.topic_id,
+                cursor.stored.next_offset if cursor.stored else None, cursor.topic_id,
                 now_id, seen.out_of_range, seen.fetched_end, listed,
             )
             action = decide(seen)
@@ -610,6 +625,7 @@ class HeartbeatConsumer:
                                               action.reason)
         known = self.writer.logs([partition]).get(partition, [registered])
         cursor.logs = current_logs(known, current_id) or [registered]
+        cursor.topic_id = current_id
         start = action.read_from
         log.warning(
             "partition %d: %s. Reading it as log epoch %d from offset %d; rows of the "

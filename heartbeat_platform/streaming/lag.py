@@ -8,13 +8,16 @@ both it and real Kafka.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from heartbeat_platform.storage.progress import load_progress
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,21 @@ class PartitionLag:
         return max(0, self.log_end_offset - self.next_offset)
 
 
-def log_end_offsets(bootstrap_servers: str, topic: str, timeout: float = 5.0) -> dict[int, int]:
-    """High watermark per partition, read from fetch responses of a throwaway consumer."""
+def log_end_offsets(
+    bootstrap_servers: str, topic: str, timeout: float = 5.0, kafka_overrides: dict | None = None
+) -> dict[int, int]:
+    """High watermark per partition, read from fetch responses of a throwaway consumer.
+
+    A partition that answers neither way in `timeout` is left out (and logged), not fatal:
+    the next probe asks again.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"heartbeat-lag-probe-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "latest",
+            **(kafka_overrides or {}),
         }
     )
     try:
@@ -53,18 +63,22 @@ def log_end_offsets(bootstrap_servers: str, topic: str, timeout: float = 5.0) ->
                     ends[p] = high
         for p in partitions:  # partitions that never answered: ask the broker
             if p not in ends:
-                ends[p] = consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=timeout
-                )[1]
+                try:
+                    ends[p] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=timeout
+                    )[1]
+                except KafkaException as exc:
+                    log.warning("log end of %s[%d] not known: %s", topic, p, exc)
         return ends
     finally:
         consumer.close()
 
 
 def consumer_lag(
-    bootstrap_servers: str, database_url: str, topic: str, group_id: str
+    bootstrap_servers: str, database_url: str, topic: str, group_id: str,
+    kafka_overrides: dict | None = None,
 ) -> list[PartitionLag]:
-    ends = log_end_offsets(bootstrap_servers, topic)
+    ends = log_end_offsets(bootstrap_servers, topic, kafka_overrides=kafka_overrides)
     stored = load_progress(database_url, group_id, topic, ends)
     return [
         PartitionLag(p, end, stored[p].next_offset if p in stored else 0)

@@ -186,6 +186,7 @@ def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
         assert len(ids) == 1 and ids[0][0], ids
         if not stored_topic_id:
             db.execute("UPDATE consumer_progress SET topic_id = NULL")
+            db.execute("UPDATE kafka_logs SET topic_id = NULL")
 
         broker.stop()
         broker.start()  # memory-only: the topic and its offsets are gone

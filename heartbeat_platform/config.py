@@ -10,6 +10,7 @@ variables, checked when the settings load and handed to every Kafka client throu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,13 @@ class Settings(BaseSettings):
     kafka_topic: str = "heartbeat-events"
     kafka_group_id: str = "heartbeat-consumer"
     kafka_partitions: int = Field(default=3, ge=1)
+    # How the consumer group assigns partitions: the classic protocol with this assignor
+    # (cooperative-sticky moves only the partitions that change owner; range is eager), or
+    # KIP-848's "consumer" protocol (Kafka 4.0+, the broker assigns incrementally).
+    kafka_group_protocol: Literal["classic", "consumer"] = "classic"
+    kafka_assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = (
+        "cooperative-sticky"
+    )
     kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
     heartbeat_state_dir: Path = Path(".heartbeat")
     # A real cluster's security: a Kafka client.properties file and/or the common keys as
@@ -51,6 +59,10 @@ class Settings(BaseSettings):
     heartbeat_fault_rate: float = Field(default=0.005, ge=0.0, le=1.0)
 
     heartbeat_consume_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    heartbeat_max_message_bytes: int = Field(
+        default=1_048_576, ge=1_024, le=64 * 1_048_576,
+        description="larger Kafka messages become dead letters keeping their first 1 KiB",
+    )
     heartbeat_stats_every: int = Field(default=100, ge=1)
 
     heartbeat_raw_retention_days: int = Field(

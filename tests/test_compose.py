@@ -299,7 +299,7 @@ def test_db_setup_sets_the_grafana_password_and_creates_dagsters_database(
         "PGDATABASE": target.path.lstrip("/"), "DAGSTER_POSTGRES_DB": dagster_db,
         "PATH": f"{_psql_dir()}{os.pathsep}{os.environ['PATH']}",
     }
-    env.pop("PGPASSWORD")  # the embedded server trusts local connections
+    env["PGPASSWORD"] = target.password  # the embedded server asks for its own secret
     try:
         for _ in range(2):
             done = subprocess.run(setup["command"], env=env, capture_output=True, text=True,

@@ -111,7 +111,7 @@ def apply_retention(
                 report.dropped.setdefault(table, []).append(day)
     for name in _detached_leftovers(conn, policy, now):
         with conn.transaction():  # a run that stopped between its DETACH and its DROP
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+            conn.execute("SELECT heartbeat_drop_detached_partition(%s)", (name,))
         log.info("dropped %s, left detached by an earlier retention run", name)
     if blocked:
         log.warning(
@@ -185,13 +185,11 @@ def _detached_leftovers(
 
 def _drop(conn: psycopg.Connection, table: str, day: date) -> None:
     """Detach, then drop, in two transactions: the parent's lock (which stalls the writer
-    for about one batch) is held for the detach only, not while the day's files go."""
-    name = sql.Identifier(f"{table}_p{day:%Y%m%d}")
+    for about one batch) is held for the detach only, not while the day's files go. Both
+    through the SECURITY DEFINER functions of sql/008, so the pipeline role can run it."""
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        conn.execute(
-            sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(sql.Identifier(table), name)
-        )
+        conn.execute("SELECT heartbeat_detach_partition(%s, %s)", (table, day))
     with conn.transaction():
-        conn.execute(sql.SQL("DROP TABLE {}").format(name))
+        conn.execute("SELECT heartbeat_drop_detached_partition(%s)", (f"{table}_p{day:%Y%m%d}",))
     log.info("dropped %s_p%s (older than the retention window)", table, f"{day:%Y%m%d}")

@@ -25,6 +25,7 @@ EXPECTED_TABLES = {
     "heartbeat_dead_letters",
     "pipeline_metrics",
     "consumer_progress",
+    "kafka_logs",
     "schema_migrations",
     "rollup_pending",
     "customer_minute_stats",
@@ -202,3 +203,40 @@ def test_replayed_rows_are_rejected_by_keys(database_url: str, db) -> None:
             "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
             "kafka_partition, kafka_offset) VALUES ('CUST_00002', now(), 300, 0, 9)"
         )
+
+
+def test_message_identities_migration_keeps_one_anomaly_per_reading(
+    database_url: str, db, tmp_path: Path
+) -> None:
+    """007 on rows the previous consumer wrote: repeats of a reading leave with their alert
+    rows, the logs read so far are registered, and new epochs start above every old one."""
+    before_007 = [m for m in load_migrations() if m.version < 7]
+    for migration in before_007:
+        (tmp_path / f"{migration.name}.sql").write_text(migration.sql)
+    migrate(database_url, tmp_path)
+    db.execute("SELECT heartbeat_ensure_partitions(current_date, current_date + 1)")
+    db.execute(
+        "INSERT INTO consumer_progress (consumer_group, topic, kafka_partition, log_epoch, "
+        "next_offset, topic_id) VALUES ('g', 'heartbeat-events', 0, 2, 20, 'abc')"
+    )
+    anomaly = ("INSERT INTO heartbeat_anomalies (customer_id, event_timestamp, heart_rate, "
+               "anomaly_type, raw_payload, log_epoch, kafka_partition, kafka_offset) "
+               "VALUES (%s, %s, 30, 'BRADYCARDIA', '{}', 2, 0, %s)")
+    alert = ("INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch, "
+             "kafka_partition, kafka_offset) VALUES ('alert_bradycardia', 1, %s, 2, 0, %s)")
+    when = datetime.now(UTC).replace(microsecond=0)
+    for customer, offset in (("CUST_00001", 5), ("CUST_00001", 9), ("CUST_00002", 11)):
+        db.execute(anomaly, (customer, when, offset))
+        db.execute(alert, (customer, offset))
+    db.execute("INSERT INTO heartbeat_dead_letters (log_epoch, kafka_partition, kafka_offset, "
+               "reason) VALUES (3, 0, 12, 'x')")
+
+    assert migrate(database_url) == [m.name for m in load_migrations() if m.version >= 7]
+    assert db.execute("SELECT kafka_offset FROM heartbeat_anomalies ORDER BY 1").fetchall() == [
+        (5,), (11,)]
+    assert db.execute("SELECT kafka_offset FROM pipeline_metrics "
+                      "WHERE metric_name LIKE 'alert%' ORDER BY 1").fetchall() == [(5,), (11,)]
+    assert db.execute(
+        "SELECT topic, kafka_partition, log_epoch, topic_id, start_offset FROM kafka_logs"
+    ).fetchall() == [("heartbeat-events", 0, 2, "abc", 0)]
+    assert db.execute("SELECT nextval('kafka_log_epochs')").fetchone()[0] == 4

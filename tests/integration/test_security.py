@@ -217,8 +217,15 @@ def test_the_pipeline_role_runs_the_pipeline_without_creating_tables(
     consumed = _cli("consume", "--stop-when-idle", "3", "--json", env=env, cwd=tmp_path)
     assert consumed.returncode == 0, consumed.stderr
     assert json.loads(consumed.stdout)["messages"] == 300
+    expired = (datetime.now(UTC) - timedelta(days=30)).date()  # past the 7-day retention
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (expired, expired))
     maintained = _cli("maintain", "--json", env=env, cwd=tmp_path)
     assert maintained.returncode == 0, maintained.stderr
+    with psycopg.connect(database_url) as conn:  # retention ran as the pipeline role
+        assert conn.execute(
+            "SELECT to_regclass(%s)", (f"heartbeat_records_p{expired:%Y%m%d}",)
+        ).fetchone() == (None,)
     status = _cli("status", "--json", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["database"]["row_counts"]

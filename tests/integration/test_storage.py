@@ -90,7 +90,7 @@ def insert_readings(conn: psycopg.Connection, records: Iterable[Record],
         cur.executemany(
             "INSERT INTO heartbeat_anomalies (customer_id, event_timestamp, heart_rate, "
             "anomaly_type, raw_payload, kafka_partition, kafka_offset) "
-            "VALUES (%s, %s, %s, %s, '{}', 1, %s)",
+            "VALUES (%s, %s, %s, %s, '{}', 1, %s) ON CONFLICT DO NOTHING",
             list(anomalies),
         )
 
@@ -98,7 +98,8 @@ def insert_readings(conn: psycopg.Connection, records: Iterable[Record],
 def classified(events: Iterable[tuple[str, datetime, int]], replays: Iterable[int] = ()
                ) -> tuple[list[Record], list[Anomaly]]:
     """Readings split as the consumer would: one record or anomaly per customer and time;
-    `replays` repeat some anomalies at another Kafka offset (same reading, stored twice)."""
+    `replays` repeat some anomalies at another Kafka offset (the same reading again, which
+    the table keeps once, as the writer does)."""
     records: dict[tuple[str, datetime], Record] = {}
     anomalies: dict[tuple[str, datetime], Anomaly] = {}
     for customer, when, bpm in events:

@@ -98,6 +98,7 @@ def run_bench(
         "events_per_s": round(report.delivered / report.seconds, 1),
         "delivered": report.delivered,
         "failed": report.failed,
+        "uncertain": report.uncertain,
         "seconds": round(report.seconds, 3),
     }
 

@@ -241,9 +241,10 @@ def produce(
         )
     console.print(
         f"sent {report.sent:,}  delivered {report.delivered:,}  failed {report.failed:,}  "
+        f"uncertain {report.uncertain:,}  "
         f"in {report.seconds:.1f}s ({report.rate:,.0f} events/s)"
     )
-    raise typer.Exit(1 if report.failed else 0)
+    raise typer.Exit(1 if report.undelivered else 0)
 
 
 @app.command()

@@ -27,6 +27,7 @@ class DemoSummary:
     produced: int
     delivered: int
     failed: int
+    uncertain: int
     by_class: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     alerts: int = 0
@@ -38,7 +39,7 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.unaccounted == 0
+        return self.failed == 0 and self.uncertain == 0 and self.unaccounted == 0
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -83,7 +84,7 @@ def _wait_until_stored(database_url: str, settings: Settings, report: ProducerRe
 
 def _account(database_url: str, settings: Settings, report: ProducerReport) -> DemoSummary:
     """Find every delivered message in exactly one landing table, by partition and offset."""
-    summary = DemoSummary(report.sent, report.delivered, report.failed)
+    summary = DemoSummary(report.sent, report.delivered, report.failed, report.uncertain)
     with connect(database_url, autocommit=True) as conn:
         progress = load_all_progress(database_url, settings.kafka_group_id, settings.kafka_topic)
         ranges = [

@@ -105,7 +105,8 @@ def produce_heartbeats(
         r: ProducerReport = producer.report
         metadata = {
             "producer_sent": r.sent, "producer_delivered": r.delivered,
-            "producer_failed": r.failed, "producer_rate_per_s": round(rate, 1),
+            "producer_failed": r.failed, "producer_uncertain": r.uncertain,
+            "producer_rate_per_s": round(rate, 1),
         }
         context.log.info("producer progress: " + ", ".join(f"{k}={v}" for k, v in metadata.items()))
         context.log_event(dg.AssetObservation(asset_key=TOPIC, metadata=metadata))
@@ -120,8 +121,11 @@ def produce_heartbeats(
     finally:
         producer.close()
         progress(producer.report.sent, force=True)
-    if result.failed:
-        raise dg.Failure(f"{result.failed} of {result.sent} events were not delivered")
+    if result.undelivered:
+        raise dg.Failure(
+            f"{result.undelivered} of {result.sent} events have no delivery confirmation: "
+            f"{result.failed} failed (not in the topic), {result.uncertain} uncertain (may be)"
+        )
 
 
 @dg.job(

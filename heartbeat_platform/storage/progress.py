@@ -135,6 +135,18 @@ class ProgressStore:
         return KafkaLog(epoch, topic_id, start_offset)
 
 
+    def current_or_first_log(
+        self, conn: psycopg.Connection, partition: int, topic_id: str | None
+    ) -> list[KafkaLog]:
+        """The partition's current logs, registering its first when there is none; once,
+        even when consumers of several groups meet a new log at the same moment."""
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s), %s)", (self.topic, partition))
+        logs = current_logs(self.logs(conn, [partition]).get(partition, []), topic_id)
+        return logs or [self.register_log(
+            conn, partition, topic_id, 0, "first read of this topic partition's log"
+        )]
+
+
 def current_logs(logs: list[KafkaLog], topic_id: str | None) -> list[KafkaLog]:
     """The logs whose offsets the topic's current log shares, oldest first.
 

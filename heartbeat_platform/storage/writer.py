@@ -241,6 +241,12 @@ class BatchWriter:
             lambda conn: self.progress.register_log(conn, partition, topic_id, start_offset, reason)
         )
 
+    def current_or_first_log(self, partition: int, topic_id: str | None):
+        """The partition's current logs, its first registered if none (`storage.progress`)."""
+        return self._in_transaction(
+            lambda conn: self.progress.current_or_first_log(conn, partition, topic_id)
+        )
+
     def move_progress(
         self, partition: int, expected: PartitionProgress | None, new: PartitionProgress
     ) -> None:

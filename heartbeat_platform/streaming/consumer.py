@@ -362,9 +362,7 @@ class HeartbeatConsumer:
             if isinstance(action, NewLog):
                 self._new_log(partition, cursor, action, current_id)
             elif not cursor.logs:
-                cursor.logs = [self.writer.register_log(
-                    partition, current_id, 0, "first read of this topic partition's log"
-                )]
+                cursor.logs = self.writer.current_or_first_log(partition, current_id)
             cursors[partition] = cursor
         return cursors
 

@@ -23,7 +23,7 @@ def produce(settings, events: int, seed: int = 7):
     prepared = platform.prepare(settings)
     with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
         report = producer.run(platform.generator(settings, seed), events=events)
-    assert report.delivered == events and report.failed == 0
+    assert report.delivered == events and report.undelivered == 0
     return report
 
 

@@ -204,10 +204,11 @@ def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:
             id="blank customer_id in records",
         ),
         pytest.param(
-            f"{ANOMALY} SELECT customer_id, event_timestamp, heart_rate, anomaly_type, "
-            "raw_payload, 2, kafka_offset FROM heartbeat_anomalies LIMIT 1",
+            "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
+            "kafka_partition, kafka_offset) SELECT customer_id, event_timestamp, 70, 2, "
+            "kafka_offset FROM heartbeat_anomalies LIMIT 1",
             "heartbeat_anomalies.no_duplicate_readings",
-            id="a reading stored twice",
+            id="a reading stored as a record and an anomaly",
         ),
         pytest.param(
             f"{ANOMALY} SELECT 'CUST_00001', now() - i * interval '1 ms', 200, 'TACHYCARDIA', "

@@ -311,8 +311,9 @@ def demo(
         console.print_json(json.dumps(summary.as_dict()))
     else:
         table = Table(title="heartbeat demo", show_header=False)
-        table.add_row("produced / delivered / failed",
-                      f"{summary.produced:,} / {summary.delivered:,} / {summary.failed:,}")
+        table.add_row("produced / delivered / failed / uncertain",
+                      f"{summary.produced:,} / {summary.delivered:,} / {summary.failed:,} / "
+                      f"{summary.uncertain:,}")
         for kind in ("NORMAL", "BRADYCARDIA", "TACHYCARDIA", "INVALID"):
             table.add_row(f"  {kind}", f"{summary.by_class.get(kind, 0):,}")
         table.add_row("dead letters", f"{summary.dead_letters:,}")

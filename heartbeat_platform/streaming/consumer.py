@@ -155,7 +155,7 @@ class ConsumerReport:
     partitions_seen: set[int]
     seconds: float
     busy_seconds: float  # first message received -> last batch committed
-    rebalances: int = 0
+    rebalance_callbacks: int = 0  # partitions assigned, revoked or lost
     settled_in_rebalance: int = 0  # batches in flight when partitions moved, committed first
 
     @property
@@ -173,7 +173,7 @@ class ConsumerReport:
             "dead_letters": stats.dead_letters,
             "duplicates_dropped": stats.duplicates_dropped,
             "batches": stats.batches,
-            "rebalances": self.rebalances,
+            "rebalance_callbacks": self.rebalance_callbacks,
             "settled_in_rebalance": self.settled_in_rebalance,
             "seconds": round(self.seconds, 3),
             "busy_seconds": round(self.busy_seconds, 3),
@@ -214,7 +214,7 @@ class HeartbeatConsumer:
         self._first_message_at: float | None = None
         self._last_commit_at: float | None = None
         self._partitions_checked_at: float | None = None
-        self._rebalances = 0
+        self._rebalance_callbacks = 0
         self._settled_in_rebalance = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -272,7 +272,7 @@ class HeartbeatConsumer:
         )
         return ConsumerReport(
             self.stats, set(self._partitions_seen), time.monotonic() - started, busy,
-            self._rebalances, self._settled_in_rebalance,
+            self._rebalance_callbacks, self._settled_in_rebalance,
         )
 
     # -- rebalance ------------------------------------------------------------------------
@@ -312,7 +312,7 @@ class HeartbeatConsumer:
         log.warning("lost partitions %s (session expired)", [tp.partition for tp in partitions])
 
     def _settle_for_rebalance(self) -> None:
-        self._rebalances += 1
+        self._rebalance_callbacks += 1
         if self._inflight is not None:
             self._settled_in_rebalance += 1
         self._settle(recover=False)

@@ -19,7 +19,7 @@ from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.migrations import check_schema, migrate
 from heartbeat_platform.storage.partitions import ensure_partitions
-from heartbeat_platform.streaming.consumer import ConsumerConfig
+from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.producer import ProducerConfig
 from heartbeat_platform.streaming.topics import ensure_topic, require_topic
 

@@ -22,7 +22,7 @@ from heartbeat_platform import platform
 from heartbeat_platform.config import Settings, load_settings
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.storage.database import connect
-from heartbeat_platform.streaming.consumer import ConsumerConfig
+from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.lag import PartitionLag, consumer_lag
 from heartbeat_platform.streaming.producer import ProducerConfig
 

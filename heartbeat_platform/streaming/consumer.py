@@ -32,37 +32,36 @@ Guarantees (what survives what):
 
 from __future__ import annotations
 
-import copy
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from heartbeat_platform.domain.alerts import AlertManager, MetricRow, PipelineStats
-from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
 from heartbeat_platform.storage import db_errors
 from heartbeat_platform.storage.progress import (
     PartitionProgress,
     StaleProgress,
     current_logs,
 )
-from heartbeat_platform.storage.writer import Batch, BatchWriter, WriteResult
-from heartbeat_platform.streaming.batch_builder import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    BatchBuilder,
-    Cursor,
+from heartbeat_platform.storage.writer import BatchWriter, WriteResult
+from heartbeat_platform.streaming.batch_builder import BatchBuilder, Cursor
+from heartbeat_platform.streaming.consumer_config import (
+    ConsumerConfig,
+    assigns_incrementally,
+    client_settings,
 )
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
+from heartbeat_platform.streaming.inflight import InflightWrite
 from heartbeat_platform.streaming.log_decisions import (
     AskBroker,
     Continue,
+    LogWatch,
     NewLog,
     Observation,
     Resume,
@@ -76,77 +75,6 @@ log = logging.getLogger(__name__)
 _UNKNOWN_WATERMARK = -1001
 _PARTITION_CHECK_EVERY_S = 3600.0
 _LIST_OFFSETS_TIMEOUT_S = 5.0
-GROUP_PROTOCOLS = ("classic", "consumer")
-
-
-@dataclass
-class ConsumerConfig:
-    bootstrap_servers: str
-    database_url: str
-    topic: str
-    group_id: str
-    batch_size: int = 20_000
-    max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
-    stats_every: int = 100
-    session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
-    # "classic" (JoinGroup/SyncGroup, with `assignment_strategy`) or "consumer" (KIP-848:
-    # the broker assigns, incrementally; Kafka 4.0+).
-    group_protocol: str = "classic"
-    assignment_strategy: str = "cooperative-sticky"  # classic protocol only
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # larger messages are dead letters
-    # Memory the client may hold: fetched per request, and prefetched per partition queue.
-    # Bounded in compressed bytes; a batch is at most `batch_size` messages once decoded.
-    fetch_max_bytes: int = 16 * 1024 * 1024
-    queued_max_kbytes: int = 32 * 1024
-    kafka_overrides: dict = field(default_factory=dict)
-    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
-    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
-
-
-def client_settings(c: ConsumerConfig, error_cb: Callable | None = None) -> dict:
-    """The librdkafka configuration of the consumer, `kafka_overrides` last.
-
-    KIP-848 refuses the classic protocol's session, heartbeat and assignor settings (the
-    broker owns them), so they are only set for the classic protocol.
-    """
-    if c.group_protocol not in GROUP_PROTOCOLS:
-        raise ValueError(
-            f"group protocol must be one of {GROUP_PROTOCOLS}, got {c.group_protocol!r}"
-        )
-    settings: dict = {
-        "bootstrap.servers": c.bootstrap_servers,
-        "group.id": c.group_id,
-        "client.id": c.name,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "error",  # out-of-range must reach us, not be papered over
-        # A fetch that finds no new data returns after 100 ms, not the default 500:
-        # it bounds how long a reading waits at the broker when the stream is slow.
-        "fetch.wait.max.ms": 100,
-        "fetch.max.bytes": c.fetch_max_bytes,
-        "receive.message.max.bytes": c.fetch_max_bytes + 1024 * 1024,
-        "max.partition.fetch.bytes": min(c.fetch_max_bytes, max(c.max_message_bytes, 1 << 20)),
-        "queued.max.messages.kbytes": c.queued_max_kbytes,
-    }
-    if c.group_protocol == "consumer":
-        settings["group.protocol"] = "consumer"
-    else:
-        settings.update({
-            "session.timeout.ms": c.session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, c.session_timeout_ms // 3),
-            "partition.assignment.strategy": c.assignment_strategy,
-        })
-    if error_cb is not None:
-        settings["error_cb"] = error_cb
-    settings.update(c.kafka_overrides)
-    return settings
-
-
-def assigns_incrementally(settings: dict) -> bool:
-    """True when rebalances hand over only the partitions that move (cooperative, KIP-848)."""
-    if str(settings.get("group.protocol", "classic")).lower() == "consumer":
-        return True
-    return "cooperative-sticky" in str(settings.get("partition.assignment.strategy", ""))
 
 
 @dataclass
@@ -190,8 +118,8 @@ class HeartbeatConsumer:
     ):
         self.config = config
         self.alerts = alerts or AlertManager()
-        self.stats = PipelineStats()
         self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
+        self.inflight = InflightWrite(self.writer, config.stats_every, config.name)
         self.builder = BatchBuilder(self.alerts, config.retention, config.max_message_bytes)
         self.commits = OffsetCommitPolicy()
         self._settings = client_settings(config, self._on_kafka_error)
@@ -200,22 +128,20 @@ class HeartbeatConsumer:
         self._stop = threading.Event()
         self.assigned = threading.Event()  # set once the group gave this consumer partitions
         self._cursors: dict[int, Cursor] = {}  # the assigned partitions
-        self._watermark_at_assign: dict[int, int] = {}
-        self._unsettled_logs: set[int] = set()  # partitions whose log check must be retried
+        self._logs = LogWatch()
         self._partitions_seen: set[int] = set()
         self._last_activity = time.monotonic()
         self._error_logged_at: dict[object, float] = {}
         self._consumer: Consumer | None = None
-        # One batch is written by this thread while the next is consumed and classified:
-        # PostgreSQL and Python then work at the same time instead of taking turns.
-        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="heartbeat-writer")
-        self._inflight: tuple[Future, Batch, PipelineStats] | None = None
-        self._projected = self.stats  # the stats once the in-flight batch commits
         self._first_message_at: float | None = None
-        self._last_commit_at: float | None = None
         self._partitions_checked_at: float | None = None
         self._rebalance_callbacks = 0
         self._settled_in_rebalance = 0
+
+    @property
+    def stats(self) -> PipelineStats:
+        """The counters of every batch committed so far."""
+        return self.inflight.committed
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -262,12 +188,12 @@ class HeartbeatConsumer:
                 try:
                     consumer.close()  # leaves the group; nothing is in flight any more
                 finally:
-                    self._writer_thread.shutdown()
-                    self.writer.close()
+                    self.inflight.close()
                     self._consumer = None
+        last_commit_at = self.inflight.last_commit_at
         busy = (
-            self._last_commit_at - self._first_message_at
-            if self._first_message_at is not None and self._last_commit_at is not None
+            last_commit_at - self._first_message_at
+            if self._first_message_at is not None and last_commit_at is not None
             else 0.0
         )
         return ConsumerReport(
@@ -291,7 +217,7 @@ class HeartbeatConsumer:
         self._cursors.update(cursors)
         self._change_assignment(consumer, add=partitions)
         for tp in partitions:
-            self._watermark_at_assign[tp.partition] = self._cached_watermarks(tp.partition)[1]
+            self._logs.assigned(tp.partition, self._cached_watermarks(tp.partition)[1])
         self._partitions_seen.update(ids)
         self._last_activity = time.monotonic()
         self.assigned.set()
@@ -313,15 +239,14 @@ class HeartbeatConsumer:
 
     def _settle_for_rebalance(self) -> None:
         self._rebalance_callbacks += 1
-        if self._inflight is not None:
+        if self.inflight.busy:
             self._settled_in_rebalance += 1
         self._settle(recover=False)
 
     def _drop(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._cursors.pop(tp.partition, None)
-            self._watermark_at_assign.pop(tp.partition, None)
-            self._unsettled_logs.discard(tp.partition)
+            self._logs.forget(tp.partition)
         if self._incremental:
             consumer.incremental_unassign(partitions)
         else:
@@ -369,7 +294,7 @@ class HeartbeatConsumer:
     # -- one batch ------------------------------------------------------------------------
     def _process(self, messages: list) -> None:
         built = self.builder.build(messages, self._cursors, datetime.now(UTC))
-        self._unsettled_logs.update(built.out_of_range)
+        self._logs.out_of_range(built.out_of_range)
         for error in built.errors:
             self._log_rate_limited(error.code(), "Kafka error: %s", error)
         batch = built.batch
@@ -378,25 +303,7 @@ class HeartbeatConsumer:
         batch.encode()  # here, while the writer thread still waits on PostgreSQL (see Batch)
         if not self._settle():
             return  # the previous batch failed: this one followed it and is abandoned too
-        pending = copy.copy(self._projected)  # complete now that the previous write is done
-        counts = built.counts
-
-        def snapshot(result: WriteResult) -> list[MetricRow]:
-            pending.record_batch(
-                messages_consumed=batch.message_count,
-                records_written=result.records,
-                duplicates_dropped=result.duplicates,
-                dead_letters=len(batch.dead_letters) + result.refused,
-                alerts_triggered=result.metrics,
-                **counts,
-            )
-            if pending.should_flush(self.config.stats_every):
-                return pending.flush_stats({"consumer": self.config.name})
-            return []
-
-        self._projected = pending
-        future = self._writer_thread.submit(self.writer.write, batch, snapshot)
-        self._inflight = (future, batch, pending)
+        self.inflight.submit(batch, built.counts)
 
     def _settle(self, recover: bool = True) -> bool:
         """Wait for the in-flight batch; True when it committed (or none was in flight).
@@ -405,31 +312,27 @@ class HeartbeatConsumer:
         database is back), unless `recover` is off because the partitions are going away.
         Errors no wait can fix (missing schema or rights) end the consumer.
         """
-        if self._inflight is None:
-            return True
-        future, batch, pending = self._inflight
-        self._inflight = None
+        messages = self.inflight.messages
         try:
-            result = future.result()
+            done = self.inflight.wait()
         except StaleProgress as exc:
             log.warning("%s; re-reading from the stored progress", exc)
-            self._projected = self.stats
             if recover:
                 self._rewind(list(self._cursors))
             return False
         except psycopg.Error as exc:
-            self._projected = self.stats
             if db_errors.classify(exc) is not db_errors.Failure.OUTAGE:
                 log.error("batch of %d cannot be written and no retry can fix it: %s",
-                          batch.message_count, db_errors.describe(exc))
+                          messages, db_errors.describe(exc))
                 raise
             log.error("database unavailable, batch of %d rolled back: %s",
-                      batch.message_count, db_errors.describe(exc))
+                      messages, db_errors.describe(exc))
             if recover:
                 self._rewind_and_wait_for_database()
             return False
-        self.stats = pending
-        self._last_commit_at = time.monotonic()
+        if done is None:
+            return True
+        batch, result = done
         for partition, (_, after) in batch.progress.items():
             self.commits.stored(partition, after.next_offset)
         self._commit_kafka_offsets()
@@ -543,19 +446,14 @@ class HeartbeatConsumer:
     def _check_logs(self) -> None:
         """Act on what the client says about each partition's log (`log_decisions`).
 
-        The fetch watermark counts only once a fetch response arrived after the assignment:
-        a broker query can lag behind (the embedded broker's does). A check the broker did
-        not answer in time is tried again on the next round; the partition waits meanwhile.
+        Which partitions need a decision is `LogWatch`'s call. A check the broker did not
+        answer in time is tried again on the next round; the partition waits meanwhile.
         """
         for partition, cursor in list(self._cursors.items()):
             high = self._cached_watermarks(partition)[1]
-            fresh = high >= 0 and high != self._watermark_at_assign.get(partition)
-            seen = Observation(
-                next_offset=cursor.stored.next_offset if cursor.stored else None,
-                stored_topic_id=cursor.topic_id,
-                topic_id=cursor.topic_id,
-                out_of_range=partition in self._unsettled_logs,
-                fetched_end=high if fresh else None,
+            seen = self._logs.observe(
+                partition, cursor.stored.next_offset if cursor.stored else None,
+                cursor.topic_id, high,
             )
             action = decide(seen)
             if isinstance(action, Continue):
@@ -570,7 +468,7 @@ class HeartbeatConsumer:
                     TopicPartition(self.config.topic, partition), timeout=_LIST_OFFSETS_TIMEOUT_S
                 )
             except KafkaException as exc:
-                self._unsettled_logs.add(partition)
+                self._logs.retry(partition)
                 self._log_rate_limited(("list", partition),
                                        "partition %d: log start/end not known yet (%s); retrying",
                                        partition, exc)
@@ -583,7 +481,6 @@ class HeartbeatConsumer:
             action = decide(seen)
             if isinstance(action, AskBroker | Continue):  # cannot happen with `listed`
                 continue
-            self._unsettled_logs.discard(partition)
             if isinstance(action, Resume):
                 self._resume(partition, cursor, action)
             else:
@@ -594,7 +491,7 @@ class HeartbeatConsumer:
                     "new log",
                 )
                 self._seek(partition, cursor.next_offset if cursor.stored else OFFSET_BEGINNING)
-            self._watermark_at_assign[partition] = high
+            self._logs.decided(partition, high)
 
     def _resume(self, partition: int, cursor: Cursor, action: Resume) -> None:
         if action.lost:

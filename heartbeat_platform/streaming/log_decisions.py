@@ -93,3 +93,47 @@ def decide(seen: Observation) -> Action:
         "topic id tells a truncated log from a new one: reading the new log from its start "
         "(repeated readings are recognised; a repeated dead letter may be stored again)",
     )
+
+
+class LogWatch:
+    """Which assigned partitions need a decision, from what the client reported.
+
+    A fetch watermark counts only once it differs from the one cached at assignment (or at
+    the last decision): a value cached before any fetch response, or a broker query that
+    lags behind (the embedded broker's does), must not look like a shrunken log. An
+    out-of-range report stays pending until a decision was made on it.
+    """
+
+    def __init__(self) -> None:
+        self._baseline: dict[int, int] = {}
+        self._out_of_range: set[int] = set()
+
+    def assigned(self, partition: int, cached_end: int) -> None:
+        self._baseline[partition] = cached_end
+
+    def forget(self, partition: int) -> None:
+        self._baseline.pop(partition, None)
+        self._out_of_range.discard(partition)
+
+    def out_of_range(self, partitions: set[int]) -> None:
+        self._out_of_range |= partitions
+
+    def observe(
+        self, partition: int, next_offset: int | None, topic_id: str | None, cached_end: int
+    ) -> Observation:
+        """What the client says now, for `decide` (the broker not asked yet)."""
+        fresh = cached_end >= 0 and cached_end != self._baseline.get(partition)
+        return Observation(
+            next_offset, topic_id, topic_id,
+            out_of_range=partition in self._out_of_range,
+            fetched_end=cached_end if fresh else None,
+        )
+
+    def decided(self, partition: int, cached_end: int) -> None:
+        """A decision was acted on: the watermark seen then is the new baseline."""
+        self._out_of_range.discard(partition)
+        self._baseline[partition] = cached_end
+
+    def retry(self, partition: int) -> None:
+        """The broker did not answer: look again on the next round."""
+        self._out_of_range.add(partition)

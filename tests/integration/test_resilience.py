@@ -206,7 +206,7 @@ def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
         # under the epochs it already has, and nothing is added.
         logs = db.execute("SELECT * FROM kafka_logs ORDER BY log_epoch").fetchall()
         db.execute("DELETE FROM consumer_progress")
-        replay = ConsumerProcess(settings, "--stop-when-idle", "3")
+        replay = ConsumerProcess(settings, "--stop-when-idle", "6")
         assert replay.finish()[0] == 0, replay.text()
         assert landed(db) == counts
         assert db.execute("SELECT * FROM kafka_logs ORDER BY log_epoch").fetchall() == logs

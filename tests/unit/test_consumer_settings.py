@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from heartbeat_platform.streaming.consumer import (
+from heartbeat_platform.streaming.consumer_config import (
     ConsumerConfig,
     assigns_incrementally,
     client_settings,

@@ -11,6 +11,7 @@ import pytest
 from heartbeat_platform.streaming.log_decisions import (
     AskBroker,
     Continue,
+    LogWatch,
     NewLog,
     Observation,
     Resume,
@@ -81,3 +82,28 @@ def test_a_new_log_says_why() -> None:
     assert "truncated" in truncated.reason and "300" in truncated.reason
     recreated = decide(seen(topic_id="topic-id-B"))
     assert "topic-id-B" in recreated.reason and ID in recreated.reason
+
+
+def test_log_watch_ignores_the_watermark_cached_before_any_fetch() -> None:
+    watch = LogWatch()
+    watch.assigned(0, 120)  # cached at assignment, e.g. an under-reported broker answer
+    assert watch.observe(0, 500, ID, 120).fetched_end is None
+    assert decide(watch.observe(0, 500, ID, 120)) == Continue()
+    assert watch.observe(0, 500, ID, 450).fetched_end == 450  # a fetch response since
+    assert decide(watch.observe(0, 500, ID, 450)) == AskBroker()
+    watch.decided(0, 450)  # e.g. the broker said the log still holds 500
+    assert decide(watch.observe(0, 500, ID, 450)) == Continue()
+
+
+def test_log_watch_keeps_an_out_of_range_report_until_decided() -> None:
+    watch = LogWatch()
+    watch.assigned(1, -1001)
+    watch.out_of_range({1})
+    assert watch.observe(1, None, ID, -1001).out_of_range
+    watch.retry(1)  # the broker did not answer
+    assert watch.observe(1, None, ID, -1001).out_of_range
+    watch.decided(1, 900)
+    assert not watch.observe(1, None, ID, 900).out_of_range
+    watch.out_of_range({1})
+    watch.forget(1)  # revoked
+    assert not watch.observe(1, None, ID, 900).out_of_range

@@ -1,0 +1,87 @@
+"""The consumer's settings and the librdkafka configuration built from them.
+
+Kept apart from the loop so the group-protocol rules (what KIP-848 refuses, when the
+assignment is incremental) are checked without a client or a broker.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
+
+GROUP_PROTOCOLS = ("classic", "consumer")
+
+
+@dataclass
+class ConsumerConfig:
+    bootstrap_servers: str
+    database_url: str
+    topic: str
+    group_id: str
+    batch_size: int = 20_000
+    max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
+    stats_every: int = 100
+    session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
+    # "classic" (JoinGroup/SyncGroup, with `assignment_strategy`) or "consumer" (KIP-848:
+    # the broker assigns, incrementally; Kafka 4.0+).
+    group_protocol: str = "classic"
+    assignment_strategy: str = "cooperative-sticky"  # classic protocol only
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # larger messages are dead letters
+    # Memory the client may hold: fetched per request, and prefetched per partition queue.
+    # Bounded in compressed bytes; a batch is at most `batch_size` messages once decoded.
+    fetch_max_bytes: int = 16 * 1024 * 1024
+    queued_max_kbytes: int = 32 * 1024
+    kafka_overrides: dict = field(default_factory=dict)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
+
+
+def client_settings(c: ConsumerConfig, error_cb: Callable | None = None) -> dict:
+    """The librdkafka configuration of the consumer, `kafka_overrides` last.
+
+    KIP-848 refuses the classic protocol's session, heartbeat and assignor settings (the
+    broker owns them), so they are only set for the classic protocol.
+    """
+    if c.group_protocol not in GROUP_PROTOCOLS:
+        raise ValueError(
+            f"group protocol must be one of {GROUP_PROTOCOLS}, got {c.group_protocol!r}"
+        )
+    settings: dict = {
+        "bootstrap.servers": c.bootstrap_servers,
+        "group.id": c.group_id,
+        "client.id": c.name,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",  # out-of-range must reach us, not be papered over
+        # A fetch that finds no new data returns after 100 ms, not the default 500:
+        # it bounds how long a reading waits at the broker when the stream is slow.
+        "fetch.wait.max.ms": 100,
+        "fetch.max.bytes": c.fetch_max_bytes,
+        "receive.message.max.bytes": c.fetch_max_bytes + 1024 * 1024,
+        "max.partition.fetch.bytes": min(c.fetch_max_bytes, max(c.max_message_bytes, 1 << 20)),
+        "queued.max.messages.kbytes": c.queued_max_kbytes,
+    }
+    if c.group_protocol == "consumer":
+        settings["group.protocol"] = "consumer"
+    else:
+        settings.update({
+            "session.timeout.ms": c.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, c.session_timeout_ms // 3),
+            "partition.assignment.strategy": c.assignment_strategy,
+        })
+    if error_cb is not None:
+        settings["error_cb"] = error_cb
+    settings.update(c.kafka_overrides)
+    return settings
+
+
+def assigns_incrementally(settings: dict) -> bool:
+    """True when rebalances hand over only the partitions that move (cooperative, KIP-848)."""
+    if str(settings.get("group.protocol", "classic")).lower() == "consumer":
+        return True
+    return "cooperative-sticky" in str(settings.get("partition.assignment.strategy", ""))

@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 _UNKNOWN_WATERMARK = -1001
 _PARTITION_CHECK_EVERY_S = 3600.0
 _LIST_OFFSETS_TIMEOUT_S = 5.0
+_NO_ASSIGNMENT_WARNING_S = 30.0
 
 
 @dataclass
@@ -160,9 +161,15 @@ class HeartbeatConsumer:
         log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
                  c.group_id, "incremental" if self._incremental else "eager")
         try:
+            waiting_warned = False
             while not self._stop.is_set():
                 self._ensure_partitions()
                 messages = consumer.consume(c.batch_size, timeout=c.max_wait_s)
+                if not waiting_warned and not self.assigned.is_set() and (
+                    time.monotonic() - started > _NO_ASSIGNMENT_WARNING_S
+                ):
+                    waiting_warned = True
+                    self._warn_no_assignment()
                 if messages:
                     self._last_activity = time.monotonic()
                     if self._first_message_at is None:
@@ -545,6 +552,17 @@ class HeartbeatConsumer:
         return True
 
     # -- logging --------------------------------------------------------------------------
+    def _warn_no_assignment(self) -> None:
+        """Silence is what a broker without KIP-848 gives a `consumer`-protocol member."""
+        hint = (
+            "; group.protocol=consumer needs KIP-848 on the broker (Apache Kafka 4.0+; the "
+            "embedded broker has none): with an older broker set KAFKA_GROUP_PROTOCOL=classic"
+            if self._settings.get("group.protocol") == "consumer"
+            else " (the group may have more members than the topic has partitions)"
+        )
+        log.warning("no partitions assigned %.0f s after joining group %s%s",
+                    _NO_ASSIGNMENT_WARNING_S, self.config.group_id, hint)
+
     def _on_kafka_error(self, error: KafkaError) -> None:
         self._log_rate_limited(error.code(), "Kafka: %s (retrying)", error.str())
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import psycopg
 
-from heartbeat_platform import grafana_queries, platform
+from heartbeat_platform import grafana_queries, readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.events import classify_heart_rate, encode_event, validate_message
 from heartbeat_platform.local.services import Endpoints
@@ -77,7 +77,7 @@ def run_bench(
             settings.kafka_partitions, history_span_hours,
             max_span=timedelta(days=settings.heartbeat_raw_retention_days),
         )
-    endpoints = platform.prepare(settings).endpoints
+    endpoints = readiness.prepare(settings).endpoints
     database_url = _fresh_database(endpoints.database_url)
     bench = settings.model_copy(
         update={
@@ -145,15 +145,15 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
     peak = _PeakRss(consumer.pid)
     try:
         with HeartbeatProducer(
-            platform.producer_config(settings, _endpoints(settings))
+            readiness.producer_config(settings, _endpoints(settings))
         ) as producer:
             # One event first, through the same producer: the consumer has joined its group
             # and the producer is connected before the clock starts.
-            warmup = producer.run(platform.generator(settings, seed=2), events=1)
+            warmup = producer.run(readiness.generator(settings, seed=2), events=1)
             _wait_for_offsets(settings, warmup.delivered_offsets, timeout=60)
             started_at = time.time()
             report = producer.run(
-                platform.generator(settings, seed=3), rate=rate, duration=seconds
+                readiness.generator(settings, seed=3), rate=rate, duration=seconds
             )
         _wait_for_offsets(settings, report.delivered_offsets, timeout=120)
     finally:
@@ -179,7 +179,7 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
 
 def _copy_baseline(database_url: str, events: int, settings: Settings) -> float:
     """Binary COPY of prebuilt rows, in the consumer's batch size, into an empty table."""
-    gen = platform.generator(settings, seed=4)
+    gen = readiness.generator(settings, seed=4)
     readings = [validate_message(encode_event(e)) for e in gen.generate_events(events)]
     rows = [
         (r.customer_id, r.timestamp, r.heart_rate, 0, i % 3, i)
@@ -205,7 +205,7 @@ def _copy_baseline(database_url: str, events: int, settings: Settings) -> float:
 
 
 def _parse_baseline(events: int, settings: Settings) -> float:
-    generated = platform.generator(settings, seed=5).generate_events(events)
+    generated = readiness.generator(settings, seed=5).generate_events(events)
     payloads = [encode_event(e) for e in generated]
     started = time.perf_counter()
     for raw in payloads:
@@ -670,8 +670,8 @@ def _endpoints(settings: Settings) -> Endpoints:
 
 def _produce(settings: Settings, events: int) -> ProducerReport:
     """The same seeded events into the settings' topic, as fast as delivery allows."""
-    with HeartbeatProducer(platform.producer_config(settings, _endpoints(settings))) as producer:
-        return producer.run(platform.generator(settings, seed=1), events=events)
+    with HeartbeatProducer(readiness.producer_config(settings, _endpoints(settings))) as producer:
+        return producer.run(readiness.generator(settings, seed=1), events=events)
 
 
 def _topic(settings: Settings) -> str:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings, load_settings
 from heartbeat_platform.local.broker import EmbeddedBrokerError
 from heartbeat_platform.local.postgres import EmbeddedPostgresError
@@ -84,7 +84,7 @@ def init_db() -> None:
     """Start or reuse the services, apply pending schema migrations, create the topic."""
     settings = _settings()
     services = LocalServices(settings)
-    prepared = platform.prepare(settings, services)
+    prepared = readiness.prepare(settings, services)
     for name in services.started:
         console.print(f"started embedded {name} (stop it with `heartbeat-platform down`)")
     applied = ", ".join(prepared.migrations_applied)
@@ -156,7 +156,7 @@ def maintain(
     from heartbeat_platform.storage.rollups import delete_expired, refresh_pending
 
     settings = _settings()
-    database_url = platform.ready(settings, topic=False).database_url
+    database_url = readiness.ready(settings, topic=False).database_url
     now = datetime.now(UTC)
     with connect(database_url, autocommit=True) as conn:
         refreshed = refresh_pending(conn, now)
@@ -227,15 +227,15 @@ def produce(
         err.print("give --events or --duration, not both")
         raise typer.Exit(2)
     settings = _settings()
-    endpoints = platform.ready(settings)
-    producer = HeartbeatProducer(platform.producer_config(settings, endpoints))
+    endpoints = readiness.ready(settings)
+    producer = HeartbeatProducer(readiness.producer_config(settings, endpoints))
     with (
         producer,
         _stop_on_signals(producer.request_stop),
         _progress(events, "producing") as advance,
     ):
         report = producer.run(
-            platform.generator(settings, seed),
+            readiness.generator(settings, seed),
             rate=rate or None, events=events, duration=duration,
             progress=lambda r: advance(r.sent),
         )
@@ -262,9 +262,9 @@ def consume(
 ) -> None:
     """Consume events in batches and land them in PostgreSQL exactly once."""
     settings = _settings()
-    endpoints = platform.ready(settings)
+    endpoints = readiness.ready(settings)
     overrides = {"batch_size": batch_size} if batch_size else {}
-    consumer = HeartbeatConsumer(platform.consumer_config(settings, endpoints, **overrides))
+    consumer = HeartbeatConsumer(readiness.consumer_config(settings, endpoints, **overrides))
     with _stop_on_signals(consumer.request_stop):
         report = consumer.run(stop_when_idle=stop_when_idle)
     if as_json:

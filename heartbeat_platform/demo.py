@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.progress import load_all_progress
@@ -48,16 +48,16 @@ class DemoSummary:
 def run_demo(
     settings: Settings, events: int, rate: float | None = None, seed: int | None = None
 ) -> DemoSummary:
-    prepared = platform.prepare(settings)
+    prepared = readiness.prepare(settings)
     endpoints = prepared.endpoints
-    consumer = HeartbeatConsumer(platform.consumer_config(settings, endpoints))
+    consumer = HeartbeatConsumer(readiness.consumer_config(settings, endpoints))
     consuming = threading.Thread(target=consumer.run, name="demo-consumer", daemon=True)
     consuming.start()
     try:
         consumer.assigned.wait(timeout=30)  # joining the group takes seconds; don't count it
         started = time.monotonic()
-        with HeartbeatProducer(platform.producer_config(settings, endpoints)) as producer:
-            report = producer.run(platform.generator(settings, seed), rate=rate, events=events)
+        with HeartbeatProducer(readiness.producer_config(settings, endpoints)) as producer:
+            report = producer.run(readiness.generator(settings, seed), rate=rate, events=events)
         _wait_until_stored(endpoints.database_url, settings, report)
     finally:
         consumer.request_stop()

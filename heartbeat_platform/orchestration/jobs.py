@@ -16,7 +16,7 @@ from collections.abc import Callable
 import dagster as dg
 from pydantic import Field
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.domain.alerts import PipelineStats
 from heartbeat_platform.orchestration.assets import TOPIC
 from heartbeat_platform.orchestration.resources import KafkaResource
@@ -114,7 +114,7 @@ def produce_heartbeats(
     progress = _Every(config.progress_interval_s, report)
     try:
         result = producer.run(
-            platform.generator(kafka.settings(), config.seed),
+            readiness.generator(kafka.settings(), config.seed),
             rate=config.rate or None, events=config.events, duration=config.duration,
             progress=lambda r: progress(r.sent),
         )

@@ -33,7 +33,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster_graphql import DagsterGraphQLClient
 from filelock import FileLock, Timeout
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.local.process import port_open
 from heartbeat_platform.local.services import Endpoints, LocalServices
@@ -80,7 +80,7 @@ def run_up(settings: Settings, port: int = 3000, demo: bool = False) -> int:
             home.mkdir(parents=True, exist_ok=True)
             _hold_lock(home, cleanup)
             cleanup.callback(services.stop_started)
-            prepared = platform.prepare(settings, services)
+            prepared = readiness.prepare(settings, services)
             orchestration = OrchestrationSettings()
             storage_url = dagster_storage_url(settings, services, orchestration)
             write_instance_config(home, consumer_workers(settings))

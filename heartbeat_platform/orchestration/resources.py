@@ -18,7 +18,7 @@ import psycopg
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings, load_settings
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.storage.database import connect
@@ -71,12 +71,12 @@ def consumer_workers(settings: Settings) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _database_url(settings: Settings) -> str:
-    return platform.ready(settings, topic=False).database_url
+    return readiness.ready(settings, topic=False).database_url
 
 
 @functools.lru_cache(maxsize=8)
 def _endpoints(settings: Settings) -> Endpoints:
-    return platform.ready(settings)
+    return readiness.ready(settings)
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -106,11 +106,11 @@ class KafkaResource(dg.ConfigurableResource):
 
     def producer_config(self) -> ProducerConfig:
         settings = self.settings()
-        return platform.producer_config(settings, _endpoints(settings))
+        return readiness.producer_config(settings, _endpoints(settings))
 
     def consumer_config(self, **overrides: object) -> ConsumerConfig:
         settings = self.settings()
-        return platform.consumer_config(settings, _endpoints(settings), **overrides)
+        return readiness.consumer_config(settings, _endpoints(settings), **overrides)
 
     def lag(self) -> list[PartitionLag]:
         """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
 from heartbeat_platform.grafana_queries import (
     QueryContext,
@@ -256,15 +256,15 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
         heartbeat_stats_every=100,
         _env_file=None,
     )
-    prepared = platform.prepare(settings)
-    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
-        report = producer.run(platform.generator(settings, seed=5), events=3_000)
+    prepared = readiness.prepare(settings)
+    with HeartbeatProducer(readiness.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(readiness.generator(settings, seed=5), events=3_000)
     assert report.delivered == 3_000
     raw = Producer({"bootstrap.servers": services.bootstrap_servers})
     for i, payload in enumerate(BAD_MESSAGES):
         raw.produce(settings.kafka_topic, value=payload, partition=i % 3)
     assert raw.flush(10) == 0
-    config = platform.consumer_config(settings, prepared.endpoints)
+    config = readiness.consumer_config(settings, prepared.endpoints)
     result = HeartbeatConsumer(config).run(stop_when_idle=1.5)
     assert result.stats.messages_consumed == 3_000 + len(BAD_MESSAGES)
     finished = datetime.now(UTC)

@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 from stored import delivered_positions, landed, landed_by_topic
 from test_resilience import ConsumerProcess, assert_exactly_once, produce_in_background
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 
@@ -28,21 +28,21 @@ ALERT_ROWS = "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'aler
 
 
 def produce(settings, events: int, seed: int):
-    prepared = platform.prepare(settings)
-    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
-        report = producer.run(platform.generator(settings, seed), events=events)
+    prepared = readiness.prepare(settings)
+    with HeartbeatProducer(readiness.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(readiness.generator(settings, seed), events=events)
     assert report.delivered == events
     return report
 
 
 def consumer(settings, **overrides) -> HeartbeatConsumer:
-    prepared = platform.prepare(settings)
-    return HeartbeatConsumer(platform.consumer_config(settings, prepared.endpoints, **overrides))
+    prepared = readiness.prepare(settings)
+    return HeartbeatConsumer(readiness.consumer_config(settings, prepared.endpoints, **overrides))
 
 
 def send_raw(settings, values: list[bytes], key: bytes = b"CUST_00042") -> None:
     """Plain, non-idempotent produce of exact bytes (what a retrying or re-sending client does)."""
-    platform.prepare(settings)
+    readiness.prepare(settings)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     for value in values:
         producer.produce(settings.kafka_topic, value, key)
@@ -115,7 +115,7 @@ def test_a_message_the_database_refuses_becomes_a_dead_letter_and_the_rest_lands
     settings_factory, database_url, db
 ) -> None:
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=500)
-    platform.prepare(settings)
+    readiness.prepare(settings)
     # A rule of the database (not of the consumer) that one reading breaks.
     db.execute("ALTER TABLE heartbeat_anomalies ADD CONSTRAINT no_customer_666 "
                "CHECK (customer_id <> 'CUST_00666')")
@@ -158,7 +158,7 @@ def test_a_rebalance_while_a_batch_is_in_flight_commits_that_batch_first(
     settings_factory, database_url, db
 ) -> None:
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=500)
-    platform.prepare(settings)
+    readiness.prepare(settings)
     # Every batch takes at least 0.3 s in the database, so a rebalance meets one in flight.
     db.execute("""
         CREATE FUNCTION slow_batch() RETURNS trigger LANGUAGE plpgsql AS
@@ -207,7 +207,7 @@ def test_a_killed_consumer_whose_replacement_joins_while_it_is_still_a_member(
     settings_factory, database_url, db
 ) -> None:
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=500)
-    platform.prepare(settings)
+    readiness.prepare(settings)
     killed = ConsumerProcess(settings)
     assert killed.assigned.wait(60), killed.text()
     producing, produced = produce_in_background(settings, rate=2_500, events=12_000)

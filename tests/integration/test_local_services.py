@@ -15,7 +15,7 @@ import pytest
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import free_port, write_json
 from heartbeat_platform.local.services import LocalServices
-from heartbeat_platform.platform import prepare
+from heartbeat_platform.readiness import prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import describe_topic, ensure_topic
 

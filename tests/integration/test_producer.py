@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.process import free_port, port_open, wait_until
@@ -241,9 +241,9 @@ def broker_behind_proxy(tmp_path: Path) -> Iterator[ProxiedBroker]:
 
 def test_every_event_is_delivered_as_json_keyed_by_customer(settings_factory) -> None:
     settings = settings_factory()
-    prepared = platform.prepare(settings)
-    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
-        report = producer.run(platform.generator(settings, seed=11), events=2_000)
+    prepared = readiness.prepare(settings)
+    with HeartbeatProducer(readiness.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(readiness.generator(settings, seed=11), events=2_000)
     assert (report.sent, report.delivered, report.undelivered) == (2_000, 2_000, 0)
     spans = report.delivered_offsets
     assert sum(high - low + 1 for low, high in spans.values()) == 2_000
@@ -369,7 +369,7 @@ def test_late_acknowledgements_while_the_broker_answers_purge_nothing(tmp_path) 
 
 def test_produce_command_flushes_and_reports_when_terminated(settings_factory) -> None:
     settings = settings_factory()
-    platform.prepare(settings)
+    readiness.prepare(settings)
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from stored import delivered_positions, landed
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.services import Endpoints
@@ -83,8 +83,8 @@ def produce_in_background(settings, **run) -> tuple[threading.Thread, list]:
     endpoints = Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
 
     def send() -> None:
-        with HeartbeatProducer(platform.producer_config(settings, endpoints)) as producer:
-            reports.append(producer.run(platform.generator(settings, run.pop("seed", 1)), **run))
+        with HeartbeatProducer(readiness.producer_config(settings, endpoints)) as producer:
+            reports.append(producer.run(readiness.generator(settings, run.pop("seed", 1)), **run))
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
@@ -93,7 +93,7 @@ def produce_in_background(settings, **run) -> tuple[threading.Thread, list]:
 
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(settings_factory, database_url, db):
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=1000)
-    platform.prepare(settings)
+    readiness.prepare(settings)
     producing, reports = produce_in_background(settings, rate=2_500, events=40_000)
     rng = random.Random(20261125)
     kills = 0
@@ -117,7 +117,7 @@ def test_database_outage_mid_stream(settings_factory, tmp_path_factory, services
     server.start()
     try:
         settings = settings_factory(database_url=server.url(), heartbeat_consume_batch_size=500)
-        platform.prepare(settings)
+        readiness.prepare(settings)
         consumer = ConsumerProcess(settings, "--stop-when-idle", "6", "--json")
         assert consumer.assigned.wait(60), consumer.text()
         producing, reports = produce_in_background(settings, rate=2_000, events=12_000)
@@ -141,7 +141,7 @@ def test_two_consumers_share_partitions_and_count_every_event_once(
     settings_factory, database_url, db
 ):
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=500)
-    platform.prepare(settings)
+    readiness.prepare(settings)
     first = ConsumerProcess(settings, "--stop-when-idle", "8", "--json")
     second = ConsumerProcess(settings, "--stop-when-idle", "8", "--json")
     assert first.assigned.wait(60) and second.assigned.wait(60)
@@ -177,7 +177,7 @@ def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
         settings = settings_factory(
             database_url=database_url, kafka_bootstrap_servers=broker.bootstrap_servers
         )
-        platform.prepare(settings)
+        readiness.prepare(settings)
         thread, before = produce_in_background(settings, events=events_before, seed=1)
         thread.join()
         first = ConsumerProcess(settings, "--stop-when-idle", "3")
@@ -190,7 +190,7 @@ def test_reset_broker_log_starts_a_new_epoch_instead_of_skipping(
 
         broker.stop()
         broker.start()  # memory-only: the topic and its offsets are gone
-        platform.prepare(settings)
+        readiness.prepare(settings)
         thread, after = produce_in_background(settings, events=events_after, seed=2)
         thread.join()
         second = ConsumerProcess(settings, "--stop-when-idle", "3")

@@ -29,7 +29,7 @@ from psycopg import sql
 
 from heartbeat_platform.local.process import free_port, port_open, stop_process, wait_until
 from heartbeat_platform.orchestration.resources import KafkaResource
-from heartbeat_platform.platform import prepare
+from heartbeat_platform.readiness import prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 from test_schema import VIEW_COLUMNS  # the views' contract, one list for both files
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage.migrations import load_migrations, migrate
@@ -399,7 +399,7 @@ def test_consumer_turns_readings_outside_the_window_into_dead_letters_with_a_rea
     settings_factory: Callable, database_url: str, db
 ) -> None:
     settings = settings_factory(database_url=database_url)  # defaults: 7 days, 300 s
-    prepared = platform.prepare(settings)
+    prepared = readiness.prepare(settings)
     now = datetime.now(UTC)
     fine = (now - timedelta(minutes=10)).replace(microsecond=0)
     eight_days_ago = now - timedelta(days=8)
@@ -420,7 +420,7 @@ def test_consumer_turns_readings_outside_the_window_into_dead_letters_with_a_rea
                                              "timestamp": when.isoformat()}))
     assert producer.flush(10) == 0
 
-    consumer = HeartbeatConsumer(platform.consumer_config(settings, prepared.endpoints))
+    consumer = HeartbeatConsumer(readiness.consumer_config(settings, prepared.endpoints))
     report = consumer.run(stop_when_idle=1.5)
 
     assert report.stats.messages_consumed == len(events)

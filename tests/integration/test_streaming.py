@@ -11,7 +11,7 @@ from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import Producer, TopicPartition
 from stored import landed
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.domain.events import classify_heart_rate
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
@@ -20,17 +20,17 @@ ALERT_ROWS = "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'aler
 
 
 def produce(settings, events: int, seed: int = 7):
-    prepared = platform.prepare(settings)
-    with HeartbeatProducer(platform.producer_config(settings, prepared.endpoints)) as producer:
-        report = producer.run(platform.generator(settings, seed), events=events)
+    prepared = readiness.prepare(settings)
+    with HeartbeatProducer(readiness.producer_config(settings, prepared.endpoints)) as producer:
+        report = producer.run(readiness.generator(settings, seed), events=events)
     assert report.delivered == events and report.undelivered == 0
     return report
 
 
 def consume(settings, idle: float = 1.5, **overrides):
-    prepared = platform.prepare(settings)
+    prepared = readiness.prepare(settings)
     consumer = HeartbeatConsumer(
-        platform.consumer_config(settings, prepared.endpoints, **overrides)
+        readiness.consumer_config(settings, prepared.endpoints, **overrides)
     )
     return consumer.run(stop_when_idle=idle)
 
@@ -62,7 +62,7 @@ def test_every_message_lands_exactly_once(settings_factory, database_url, db) ->
     assert len(expected) == events
 
     # classes match the rule applied to what was produced (same seed, same readings)
-    generated = platform.generator(settings, 11).generate_events(events)
+    generated = readiness.generator(settings, 11).generate_events(events)
     want = Counter(classify_heart_rate(e["heart_rate"]).value for e in generated)
     got = Counter(
         dict(db.execute("SELECT anomaly_type, count(*) FROM heartbeat_anomalies GROUP BY 1"))
@@ -174,7 +174,7 @@ def test_bad_input_lands_in_dead_letters_and_good_input_still_flows(
     settings_factory, database_url, db
 ) -> None:
     settings = settings_factory(database_url=database_url, heartbeat_consume_batch_size=7)
-    prepared = platform.prepare(settings)
+    prepared = readiness.prepare(settings)
     raw = Producer({"bootstrap.servers": prepared.endpoints.bootstrap_servers})
     good = 0
     hour_ago = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)

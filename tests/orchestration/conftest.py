@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.orchestration.resources import settings_environment
 from heartbeat_platform.streaming.producer import HeartbeatProducer
@@ -35,7 +35,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> Callable[[Setting
 def platform_settings(settings_factory, database_url: str, use_settings) -> Settings:
     """The session's services, this test's own database and topic, prepared."""
     settings = use_settings(settings_factory(database_url=database_url))
-    platform.prepare(settings)
+    readiness.prepare(settings)
     return settings
 
 
@@ -44,9 +44,9 @@ def produce(platform_settings: Settings) -> Callable[[int], None]:
     """Send N generated readings to the test's topic through the streaming core."""
 
     def send(events: int) -> None:
-        endpoints = platform.prepare(platform_settings).endpoints
-        with HeartbeatProducer(platform.producer_config(platform_settings, endpoints)) as producer:
-            report = producer.run(platform.generator(platform_settings, 5), events=events)
+        endpoints = readiness.prepare(platform_settings).endpoints
+        with HeartbeatProducer(readiness.producer_config(platform_settings, endpoints)) as producer:
+            report = producer.run(readiness.generator(platform_settings, 5), events=events)
         assert report.delivered == events
 
     return send

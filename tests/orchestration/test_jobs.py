@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
 
-from heartbeat_platform import platform
+from heartbeat_platform import readiness
 from heartbeat_platform.orchestration.definitions import defs
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.lag import log_end_offsets
@@ -89,8 +89,8 @@ def test_a_dagster_interrupt_stops_the_consumer_cleanly(platform_settings, produ
     so the next run resumes without loss or duplicates."""
     produce(20_000)
     consumer = HeartbeatConsumer(
-        platform.consumer_config(
-            platform_settings, platform.prepare(platform_settings).endpoints, batch_size=500
+        readiness.consumer_config(
+            platform_settings, readiness.prepare(platform_settings).endpoints, batch_size=500
         )
     )
 

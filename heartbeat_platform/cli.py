@@ -8,9 +8,13 @@ import resource
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import orjson
 import psycopg
 import typer
 from pydantic import ValidationError
@@ -18,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperCommand
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings, load_settings
@@ -32,24 +37,166 @@ from heartbeat_platform.streaming.kafka_config import KafkaConfigError
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 from heartbeat_platform.streaming.topics import BrokerUnavailable, TopicMissing
 
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message, and exception if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class _Logs:
+    """The logging options, given before or after the command (the last one given wins)."""
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.level: LogLevel | None = None
+        self.format = LogFormat.text
+        self.handler: logging.Handler | None = None
+
+    def start(self, verbose: bool, level: LogLevel | None, log_format: LogFormat) -> None:
+        root = logging.getLogger()
+        if self.handler is not None:
+            root.removeHandler(self.handler)
+        self.handler = logging.StreamHandler()  # stderr
+        root.addHandler(self.handler)
+        self.verbose, self.level, self.format = verbose, level, log_format
+        self.apply()
+
+    def apply(self) -> None:
+        level = self.level or (LogLevel.info if self.verbose else LogLevel.warning)
+        logging.getLogger().setLevel(level.value.upper())
+        if self.handler is not None:
+            self.handler.setFormatter(
+                JsonFormatter() if self.format is LogFormat.json
+                else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+            )
+
+
+_logs = _Logs()
+_LOGGING = "Logging"
+_VERBOSE_HELP = "Log progress (INFO); same as --log-level info."
+_LEVEL_HELP = "Least severe level logged (default warning)."
+_FORMAT_HELP = "text, or json: one JSON object per line on stderr, for log shippers."
+
+
+class _Command(TyperCommand):
+    """A command that also takes the logging options after its name: `consume -v`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["epilog"] = kwargs.get("epilog") or (
+            "-v, --log-level and --log-format go before or after the command "
+            "(heartbeat-platform --help)."
+        )
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _take_logging_options(ctx, args))
+
+
+def _take_logging_options(ctx: typer.Context, args: list[str]) -> list[str]:
+    """Apply the logging options found among a command's arguments; the others stay."""
+    rest: list[str] = []
+    given = iter(args)
+    for arg in given:
+        if arg == "--":
+            rest += [arg, *given]
+            break
+        name, _, value = arg.partition("=")
+        if arg in ("-v", "--verbose"):
+            _logs.verbose = True
+        elif name in ("--log-level", "--log-format"):
+            value = value or next(given, "")
+            choices = LogLevel if name == "--log-level" else LogFormat
+            try:
+                chosen = choices(value.lower())
+            except ValueError:
+                raise typer.BadParameter(
+                    f"{value!r} is not one of {', '.join(choices)}", ctx=ctx, param_hint=name
+                ) from None
+            if name == "--log-level":
+                _logs.level = chosen
+            else:
+                _logs.format = chosen
+        else:
+            rest.append(arg)
+    _logs.apply()
+    return rest
+
+
 app = typer.Typer(
-    help="Real-time heart-rate monitoring on Kafka, PostgreSQL, Dagster and Grafana.",
+    help="Real-time heart-rate monitoring on Kafka, PostgreSQL, Dagster and Grafana.\n\n"
+    "The logging options go before or after the command: heartbeat-platform consume -v",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 console = Console()
 err = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"heartbeat-platform {version('heartbeat-platform')}")
+        raise typer.Exit()
 
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress (INFO).")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help=_VERBOSE_HELP, rich_help_panel=_LOGGING)
+    ] = False,
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(case_sensitive=False, help=_LEVEL_HELP, rich_help_panel=_LOGGING),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            envvar="HEARTBEAT_LOG_FORMAT", case_sensitive=False, help=_FORMAT_HELP,
+            rich_help_panel=_LOGGING,
+        ),
+    ] = LogFormat.text,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    _logs.start(verbose, log_level, log_format)
+
+
+def _error(message: str) -> None:
+    """A failure the user must see: one red line, or a log record under --log-format json."""
+    if _logs.format is LogFormat.json:
+        log.error("%s", message)
+    else:
+        err.print(f"[red]error:[/red] {escape(message)}")
 
 
 def _settings() -> Settings:
@@ -60,10 +207,13 @@ def _settings() -> Settings:
             field = ".".join(str(p) for p in problem["loc"]).upper()
             cause = problem.get("ctx", {}).get("error")  # our own message, without pydantic's
             message = str(cause) if cause else problem["msg"]
-            err.print(
-                f"[red]configuration error[/red] {escape(field + ': ' if field else '')}"
-                f"{escape(message)}"
-            )
+            if _logs.format is LogFormat.json:
+                log.error("configuration error %s%s", field + ": " if field else "", message)
+            else:
+                err.print(
+                    f"[red]configuration error[/red] {escape(field + ': ' if field else '')}"
+                    f"{escape(message)}"
+                )
         raise typer.Exit(2) from None
 
 
@@ -75,11 +225,16 @@ def run() -> None:
         MigrationError, BrokerUnavailable, TopicMissing, KafkaConfigError,
         EmbeddedPostgresError, EmbeddedBrokerError, psycopg.OperationalError,
     ) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc).strip())}")
+        _error(str(exc).strip())
+        raise SystemExit(1) from None
+    except Exception:
+        if _logs.format is not LogFormat.json:
+            raise  # typer's traceback
+        log.exception("unexpected error")
         raise SystemExit(1) from None
 
 
-@app.command("init-db")
+@app.command("init-db", cls=_Command)
 def init_db() -> None:
     """Start or reuse the services, apply pending schema migrations, create the topic."""
     settings = _settings()
@@ -96,7 +251,7 @@ def init_db() -> None:
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
@@ -141,7 +296,7 @@ def _print_status(report: dict) -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(cls=_Command)
 def maintain(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
@@ -191,7 +346,7 @@ def maintain(
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def down() -> None:
     """Stop the embedded PostgreSQL and broker of this state folder (data in the broker is lost)."""
     stopped = LocalServices(_settings()).stop_all()
@@ -211,7 +366,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-@app.command()
+@app.command(cls=_Command)
 def produce(
     rate: Annotated[
         float, typer.Option(help="Events per second; 0 = as fast as possible.", min=0)
@@ -247,7 +402,7 @@ def produce(
     raise typer.Exit(1 if report.undelivered else 0)
 
 
-@app.command()
+@app.command(cls=_Command)
 def consume(
     batch_size: Annotated[
         int | None, typer.Option(help="Messages per batch/transaction.", min=1)
@@ -294,7 +449,7 @@ def _progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
         yield lambda done: bar.update(task, completed=done)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo(
     events: Annotated[int, typer.Option(help="How many events to send.", min=1)] = 20_000,
     rate: Annotated[
@@ -326,7 +481,7 @@ def demo(
     raise typer.Exit(0 if summary.ok else 1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def bench(
     events: Annotated[int, typer.Option(help="Events for the throughput stages.", min=1)] = 400_000,
     latency_rate: Annotated[
@@ -373,7 +528,7 @@ def bench(
     print(write_json(results, output))
 
 
-@app.command()
+@app.command(cls=_Command)
 def up(
     port: Annotated[int, typer.Option(help="Port of the Dagster UI on 127.0.0.1.")] = 3000,
     demo: Annotated[

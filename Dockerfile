@@ -2,8 +2,10 @@
 # The platform image: the `heartbeat-platform` CLI, the Dagster code location, webserver and
 # daemon (docker-compose.yml runs them all from this one image).
 #
-# Reproducible: a pinned base image, the project built once into a wheel, the Dagster family
-# pinned in pyproject.toml. Slim: no compiler, no source tree, no pip cache. Non-root.
+# Reproducible: a base image pinned by exact tag (not by digest: the build machines have no
+# Docker engine and no registry access, so a digest could not be checked), the project built
+# once into a wheel, the Dagster family pinned in pyproject.toml. Slim: no compiler, no source
+# tree, no pip cache. Non-root.
 # No secret in any layer: every credential arrives as an environment variable at run time.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 

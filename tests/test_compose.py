@@ -97,7 +97,7 @@ def test_services_and_images(stack: dict) -> None:
     }  # `producer` only with --profile producer
     images = {name: s["image"] for name, s in stack.items()}
     assert images["kafka"] == images["kafka-init"] == "confluentinc/cp-kafka:7.6.1"
-    assert images["postgres"] == images["db-setup"] == "postgres:15"
+    assert images["postgres"] == images["db-setup"] == "postgres:15.18"
     assert re.fullmatch(r"grafana/grafana:10\.4\.\d+", images["grafana"])
     for name in PLATFORM_SERVICES:
         assert images[name] == "heartbeat-platform:local", name

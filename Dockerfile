@@ -12,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md dagster.yaml workspace.yaml ./
+COPY pyproject.toml README.md dagster.yaml workspace.yaml requirements.lock ./
 COPY sql ./sql
 COPY heartbeat_platform ./heartbeat_platform
 RUN pip wheel --no-deps --wheel-dir /wheels .
@@ -26,8 +26,10 @@ RUN groupadd --system --gid 10001 heartbeat \
     && useradd --system --uid 10001 --gid heartbeat --create-home --home-dir /home/heartbeat \
         heartbeat \
     && install -d -o heartbeat -g heartbeat "$DAGSTER_HOME" "$DAGSTER_HOME/storage"
+# the project's dependencies at the versions of requirements.lock (README, the lock file)
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install /wheels/*.whl
+    --mount=type=bind,from=build,source=/src/requirements.lock,target=/tmp/requirements.lock \
+    pip install -c /tmp/requirements.lock /wheels/*.whl
 USER heartbeat
 WORKDIR /home/heartbeat
 CMD ["heartbeat-platform", "--help"]

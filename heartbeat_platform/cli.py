@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import orjson
 import psycopg
 import typer
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperCommand
 
-from heartbeat_platform import readiness
+from heartbeat_platform import metrics, readiness
 from heartbeat_platform.config import Settings, load_settings
 from heartbeat_platform.local.broker import EmbeddedBrokerError
 from heartbeat_platform.local.postgres import EmbeddedPostgresError
@@ -376,6 +377,7 @@ def produce(
         float | None, typer.Option(help="Stop after S seconds.", min=0)
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
+    metrics_port: Annotated[int | None, _METRICS_PORT] = None,
 ) -> None:
     """Generate heart-rate events and send them to Kafka (until Ctrl-C without limits)."""
     if events is not None and duration is not None:
@@ -383,7 +385,9 @@ def produce(
         raise typer.Exit(2)
     settings = _settings()
     endpoints = readiness.ready(settings)
-    producer = HeartbeatProducer(readiness.producer_config(settings, endpoints))
+    producer = HeartbeatProducer(
+        readiness.producer_config(settings, endpoints), metrics=_metrics(settings, metrics_port)
+    )
     with (
         producer,
         _stop_on_signals(producer.request_stop),
@@ -414,12 +418,16 @@ def consume(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON report (with peak RSS) at the end.")
     ] = False,
+    metrics_port: Annotated[int | None, _METRICS_PORT] = None,
 ) -> None:
     """Consume events in batches and land them in PostgreSQL exactly once."""
     settings = _settings()
     endpoints = readiness.ready(settings)
     overrides = {"batch_size": batch_size} if batch_size else {}
-    consumer = HeartbeatConsumer(readiness.consumer_config(settings, endpoints, **overrides))
+    consumer = HeartbeatConsumer(
+        readiness.consumer_config(settings, endpoints, **overrides),
+        metrics=_metrics(settings, metrics_port),
+    )
     with _stop_on_signals(consumer.request_stop):
         report = consumer.run(stop_when_idle=stop_when_idle)
     if as_json:
@@ -433,6 +441,24 @@ def consume(
         f"{stats.anomalies_bradycardia + stats.anomalies_tachycardia + stats.anomalies_invalid:,}, "
         f"dead letters {stats.dead_letters:,}, duplicates dropped {stats.duplicates_dropped:,}"
     )
+
+
+_METRICS_PORT = typer.Option(
+    help="Serve Prometheus /metrics on this port (0: a free one; default "
+    "HEARTBEAT_METRICS_PORT, unset = off), on HEARTBEAT_METRICS_HOST (127.0.0.1).",
+    min=0, max=65_535,
+)
+
+
+def _metrics(settings: Settings, port: int | None) -> CollectorRegistry | None:
+    """A registry served on /metrics when a port is set (flag, then setting), else None."""
+    port = settings.heartbeat_metrics_port if port is None else port
+    if port is None:
+        return None
+    registry = CollectorRegistry()
+    bound = metrics.serve(registry, port, settings.heartbeat_metrics_host)
+    err.print(f"metrics: http://{settings.heartbeat_metrics_host}:{bound}/metrics")
+    return registry
 
 
 @contextmanager

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         description="larger Kafka messages become dead letters keeping their first 1 KiB",
     )
     heartbeat_stats_every: int = Field(default=100, ge=1)
+    # Prometheus /metrics of `consume` and `produce` (each its own port; unset = off)
+    heartbeat_metrics_port: int | None = Field(default=None, ge=0, le=65_535)
+    heartbeat_metrics_host: str = "127.0.0.1"
 
     heartbeat_raw_retention_days: int = Field(
         default=7, ge=1, le=3650, description="days raw readings are kept (day partitions)"

@@ -41,8 +41,10 @@ from datetime import UTC, datetime
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
+from heartbeat_platform.metrics import ConsumerCollector, ConsumerMetrics
 from heartbeat_platform.storage import db_errors
 from heartbeat_platform.storage.progress import (
     PartitionProgress,
@@ -116,7 +118,9 @@ class HeartbeatConsumer:
         config: ConsumerConfig,
         alerts: AlertManager | None = None,
         on_batch: Callable[[WriteResult, PipelineStats], None] | None = None,
+        metrics: CollectorRegistry | None = None,
     ):
+        """`metrics`: a Prometheus registry to report to (see `heartbeat_platform.metrics`)."""
         self.config = config
         self.alerts = alerts or AlertManager()
         self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
@@ -138,6 +142,12 @@ class HeartbeatConsumer:
         self._partitions_checked_at: float | None = None
         self._rebalance_callbacks = 0
         self._settled_in_rebalance = 0
+        self.database_unavailable = False
+        self.kafka_errors = 0
+        self._lag: dict[int, int] = {}
+        self.metrics = ConsumerMetrics(metrics or CollectorRegistry())
+        if metrics is not None:
+            metrics.register(ConsumerCollector(self))
 
     @property
     def stats(self) -> PipelineStats:
@@ -332,6 +342,7 @@ class HeartbeatConsumer:
                 log.error("batch of %d cannot be written and no retry can fix it: %s",
                           messages, db_errors.describe(exc))
                 raise
+            self.database_unavailable = True
             log.error("database unavailable, batch of %d rolled back: %s",
                       messages, db_errors.describe(exc))
             if recover:
@@ -340,6 +351,7 @@ class HeartbeatConsumer:
         if done is None:
             return True
         batch, result = done
+        self.metrics.batch_committed(batch, result, self.inflight.last_write_seconds)
         for partition, (_, after) in batch.progress.items():
             self.commits.stored(partition, after.next_offset)
         self._commit_kafka_offsets()
@@ -406,12 +418,15 @@ class HeartbeatConsumer:
         delay = 0.5
         while True:
             try:
-                return action()
+                done = action()
+                self.database_unavailable = False
+                return done
             except psycopg.OperationalError as exc:
                 if db_errors.classify(exc) is db_errors.Failure.FATAL or self._stop.is_set():
                     if self._stop.is_set():
                         return None
                     raise
+                self.database_unavailable = True
                 log.error("database unavailable (%s), retrying in %.1fs: %s", what, delay,
                           db_errors.describe(exc))
                 deadline = time.monotonic() + delay
@@ -447,7 +462,7 @@ class HeartbeatConsumer:
             return self._consumer.get_watermark_offsets(
                 TopicPartition(self.config.topic, partition), cached=True
             )
-        except KafkaException:
+        except (KafkaException, RuntimeError):  # RuntimeError: closed (metrics thread)
             return (_UNKNOWN_WATERMARK, _UNKNOWN_WATERMARK)
 
     def _check_logs(self) -> None:
@@ -456,6 +471,11 @@ class HeartbeatConsumer:
         Which partitions need a decision is `LogWatch`'s call. A check the broker did not
         answer in time is tried again on the next round; the partition waits meanwhile.
         """
+        self._lag = {
+            p: max(0, high - (c.stored.next_offset if c.stored else 0))
+            for p, c in self._cursors.items()
+            if (high := self._cached_watermarks(p)[1]) >= 0
+        }
         for partition, cursor in list(self._cursors.items()):
             high = self._cached_watermarks(partition)[1]
             seen = self._logs.observe(
@@ -563,7 +583,14 @@ class HeartbeatConsumer:
         log.warning("no partitions assigned %.0f s after joining group %s%s",
                     _NO_ASSIGNMENT_WARNING_S, self.config.group_id, hint)
 
+    def lag(self) -> dict[int, int]:
+        """Per assigned partition: the log end (of the latest fetch) minus the stored
+        progress, as of the loop's last round. For other threads (the metrics server's):
+        they must not call into the Kafka client, which the loop is using."""
+        return dict(self._lag)
+
     def _on_kafka_error(self, error: KafkaError) -> None:
+        self.kafka_errors += 1
         self._log_rate_limited(error.code(), "Kafka: %s (retrying)", error.str())
 
     def _log_rate_limited(self, key: object, message: str, *args) -> None:

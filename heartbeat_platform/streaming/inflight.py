@@ -22,6 +22,7 @@ class InflightWrite:
         self.writer = writer
         self.committed = PipelineStats()
         self.last_commit_at: float | None = None
+        self.last_write_seconds = 0.0  # the last committed batch's time in PostgreSQL
         self._stats_every = stats_every
         self._labels = {"consumer": consumer_name}
         self._projected = self.committed  # the stats once the in-flight batch commits
@@ -57,7 +58,12 @@ class InflightWrite:
             return []
 
         self._projected = pending
-        self._inflight = (self._thread.submit(self.writer.write, batch, snapshot), batch, pending)
+        self._inflight = (self._thread.submit(self._write, batch, snapshot), batch, pending)
+
+    def _write(self, batch: Batch, snapshot) -> tuple[WriteResult, float]:
+        started = time.perf_counter()
+        result = self.writer.write(batch, snapshot)
+        return result, time.perf_counter() - started
 
     def wait(self) -> tuple[Batch, WriteResult] | None:
         """The in-flight batch and its result once committed; None when none was in flight.
@@ -69,7 +75,7 @@ class InflightWrite:
         future, batch, pending = self._inflight
         self._inflight = None
         try:
-            result = future.result()
+            result, self.last_write_seconds = future.result()
         except BaseException:
             self._projected = self.committed
             raise

@@ -55,9 +55,11 @@ from functools import partial
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
+from heartbeat_platform.metrics import ProducerCollector
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 
 log = logging.getLogger(__name__)
@@ -186,8 +188,12 @@ class HeartbeatProducer:
         self,
         config: ProducerConfig,
         on_undelivered: Callable[[str, Message], None] | None = None,
+        metrics: CollectorRegistry | None = None,
     ):
+        """`metrics`: a Prometheus registry to report to (see `heartbeat_platform.metrics`)."""
         self.config = config
+        if metrics is not None:
+            metrics.register(ProducerCollector(self))
         self.report = ProducerReport()
         self._on_undelivered = on_undelivered
         self._stop = threading.Event()

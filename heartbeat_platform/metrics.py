@@ -1,0 +1,156 @@
+"""Prometheus metrics of the consumer and the producer, served on /metrics.
+
+Counters and gauges are read from the running objects when Prometheus scrapes (custom
+collectors), so the hot path pays nothing for them; only the histograms (batch size,
+write time, end-to-end delay of a sample of readings) are observed once per batch.
+Off unless a port is given (`HEARTBEAT_METRICS_PORT`, `--metrics-port`); loopback by
+default (`HEARTBEAT_METRICS_HOST`), because the numbers describe a fleet's health data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from heartbeat_platform.storage.writer import Batch, WriteResult
+    from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+    from heartbeat_platform.streaming.producer import HeartbeatProducer
+
+log = logging.getLogger(__name__)
+
+LATENCY_SAMPLE_EVERY = 64  # one reading in 64 feeds the end-to-end histogram
+DEAD_LETTER_CLASSES = ("invalid", "out_of_window", "oversized", "refused")
+
+
+def dead_letter_class(reason: str) -> str:
+    """The class of a dead letter's reason, for a label with few values."""
+    if reason.startswith("the database refused it"):
+        return "refused"
+    if "HEARTBEAT_MAX_MESSAGE_BYTES" in reason:
+        return "oversized"
+    if "HEARTBEAT_RAW_RETENTION_DAYS" in reason or "HEARTBEAT_MAX_CLOCK_SKEW_S" in reason:
+        return "out_of_window"
+    return "invalid"
+
+
+class ConsumerMetrics:
+    """What a consumer reports: per-batch histograms here, the rest read at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.batch_messages = Histogram(
+            "heartbeat_consumer_batch_messages", "Messages per committed batch",
+            buckets=(1, 10, 100, 500, 1_000, 5_000, 10_000, 20_000, 50_000), registry=registry,
+        )
+        self.write_seconds = Histogram(
+            "heartbeat_consumer_batch_write_seconds",
+            "Time to write and commit one batch in PostgreSQL", registry=registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "heartbeat_consumer_end_to_end_seconds",
+            f"Reading timestamp to its committed row (1 reading in {LATENCY_SAMPLE_EVERY})",
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60), registry=registry,
+        )
+        self.dead_letters: dict[str, int] = dict.fromkeys(DEAD_LETTER_CLASSES, 0)
+
+    def batch_committed(self, batch: Batch, result: WriteResult, write_seconds: float) -> None:
+        self.batch_messages.observe(batch.message_count)
+        self.write_seconds.observe(write_seconds)
+        now = datetime.now(UTC)
+        for row in batch.records[::LATENCY_SAMPLE_EVERY]:
+            self.end_to_end_seconds.observe(max(0.0, (now - row[1]).total_seconds()))
+        for row in batch.dead_letters:
+            self.dead_letters[dead_letter_class(row[5])] += 1
+        self.dead_letters["refused"] += result.refused
+
+
+class ConsumerCollector(Collector):
+    """Counters and gauges of a running consumer, read when Prometheus asks."""
+
+    def __init__(self, consumer: HeartbeatConsumer):
+        self.consumer = consumer
+
+    def collect(self) -> Iterator:
+        consumer, stats = self.consumer, self.consumer.stats
+        messages = CounterMetricFamily(
+            "heartbeat_consumer_messages", "Messages committed to PostgreSQL"
+        )
+        messages.add_metric([], stats.messages_consumed)
+        yield messages
+        rows = CounterMetricFamily(
+            "heartbeat_consumer_rows", "Rows written, by table", labels=["table"]
+        )
+        rows.add_metric(["heartbeat_records"], stats.records_written)
+        rows.add_metric(["heartbeat_anomalies"], stats.anomalies_bradycardia
+                        + stats.anomalies_tachycardia + stats.anomalies_invalid)
+        rows.add_metric(["heartbeat_dead_letters"], stats.dead_letters)
+        rows.add_metric(["pipeline_metrics"], stats.alerts_triggered)
+        yield rows
+        duplicates = CounterMetricFamily(
+            "heartbeat_consumer_duplicates", "Readings already stored, dropped"
+        )
+        duplicates.add_metric([], stats.duplicates_dropped)
+        yield duplicates
+        dead = CounterMetricFamily(
+            "heartbeat_consumer_dead_letters", "Dead letters by reason class", labels=["reason"]
+        )
+        for reason, count in consumer.metrics.dead_letters.items():
+            dead.add_metric([reason], count)
+        yield dead
+        lag = GaugeMetricFamily(
+            "heartbeat_consumer_lag_messages",
+            "Log end minus the progress stored in PostgreSQL, per assigned partition",
+            labels=["partition"],
+        )
+        for partition, messages_behind in consumer.lag().items():
+            lag.add_metric([str(partition)], messages_behind)
+        yield lag
+        waiting = GaugeMetricFamily(
+            "heartbeat_consumer_database_unavailable",
+            "1 while the consumer waits for PostgreSQL to come back",
+        )
+        waiting.add_metric([], 1.0 if consumer.database_unavailable else 0.0)
+        yield waiting
+        errors = CounterMetricFamily(
+            "heartbeat_consumer_kafka_errors", "Errors the Kafka client reported (it retries)"
+        )
+        errors.add_metric([], consumer.kafka_errors)
+        yield errors
+
+
+class ProducerCollector(Collector):
+    """Delivery counts of a running producer, read when Prometheus asks."""
+
+    def __init__(self, producer: HeartbeatProducer):
+        self.producer = producer
+
+    def collect(self) -> Iterator:
+        report = self.producer.report
+        outcomes = CounterMetricFamily(
+            "heartbeat_producer_messages", "Messages by delivery outcome", labels=["outcome"]
+        )
+        outcomes.add_metric(["sent"], report.sent)
+        outcomes.add_metric(["delivered"], report.delivered)
+        outcomes.add_metric(["failed"], report.failed)
+        outcomes.add_metric(["uncertain"], report.uncertain)
+        yield outcomes
+        recreated = CounterMetricFamily(
+            "heartbeat_producer_recreated", "Times the Kafka client was re-created"
+        )
+        recreated.add_metric([], report.recreated)
+        yield recreated
+
+
+def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:
+    """Serve `registry` on http://host:port/metrics in a daemon thread; the port bound
+    (0 picks a free one)."""
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    bound = server.server_address[1]
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, bound)
+    return bound

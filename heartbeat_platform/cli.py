@@ -483,11 +483,14 @@ def demo(
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    metrics_port: Annotated[int | None, _METRICS_PORT] = None,
 ) -> None:
     """Produce N events, consume them, print a summary; exit 1 if any is unaccounted for."""
     from heartbeat_platform.demo import run_demo
 
-    summary = run_demo(_settings(), events, rate=rate or None, seed=seed)
+    settings = _settings()
+    summary = run_demo(settings, events, rate=rate or None, seed=seed,
+                       metrics=_metrics(settings, metrics_port))
     if as_json:
         console.print_json(json.dumps(summary.as_dict()))
     else:

@@ -12,6 +12,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from prometheus_client import CollectorRegistry
+
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.storage.database import connect
@@ -46,17 +48,21 @@ class DemoSummary:
 
 
 def run_demo(
-    settings: Settings, events: int, rate: float | None = None, seed: int | None = None
+    settings: Settings, events: int, rate: float | None = None, seed: int | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> DemoSummary:
+    """`metrics`: a Prometheus registry the demo's consumer and producer both report to."""
     prepared = readiness.prepare(settings)
     endpoints = prepared.endpoints
-    consumer = HeartbeatConsumer(readiness.consumer_config(settings, endpoints))
+    consumer = HeartbeatConsumer(readiness.consumer_config(settings, endpoints), metrics=metrics)
     consuming = threading.Thread(target=consumer.run, name="demo-consumer", daemon=True)
     consuming.start()
     try:
         consumer.assigned.wait(timeout=30)  # joining the group takes seconds; don't count it
         started = time.monotonic()
-        with HeartbeatProducer(readiness.producer_config(settings, endpoints)) as producer:
+        with HeartbeatProducer(
+            readiness.producer_config(settings, endpoints), metrics=metrics
+        ) as producer:
             report = producer.run(readiness.generator(settings, seed), rate=rate, events=events)
         _wait_until_stored(endpoints.database_url, settings, report)
     finally:

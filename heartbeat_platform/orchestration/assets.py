@@ -149,20 +149,31 @@ def _key_bounds(rollup: Rollup, start, end) -> tuple:
     return start, end
 
 
-# BackfillPolicy is marked beta in Dagster 1.13; it is what makes a week's backfill a
-# handful of runs instead of 168, so it stays, without a warning on every code load.
-warnings.filterwarnings("ignore", message=".*`backfill_policy`.*", category=dg.BetaWarning)
 hourly = dg.HourlyPartitionsDefinition(start_date=f"{ROLLUPS_START}-00:00", end_offset=1)
 daily = dg.DailyPartitionsDefinition(start_date=ROLLUPS_START, end_offset=1)
-# A backfill of many windows runs a day at a time per run, not one run per hour.
-_rollup = {
-    "group_name": "rollups",
-    "kinds": {"postgres", "table"},
-    "backfill_policy": dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
-}
 
 
-@dg.asset(
+def _rollup_asset(**kwargs):
+    """@dg.asset for a rollup: a backfill of many windows runs a day at a time per run, not
+    one run per hour.
+
+    `backfill_policy` is a beta parameter of @dg.asset in Dagster 1.13 and the only way to
+    get multi-partition runs (no stable alternative exists), so its BetaWarning is ignored
+    here, for these decorators only; every other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*`backfill_policy`.*", category=dg.BetaWarning
+        )
+        return dg.asset(
+            group_name="rollups",
+            kinds={"postgres", "table"},
+            backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=24),
+            **kwargs,
+        )
+
+
+@_rollup_asset(
     description="Whole fleet per minute: readings, active customers, BPM average/min/max/"
     "stddev, anomalies by type (each reading once). A partition is one hour of minutes; "
     "each minute's raw readings are read once, into customer_minute_stats, and the fleet "
@@ -170,7 +181,6 @@ _rollup = {
     "sensor recomputes the minutes the consumer marked pending, within a minute.",
     deps=[RECORDS, ANOMALIES],
     partitions_def=hourly,
-    **_rollup,
 )
 def fleet_minute_stats(
     context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource
@@ -178,13 +188,12 @@ def fleet_minute_stats(
     return _refresh_rollup(context, config, postgres, Rollup.FLEET_MINUTE, "minute DESC")
 
 
-@dg.asset(
+@_rollup_asset(
     description="Per customer and hour: readings, BPM average/min/max/stddev, first and last "
     "reading, anomalies by type. Built from the hour's customer minutes (customer_minute_"
     "stats) once the hour has closed, and again when late readings change one of them.",
     deps=[RECORDS, ANOMALIES],
     partitions_def=hourly,
-    **_rollup,
 )
 def customer_hourly_bpm_stats(
     context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource
@@ -194,12 +203,11 @@ def customer_hourly_bpm_stats(
     )
 
 
-@dg.asset(
+@_rollup_asset(
     description="Per customer and UTC day: the original design's daily statistics, built "
     "from the day's 24 hourly rows (sums keep the average and deviation exact).",
     deps=[customer_hourly_bpm_stats],
     partitions_def=daily,
-    **_rollup,
 )
 def customer_daily_bpm_stats(
     context: dg.AssetExecutionContext, config: RollupConfig, postgres: PostgresResource

@@ -97,7 +97,9 @@ def consumer_history(instance: dg.DagsterInstance) -> list[ConsumerRun]:
 
 @dg.sensor(
     name=SENSOR_NAME,
-    job=heartbeat_consumer,
+    # By name, not `job=`: a JobDefinition target makes Definitions rebuild the sensor to
+    # bind the resources, and Dagster 1.13 then warns about a beta `owners` parameter.
+    job_name=heartbeat_consumer.name,
     minimum_interval_seconds=20,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Keeps HEARTBEAT_CONSUMER_WORKERS heartbeat_consumer runs alive (default 1, "

@@ -189,7 +189,7 @@ def test_dagster_loads_the_definitions_and_its_own_database(stack: dict) -> None
         command = stack[name]["command"]
         assert {"--grpc-host=dagster-code", "--grpc-port=4000"} <= set(command), name
 
-    instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    instance = yaml.safe_load((ROOT / "heartbeat_platform/orchestration/instance.yaml").read_text())
     url_variable = instance["storage"]["postgres"]["postgres_url"]["env"]
     platform_db = urlsplit(stack["dagster-code"]["environment"]["DATABASE_URL"]).path
     for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):

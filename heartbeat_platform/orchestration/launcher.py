@@ -47,9 +47,13 @@ from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
 
 def config_file(name: str) -> Path:
-    """dagster.yaml / workspace.yaml: packaged in a wheel under `_dagster`, else the repo root."""
+    """workspace.yaml: packaged in a wheel under `_dagster`, else the repo root."""
     packaged = Path(__file__).resolve().parents[1] / "_dagster" / name
     return packaged if packaged.exists() else Path(__file__).resolve().parents[2] / name
+
+
+# The deployed instance (storage in PostgreSQL); the repo-root dagster.yaml is `dagster dev`'s.
+INSTANCE_CONFIG = Path(__file__).resolve().with_name("instance.yaml")
 
 
 HOST = "127.0.0.1"
@@ -132,8 +136,8 @@ def _ensure_database(database_url: str, name: str) -> str:
 
 
 def write_instance_config(home: Path, workers: int) -> None:
-    """The repository's dagster.yaml, with the consumer run limit set to the configured workers."""
-    config = yaml.safe_load(config_file("dagster.yaml").read_text())
+    """instance.yaml as home/dagster.yaml, the consumer run limit set to the configured workers."""
+    config = yaml.safe_load(INSTANCE_CONFIG.read_text())
     runs = config["concurrency"]["runs"]
     for limit in runs["tag_concurrency_limits"]:
         if limit["key"] == ROLE_TAG and limit.get("value") == "consumer":

@@ -3,9 +3,14 @@
 Settings are read when a run, sensor or schedule uses them (environment / `.env`, exactly
 as `heartbeat-platform` reads them), never when the code location loads: loading the
 definitions starts nothing. The first use in a process checks the platform like the
-pipeline's CLI commands do (services reachable, schema current, topic present) and
-changes nothing: `heartbeat-platform up` (or `init-db`) did the setup, so runs can use a
-role without the right to change the schema or create topics.
+pipeline's CLI commands do (services reachable, schema current, topic present) and, on
+configured services, changes nothing: `heartbeat-platform up` (or `init-db`) did the setup,
+so runs can use a role without the right to change the schema or create topics.
+
+With neither DATABASE_URL nor KAFKA_BOOTSTRAP_SERVERS set (plain `dagster dev` in a fresh
+clone), both services are the embedded ones of the state folder: the first use starts them
+and does the setup (`readiness.prepare`: schema, day partitions, topic), which is ours to
+do there. `set_up_embedded=False` turns that off.
 """
 
 from __future__ import annotations
@@ -70,35 +75,49 @@ def consumer_workers(settings: Settings) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _database_url(settings: Settings) -> str:
+def _database_url(settings: Settings, set_up_embedded: bool) -> str:
+    if set_up_embedded and _all_embedded(settings):
+        return _endpoints(settings, set_up_embedded).database_url
     return readiness.ready(settings, topic=False).database_url
 
 
 @functools.lru_cache(maxsize=8)
-def _endpoints(settings: Settings) -> Endpoints:
+def _endpoints(settings: Settings, set_up_embedded: bool) -> Endpoints:
+    if set_up_embedded and _all_embedded(settings):
+        return readiness.prepare(settings).endpoints
     return readiness.ready(settings)
 
 
-class PostgresResource(dg.ConfigurableResource):
-    """The platform's PostgreSQL (DATABASE_URL, or the embedded server), schema current."""
+def _all_embedded(settings: Settings) -> bool:
+    return settings.database_url is None and settings.kafka_bootstrap_servers is None
+
+
+class _PlatformResource(dg.ConfigurableResource):
+    set_up_embedded: bool = Field(
+        default=True,
+        description="with no DATABASE_URL and no KAFKA_BOOTSTRAP_SERVERS, the first use "
+        "starts the embedded services and applies the schema and creates the topic "
+        "(otherwise it only checks them)",
+    )
 
     def settings(self) -> Settings:
         return load_settings()
 
+
+class PostgresResource(_PlatformResource):
+    """The platform's PostgreSQL (DATABASE_URL, or the embedded server), schema current."""
+
     @property
     def url(self) -> str:
-        return _database_url(self.settings())
+        return _database_url(self.settings(), self.set_up_embedded)
 
     def connect(self) -> psycopg.Connection:
         """An autocommit connection; use `with conn.transaction()` for multi-statement work."""
         return connect(self.url, autocommit=True)
 
 
-class KafkaResource(dg.ConfigurableResource):
+class KafkaResource(_PlatformResource):
     """The platform's Kafka (KAFKA_BOOTSTRAP_SERVERS, or the embedded broker), topic present."""
-
-    def settings(self) -> Settings:
-        return load_settings()
 
     @property
     def topic(self) -> str:
@@ -106,16 +125,17 @@ class KafkaResource(dg.ConfigurableResource):
 
     def producer_config(self) -> ProducerConfig:
         settings = self.settings()
-        return readiness.producer_config(settings, _endpoints(settings))
+        return readiness.producer_config(settings, _endpoints(settings, self.set_up_embedded))
 
     def consumer_config(self, **overrides: object) -> ConsumerConfig:
         settings = self.settings()
-        return readiness.consumer_config(settings, _endpoints(settings), **overrides)
+        endpoints = _endpoints(settings, self.set_up_embedded)
+        return readiness.consumer_config(settings, endpoints, **overrides)
 
     def lag(self) -> list[PartitionLag]:
         """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""
         settings = self.settings()
-        endpoints = _endpoints(settings)
+        endpoints = _endpoints(settings, self.set_up_embedded)
         return consumer_lag(
             endpoints.bootstrap_servers, endpoints.database_url,
             settings.kafka_topic, settings.kafka_group_id,

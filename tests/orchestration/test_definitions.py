@@ -118,7 +118,7 @@ def test_workspace_yaml_loads_these_definitions() -> None:
 def test_instance_config_is_valid_and_limits_consumers(
     workers: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """dagster.yaml passes Dagster's own schema; `up` sets the consumer limit to the workers."""
+    """instance.yaml as `up` writes it passes Dagster's schema; consumer limit = workers."""
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql+psycopg2://u@localhost/dagster")
     write_instance_config(tmp_path, workers)
     config, _ = dagster_instance_config(str(tmp_path))
@@ -126,7 +126,7 @@ def test_instance_config_is_valid_and_limits_consumers(
     assert config["telemetry"] == {"enabled": False}
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
     assert {"key": "heartbeat/role", "value": "consumer", "limit": workers} in limits
-    dagster_instance_config(str(REPO_ROOT))  # the checked-in file itself is valid too
+    dagster_instance_config(str(REPO_ROOT))  # the root dagster.yaml (`dagster dev`'s) too
 
 
 def test_dashboard_asset_depends_on_what_its_panels_read() -> None:

@@ -78,50 +78,29 @@ class ConsumerCollector(Collector):
 
     def collect(self) -> Iterator:
         consumer, stats = self.consumer, self.consumer.stats
-        messages = CounterMetricFamily(
-            "heartbeat_consumer_messages", "Messages committed to PostgreSQL"
-        )
-        messages.add_metric([], stats.messages_consumed)
-        yield messages
-        rows = CounterMetricFamily(
-            "heartbeat_consumer_rows", "Rows written, by table", labels=["table"]
-        )
-        rows.add_metric(["heartbeat_records"], stats.records_written)
-        rows.add_metric(["heartbeat_anomalies"], stats.anomalies_bradycardia
-                        + stats.anomalies_tachycardia + stats.anomalies_invalid)
-        rows.add_metric(["heartbeat_dead_letters"], stats.dead_letters)
-        rows.add_metric(["pipeline_metrics"], stats.alerts_triggered)
-        yield rows
-        duplicates = CounterMetricFamily(
-            "heartbeat_consumer_duplicates", "Readings already stored, dropped"
-        )
-        duplicates.add_metric([], stats.duplicates_dropped)
-        yield duplicates
-        dead = CounterMetricFamily(
-            "heartbeat_consumer_dead_letters", "Dead letters by reason class", labels=["reason"]
-        )
-        for reason, count in consumer.metrics.dead_letters.items():
-            dead.add_metric([reason], count)
-        yield dead
-        lag = GaugeMetricFamily(
-            "heartbeat_consumer_lag_messages",
-            "Log end minus the progress stored in PostgreSQL, per assigned partition",
-            labels=["partition"],
-        )
-        for partition, messages_behind in consumer.lag().items():
-            lag.add_metric([str(partition)], messages_behind)
-        yield lag
-        waiting = GaugeMetricFamily(
-            "heartbeat_consumer_database_unavailable",
-            "1 while the consumer waits for PostgreSQL to come back",
-        )
-        waiting.add_metric([], 1.0 if consumer.database_unavailable else 0.0)
-        yield waiting
-        errors = CounterMetricFamily(
-            "heartbeat_consumer_kafka_errors", "Errors the Kafka client reported (it retries)"
-        )
-        errors.add_metric([], consumer.kafka_errors)
-        yield errors
+        yield CounterMetricFamily("heartbeat_consumer_messages",
+                                  "Messages committed to PostgreSQL", stats.messages_consumed)
+        yield _labelled(CounterMetricFamily, "heartbeat_consumer_rows",
+                        "Rows written, by table", "table", {
+                            "heartbeat_records": stats.records_written,
+                            "heartbeat_anomalies": stats.anomalies_bradycardia
+                            + stats.anomalies_tachycardia + stats.anomalies_invalid,
+                            "heartbeat_dead_letters": stats.dead_letters,
+                            "pipeline_metrics": stats.alerts_triggered,
+                        })
+        yield CounterMetricFamily("heartbeat_consumer_duplicates",
+                                  "Readings already stored, dropped", stats.duplicates_dropped)
+        yield _labelled(CounterMetricFamily, "heartbeat_consumer_dead_letters",
+                        "Dead letters by reason class", "reason", consumer.metrics.dead_letters)
+        yield _labelled(GaugeMetricFamily, "heartbeat_consumer_lag_messages",
+                        "Log end minus the progress stored in PostgreSQL, per assigned partition",
+                        "partition", consumer.lag())
+        yield GaugeMetricFamily("heartbeat_consumer_database_unavailable",
+                                "1 while the consumer waits for PostgreSQL to come back",
+                                1.0 if consumer.database_unavailable else 0.0)
+        yield CounterMetricFamily("heartbeat_consumer_kafka_errors",
+                                  "Errors the Kafka client reported (it retries)",
+                                  consumer.kafka_errors)
 
 
 class ProducerCollector(Collector):
@@ -132,19 +111,21 @@ class ProducerCollector(Collector):
 
     def collect(self) -> Iterator:
         report = self.producer.report
-        outcomes = CounterMetricFamily(
-            "heartbeat_producer_messages", "Messages by delivery outcome", labels=["outcome"]
-        )
-        outcomes.add_metric(["sent"], report.sent)
-        outcomes.add_metric(["delivered"], report.delivered)
-        outcomes.add_metric(["failed"], report.failed)
-        outcomes.add_metric(["uncertain"], report.uncertain)
-        yield outcomes
-        recreated = CounterMetricFamily(
-            "heartbeat_producer_recreated", "Times the Kafka client was re-created"
-        )
-        recreated.add_metric([], report.recreated)
-        yield recreated
+        yield _labelled(CounterMetricFamily, "heartbeat_producer_messages",
+                        "Messages by delivery outcome", "outcome", {
+                            "sent": report.sent, "delivered": report.delivered,
+                            "failed": report.failed, "uncertain": report.uncertain,
+                        })
+        yield CounterMetricFamily("heartbeat_producer_recreated",
+                                  "Times the Kafka client was re-created", report.recreated)
+
+
+def _labelled(family, name: str, documentation: str, label: str, values: dict):
+    """A metric family with one sample per key of `values`, under one label."""
+    metric = family(name, documentation, labels=[label])
+    for key, value in values.items():
+        metric.add_metric([str(key)], value)
+    return metric
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:

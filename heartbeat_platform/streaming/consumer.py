@@ -462,7 +462,7 @@ class HeartbeatConsumer:
             return self._consumer.get_watermark_offsets(
                 TopicPartition(self.config.topic, partition), cached=True
             )
-        except (KafkaException, RuntimeError):  # RuntimeError: closed (metrics thread)
+        except KafkaException:
             return (_UNKNOWN_WATERMARK, _UNKNOWN_WATERMARK)
 
     def _check_logs(self) -> None:
@@ -471,20 +471,17 @@ class HeartbeatConsumer:
         Which partitions need a decision is `LogWatch`'s call. A check the broker did not
         answer in time is tried again on the next round; the partition waits meanwhile.
         """
-        self._lag = {
-            p: max(0, high - (c.stored.next_offset if c.stored else 0))
-            for p, c in self._cursors.items()
-            if (high := self._cached_watermarks(p)[1]) >= 0
-        }
-        for partition, cursor in list(self._cursors.items()):
+        lag, suspects = {}, []
+        for partition, cursor in self._cursors.items():
             high = self._cached_watermarks(partition)[1]
-            seen = self._logs.observe(
-                partition, cursor.stored.next_offset if cursor.stored else None,
-                cursor.topic_id, high,
-            )
-            action = decide(seen)
-            if isinstance(action, Continue):
-                continue
+            stored = cursor.stored.next_offset if cursor.stored else None
+            if high >= 0:
+                lag[partition] = max(0, high - (stored or 0))
+            seen = self._logs.observe(partition, stored, cursor.topic_id, high)
+            if not isinstance(decide(seen), Continue):
+                suspects.append((partition, high, seen))
+        self._lag = lag  # for `lag()`, read by the metrics thread
+        for partition, high, seen in suspects:
             if not self._settle():
                 return
             cursor = self._cursors.get(partition)

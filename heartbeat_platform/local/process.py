@@ -61,17 +61,26 @@ def process_alive(pid: int, name_contains: str) -> bool:
 
 
 def stop_process(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it has not gone after `timeout` seconds."""
+    """SIGTERM, then SIGKILL if it has not gone after `timeout` seconds.
+
+    Gone includes a zombie: an embedded service started by another process (a Dagster run
+    that set up the embedded services) is that process's child, and nobody reaps it there.
+    """
     try:
         proc = psutil.Process(pid)
         proc.terminate()
-        try:
-            proc.wait(timeout)
-        except psutil.TimeoutExpired:
+        if not wait_until(lambda: _gone(proc), timeout):
             proc.kill()
-            proc.wait(timeout)
+            wait_until(lambda: _gone(proc), timeout)
     except psutil.NoSuchProcess:
         pass
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

@@ -188,7 +188,9 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
     for leftover in alive:
         leftover.kill()
     assert not alive, [p.pid for p in alive]
-    assert not list(clone.glob(".tmp_dagster_home_*"))  # its temporary home is removed
+    # Not asserted: that Dagster removed its temporary home. A scheduled run still finishing
+    # at the SIGINT (pipeline_health runs every minute) writes into it after dagster dev
+    # removed it (seen once in CI); that cleanup is Dagster's, not the platform's.
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

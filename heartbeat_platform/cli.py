@@ -565,6 +565,6 @@ def up(
     ] = False,
 ) -> None:
     """Run the platform: services, schema, topic, Dagster webserver and daemon (Ctrl-C stops)."""
-    from heartbeat_platform.orchestration.launcher import run_up
+    from heartbeat_platform.launcher import run_up
 
     raise typer.Exit(run_up(_settings(), port=port, demo=demo))

@@ -183,13 +183,13 @@ def test_platform_containers_use_the_compose_services(stack: dict) -> None:
 def test_dagster_loads_the_definitions_and_its_own_database(stack: dict) -> None:
     code = stack["dagster-code"]
     assert code["command"][:3] == ["dagster", "code-server", "start"]
-    assert "--module-name=heartbeat_platform.orchestration.definitions" in code["command"]
+    assert "--module-name=heartbeat_platform.definitions" in code["command"]
     assert "--port=4000" in code["command"] and "ports" not in code
     for name in ("dagster-webserver", "dagster-daemon"):
         command = stack[name]["command"]
         assert {"--grpc-host=dagster-code", "--grpc-port=4000"} <= set(command), name
 
-    instance = yaml.safe_load((ROOT / "heartbeat_platform/orchestration/instance.yaml").read_text())
+    instance = yaml.safe_load((ROOT / "heartbeat_platform/dagster_instance.yaml").read_text())
     url_variable = instance["storage"]["postgres"]["postgres_url"]["env"]
     platform_db = urlsplit(stack["dagster-code"]["environment"]["DATABASE_URL"]).path
     for name in ("dagster-code", "dagster-webserver", "dagster-daemon"):

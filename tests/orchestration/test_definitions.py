@@ -14,7 +14,7 @@ from dagster._core.instance.config import dagster_instance_config
 
 from heartbeat_platform.orchestration.assets import dashboard
 from heartbeat_platform.orchestration.definitions import defs
-from heartbeat_platform.orchestration.launcher import write_instance_config
+from heartbeat_platform.launcher import write_instance_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

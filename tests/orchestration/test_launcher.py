@@ -15,7 +15,7 @@ from dagster._core.test_utils import create_run_for_test
 from heartbeat_platform.config import load_settings
 from heartbeat_platform.local.process import free_port
 from heartbeat_platform.local.services import Endpoints, LocalServices
-from heartbeat_platform.orchestration.launcher import (
+from heartbeat_platform.launcher import (
     child_environment,
     dagster_storage_url,
     fail_orphaned_runs,

@@ -48,12 +48,12 @@ from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
 def config_file(name: str) -> Path:
     """workspace.yaml: packaged in a wheel under `_dagster`, else the repo root."""
-    packaged = Path(__file__).resolve().parents[1] / "_dagster" / name
-    return packaged if packaged.exists() else Path(__file__).resolve().parents[2] / name
+    packaged = Path(__file__).resolve().parent / "_dagster" / name
+    return packaged if packaged.exists() else Path(__file__).resolve().parents[1] / name
 
 
 # The deployed instance (storage in PostgreSQL); the repo-root dagster.yaml is `dagster dev`'s.
-INSTANCE_CONFIG = Path(__file__).resolve().with_name("instance.yaml")
+INSTANCE_CONFIG = Path(__file__).resolve().with_name("dagster_instance.yaml")
 
 
 HOST = "127.0.0.1"

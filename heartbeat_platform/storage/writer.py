@@ -265,8 +265,9 @@ class BatchWriter:
 
     def ping(self) -> None:
         """Raise psycopg.OperationalError while the database is unreachable."""
-        self._connection().execute("SELECT 1")
-        self._conn.rollback()
+        conn = self._connection()
+        conn.execute("SELECT 1")
+        conn.rollback()
 
     # -- the batch ------------------------------------------------------------------------
     def write(
@@ -366,7 +367,7 @@ class BatchWriter:
 def _copy(conn: psycopg.Connection, statement: str, data: str | bytes) -> None:
     binary = isinstance(data, bytes)
     with conn.cursor().copy(statement + (" (FORMAT binary)" if binary else "")) as copy:
-        copy.write(data if binary else data.encode())
+        copy.write(data if isinstance(data, bytes) else data.encode())
 
 
 def _insert(conn: psycopg.Connection, table, data: str | bytes, rows: int) -> int:

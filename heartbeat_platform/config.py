@@ -10,7 +10,7 @@ variables, checked when the settings load and handed to every Kafka client throu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -170,6 +170,6 @@ class Settings(BaseSettings):
         return self.database_url is None or self.kafka_bootstrap_servers is None
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from env/.env, with explicit overrides (used by tests and CLI flags)."""
     return Settings(**overrides)

@@ -154,6 +154,13 @@ class HeartbeatConsumer:
         """The counters of every batch committed so far."""
         return self.inflight.committed
 
+    @property
+    def _client(self) -> Consumer:
+        """The Kafka consumer, which exists while `run` runs."""
+        if self._consumer is None:
+            raise RuntimeError("the Kafka consumer is not running")
+        return self._consumer
+
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
         """Finish the current batch and stop; safe from a signal handler or another thread."""
@@ -366,7 +373,10 @@ class HeartbeatConsumer:
             return
         offsets = [TopicPartition(self.config.topic, p, offset) for p, offset in due.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=not force)
+            if force:  # closing, or partitions revoked: wait for it
+                self._client.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._client.commit(offsets=offsets, asynchronous=True)
         except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
             self._log_rate_limited("commit", "could not commit offsets to Kafka: %s", exc)
 
@@ -406,10 +416,10 @@ class HeartbeatConsumer:
             self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
 
     def _rewind_and_wait_for_database(self) -> None:
-        self._consumer.pause(self._consumer.assignment())
+        self._client.pause(self._client.assignment())
         self._with_database(self.writer.ping, "reconnect")
         self._rewind(list(self._cursors))
-        self._consumer.resume(self._consumer.assignment())
+        self._client.resume(self._client.assignment())
         self._last_activity = time.monotonic()  # the outage is not idleness
         log.info("database is back: resuming from the stored progress")
 
@@ -440,13 +450,13 @@ class HeartbeatConsumer:
     def _seek(self, partition: int, offset: int) -> None:
         tp = TopicPartition(self.config.topic, partition, offset)
         try:
-            self._consumer.seek(tp)
+            self._client.seek(tp)
         except KafkaException:  # not fetching yet: the assignment's offset applies instead
             if self._incremental:
-                self._consumer.incremental_unassign([TopicPartition(self.config.topic, partition)])
-                self._consumer.incremental_assign([tp])
+                self._client.incremental_unassign([TopicPartition(self.config.topic, partition)])
+                self._client.incremental_assign([tp])
             else:
-                self._consumer.assign([
+                self._client.assign([
                     TopicPartition(self.config.topic, p, c.next_offset if c.stored
                                    else OFFSET_BEGINNING)
                     for p, c in self._cursors.items()
@@ -459,7 +469,7 @@ class HeartbeatConsumer:
 
     def _cached_watermarks(self, partition: int) -> tuple[int, int]:
         try:
-            return self._consumer.get_watermark_offsets(
+            return self._client.get_watermark_offsets(
                 TopicPartition(self.config.topic, partition), cached=True
             )
         except KafkaException:
@@ -484,11 +494,11 @@ class HeartbeatConsumer:
         for partition, high, seen in suspects:
             if not self._settle():
                 return
-            cursor = self._cursors.get(partition)
-            if cursor is None:
+            if partition not in self._cursors:  # revoked meanwhile
                 continue
+            cursor = self._cursors[partition]
             try:
-                listed = self._consumer.get_watermark_offsets(
+                listed = self._client.get_watermark_offsets(
                     TopicPartition(self.config.topic, partition), timeout=_LIST_OFFSETS_TIMEOUT_S
                 )
             except KafkaException as exc:

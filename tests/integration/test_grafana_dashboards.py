@@ -126,11 +126,11 @@ def _panels(dashboard: dict) -> list[dict]:
     return [p for p in dashboard["panels"] if p["type"] != "row"]
 
 
-def _provisioned_datasource() -> dict:
+def _provisioned_datasource(kind: str = "grafana-postgresql-datasource") -> dict:
     config = yaml.safe_load(
         (GRAFANA / "provisioning" / "datasources" / "heartbeat.yaml").read_text()
     )
-    (datasource,) = config["datasources"]
+    (datasource,) = [d for d in config["datasources"] if d["type"] == kind]
     return datasource
 
 

@@ -113,7 +113,9 @@ class _Command(TyperCommand):
         )
         super().__init__(*args, **kwargs)
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # ctx is really typer's vendored click Context (private, the base's type); typer.Context
+    # is the subclass typer documents for annotating it.
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         return super().parse_args(ctx, _take_logging_options(ctx, args))
 
 
@@ -137,7 +139,7 @@ def _take_logging_options(ctx: typer.Context, args: list[str]) -> list[str]:
                 raise typer.BadParameter(
                     f"{value!r} is not one of {', '.join(choices)}", ctx=ctx, param_hint=name
                 ) from None
-            if name == "--log-level":
+            if isinstance(chosen, LogLevel):  # name == "--log-level"
                 _logs.level = chosen
             else:
                 _logs.format = chosen
@@ -307,7 +309,7 @@ def maintain(
     """
     from datetime import UTC, datetime
 
-    from heartbeat_platform.storage.database import connect
+    from heartbeat_platform.storage.database import connect, one_row
     from heartbeat_platform.storage.partitions import apply_retention
     from heartbeat_platform.storage.rollups import delete_expired, refresh_pending
 
@@ -318,9 +320,11 @@ def maintain(
         refreshed = refresh_pending(conn, now)
         retention = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
-        open_windows = conn.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) w"
-        ).fetchone()[0]
+        open_windows = one_row(
+            conn.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) w"
+            )
+        )[0]
     report = {
         "rollups": {
             r.rollup.value: {"windows": r.windows, "rows": r.rows, "readings": r.readings,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
@@ -70,8 +71,8 @@ def producer_config(settings: Settings, endpoints: Endpoints) -> ProducerConfig:
     )
 
 
-def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> ConsumerConfig:
-    values = {
+def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) -> ConsumerConfig:
+    values: dict[str, Any] = {
         "bootstrap_servers": endpoints.bootstrap_servers,
         "database_url": endpoints.database_url,
         "topic": settings.kafka_topic,

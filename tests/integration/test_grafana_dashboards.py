@@ -122,8 +122,14 @@ def _load(path: Path) -> dict:
 
 
 def _panels(dashboard: dict) -> list[dict]:
-    """Every panel that runs queries (rows only group them)."""
+    """Every panel that runs SQL: the top-level ones (rows only group them; the panels
+    inside the collapsed Prometheus row query Prometheus, see test_prometheus_panels.py)."""
     return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def _all_panels(dashboard: dict) -> list[dict]:
+    """Every panel and row, the panels inside collapsed rows included."""
+    return [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
 
 
 def _provisioned_datasource(kind: str = "grafana-postgresql-datasource") -> dict:
@@ -147,20 +153,26 @@ def test_committed_json_is_the_builders_output() -> None:
 
 
 def test_every_query_uses_the_provisioned_datasource() -> None:
-    """A panel pointing at another uid shows "datasource not found" in Grafana."""
-    provisioned = _provisioned_datasource()
-    want = {"type": provisioned["type"], "uid": provisioned["uid"]}
-    seen = 0
+    """A panel pointing at another uid shows "datasource not found" in Grafana. Top-level
+    panels and the variable read PostgreSQL; panels inside collapsed rows, Prometheus."""
+    postgres, prometheus = (
+        {"type": d["type"], "uid": d["uid"]}
+        for d in (_provisioned_datasource(), _provisioned_datasource("prometheus"))
+    )
+    seen = {"postgres": 0, "prometheus": 0}
     for path in DASHBOARD_FILES:
         dashboard = _load(path)
-        for panel in _panels(dashboard):
-            assert panel["datasource"] == want, panel["title"]
-            for target in panel["targets"]:
-                assert target["datasource"] == want, (panel["title"], target["refId"])
-                seen += 1
+        nested = [p for row in dashboard["panels"] for p in row.get("panels", [])]
+        for panels, want, kind in ((_panels(dashboard), postgres, "postgres"),
+                                   (nested, prometheus, "prometheus")):
+            for panel in panels:
+                assert panel["datasource"] == want, panel["title"]
+                for target in panel["targets"]:
+                    assert target["datasource"] == want, (panel["title"], target["refId"])
+                    seen[kind] += 1
         for variable in dashboard["templating"]["list"]:
-            assert variable["datasource"] == want, variable["name"]
-    assert seen > 0
+            assert variable["datasource"] == postgres, variable["name"]
+    assert all(seen.values()), seen
 
 
 def test_monitoring_dashboard_has_the_designed_panels() -> None:
@@ -178,17 +190,23 @@ def test_monitoring_dashboard_has_the_designed_panels() -> None:
         "Throughput": "timeseries", "Consumer lag": "timeseries", "Recent Anomalies": "table",
         "Customer $customer": "row", "BPM of $customer": "timeseries",
         "$customer in the time range": "stat", "Anomalies of $customer (last 24 h)": "table",
+        "Pipeline metrics (Prometheus)": "row",  # collapsed: its panels are inside it
     }
-    ids = [p["id"] for p in dashboard["panels"]]
+    ids = [p["id"] for p in _all_panels(dashboard)]
     assert len(ids) == len(set(ids))
     (variable,) = dashboard["templating"]["list"]
     assert variable["name"] == "customer" and variable["type"] == "query"
 
 
 def test_panels_do_not_overlap() -> None:
-    """Overlapping gridPos rectangles are rearranged by Grafana into a different layout."""
+    """Overlapping gridPos rectangles are rearranged by Grafana into a different layout.
+    A collapsed row keeps its panels' places below it for when it is opened."""
     for path in DASHBOARD_FILES:
-        boxes = [(p["title"], p["gridPos"]) for p in _load(path)["panels"]]
+        dashboard = _load(path)
+        boxes = [(p["title"], p["gridPos"]) for p in _all_panels(dashboard)]
+        for row in dashboard["panels"]:
+            for panel in row.get("panels", []):
+                assert panel["gridPos"]["y"] > row["gridPos"]["y"], panel["title"]
         for i, (title_a, a) in enumerate(boxes):
             assert a["x"] + a["w"] <= 24, title_a
             for title_b, b in boxes[i + 1:]:

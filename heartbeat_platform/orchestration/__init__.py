@@ -1,0 +1,1 @@
+"""Dagster control room: supervised producer/consumer jobs, assets, checks, schedules, `up`."""

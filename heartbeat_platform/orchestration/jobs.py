@@ -1,0 +1,150 @@
+"""Long-running jobs `heartbeat_consumer` and `heartbeat_producer`, thin over the streaming core.
+
+Terminating a run from the UI interrupts its op with `DagsterExecutionInterruptedError`:
+the consumer's and producer's own `finally` blocks then close the Kafka client and the
+database connection (a batch in flight is rolled back whole and re-read by the next run),
+so a run stops within a second or two. No RetryPolicy: the supervisor sensor replaces
+failed consumer runs, and a retry would fight an operator's termination.
+
+Progress is reported every `progress_interval_s` seconds, never per message: a log line
+and an observation of the `heartbeat_events` asset whose numbers the UI plots.
+"""
+
+import time
+from collections.abc import Callable
+
+import dagster as dg
+from pydantic import Field
+
+from heartbeat_platform import readiness
+from heartbeat_platform.domain.alerts import PipelineStats
+from heartbeat_platform.orchestration.assets import TOPIC
+from heartbeat_platform.orchestration.resources import KafkaResource
+from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
+
+ROLE_TAG = "heartbeat/role"
+CONSUMER_JOB = "heartbeat_consumer"
+PRODUCER_JOB = "heartbeat_producer"
+
+
+class ConsumerRunConfig(dg.Config):
+    stop_when_idle: float | None = Field(
+        default=None,
+        description="Stop after this many seconds without a new message. Unset: run until "
+        "the run is terminated (the supervised consumer).",
+    )
+    progress_interval_s: float = Field(default=30.0, ge=0, description="Seconds between reports.")
+
+
+class ProducerRunConfig(dg.Config):
+    rate: float = Field(default=1000.0, ge=0, description="Events per second; 0 = no limit.")
+    events: int | None = Field(default=None, ge=1, description="Stop after this many events.")
+    duration: float | None = Field(default=None, ge=0, description="Stop after this many seconds.")
+    seed: int | None = Field(default=None, description="Seed for a repeatable stream.")
+    progress_interval_s: float = Field(default=30.0, ge=0, description="Seconds between reports.")
+
+
+class _Every:
+    """Call `report` at most once per `interval` seconds, counting the rate in between."""
+
+    def __init__(self, interval: float, report: Callable[[int, float], None]):
+        self.interval, self.report = interval, report
+        self.last_time, self.last_count = time.monotonic(), 0
+
+    def __call__(self, count: int, force: bool = False) -> None:
+        now = time.monotonic()
+        elapsed = now - self.last_time
+        if force or elapsed >= self.interval:
+            self.report(count, (count - self.last_count) / elapsed if elapsed > 0 else 0.0)
+            self.last_time, self.last_count = now, count
+
+
+def _consumer_metadata(stats: PipelineStats, rate: float) -> dict[str, float | int]:
+    anomalies = stats.anomalies_bradycardia + stats.anomalies_tachycardia + stats.anomalies_invalid
+    return {
+        "consumer_messages": stats.messages_consumed,
+        "consumer_rate_per_s": round(rate, 1),
+        "consumer_records": stats.records_written,
+        "consumer_anomalies": anomalies,
+        "consumer_dead_letters": stats.dead_letters,
+        "consumer_duplicates_dropped": stats.duplicates_dropped,
+    }
+
+
+@dg.op(description="Consume heartbeat-events into PostgreSQL until terminated.")
+def consume_heartbeats(
+    context: dg.OpExecutionContext, config: ConsumerRunConfig, kafka: KafkaResource
+) -> None:
+    def report(count: int, rate: float) -> None:
+        metadata = _consumer_metadata(consumer.stats, rate)
+        context.log.info("consumer progress: " + ", ".join(f"{k}={v}" for k, v in metadata.items()))
+        context.log_event(dg.AssetObservation(asset_key=TOPIC, metadata=metadata))
+
+    progress = _Every(config.progress_interval_s, report)
+    consumer = HeartbeatConsumer(
+        kafka.consumer_config(name=f"dagster-{context.run_id[:8]}"),
+        on_batch=lambda _result, stats: progress(stats.messages_consumed),
+    )
+    try:
+        consumer.run(stop_when_idle=config.stop_when_idle)
+    finally:
+        progress(consumer.stats.messages_consumed, force=True)
+        context.log.info("consumer stopped; Kafka client and database connection closed")
+
+
+@dg.op(description="Generate heart-rate readings and send them to heartbeat-events.")
+def produce_heartbeats(
+    context: dg.OpExecutionContext, config: ProducerRunConfig, kafka: KafkaResource
+) -> None:
+    if config.events is not None and config.duration is not None:
+        raise dg.Failure("give `events` or `duration`, not both")
+    producer = HeartbeatProducer(kafka.producer_config())
+
+    def report(count: int, rate: float) -> None:
+        r: ProducerReport = producer.report
+        metadata = {
+            "producer_sent": r.sent, "producer_delivered": r.delivered,
+            "producer_failed": r.failed, "producer_uncertain": r.uncertain,
+            "producer_rate_per_s": round(rate, 1),
+        }
+        context.log.info("producer progress: " + ", ".join(f"{k}={v}" for k, v in metadata.items()))
+        context.log_event(dg.AssetObservation(asset_key=TOPIC, metadata=metadata))
+
+    progress = _Every(config.progress_interval_s, report)
+    try:
+        result = producer.run(
+            readiness.generator(kafka.settings(), config.seed),
+            rate=config.rate or None, events=config.events, duration=config.duration,
+            progress=lambda r: progress(r.sent),
+        )
+    finally:
+        producer.close()
+        progress(producer.report.sent, force=True)
+    if result.undelivered:
+        raise dg.Failure(
+            f"{result.undelivered} of {result.sent} events have no delivery confirmation: "
+            f"{result.failed} failed (not in the topic), {result.uncertain} uncertain (may be)"
+        )
+
+
+@dg.job(
+    name=CONSUMER_JOB,
+    description="The consumer loop (Kafka -> PostgreSQL), supervised by "
+    "heartbeat_consumer_supervisor. Terminate the run to stop it.",
+    tags={ROLE_TAG: "consumer"},
+    executor_def=dg.in_process_executor,
+)
+def heartbeat_consumer() -> None:
+    consume_heartbeats()
+
+
+@dg.job(
+    name=PRODUCER_JOB,
+    description="Synthetic readings -> Kafka at `rate` events/s, for `events` or `duration` "
+    "(neither: until the run is terminated).",
+    tags={ROLE_TAG: "producer"},
+    executor_def=dg.in_process_executor,
+)
+def heartbeat_producer() -> None:
+    produce_heartbeats()

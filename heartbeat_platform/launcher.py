@@ -35,14 +35,14 @@ from filelock import FileLock, Timeout
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.local.process import port_open
-from heartbeat_platform.local.services import Endpoints, LocalServices
-from heartbeat_platform.orchestration.jobs import PRODUCER_JOB, ROLE_TAG
-from heartbeat_platform.orchestration.resources import (
+from heartbeat_platform.defs.ingest.jobs import PRODUCER_JOB, ROLE_TAG
+from heartbeat_platform.defs.resources import (
     OrchestrationSettings,
     consumer_workers,
     settings_environment,
 )
+from heartbeat_platform.local.process import port_open
+from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
 

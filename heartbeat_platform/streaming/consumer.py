@@ -145,6 +145,7 @@ class HeartbeatConsumer:
         self.database_unavailable = False
         self.kafka_errors = 0
         self._lag: dict[int, int] = {}
+        self.last_reading_at: datetime | None = None  # event time of the last row committed
         self.metrics = ConsumerMetrics(metrics or CollectorRegistry())
         if metrics is not None:
             metrics.register(ConsumerCollector(self))
@@ -359,6 +360,9 @@ class HeartbeatConsumer:
             return True
         batch, result = done
         self.metrics.batch_committed(batch, result, self.inflight.last_write_seconds)
+        last_rows = [rows[-1][1] for rows in (batch.records, batch.anomalies) if rows]
+        if last_rows:
+            self.last_reading_at = max(last_rows)
         for partition, (_, after) in batch.progress.items():
             self.commits.stored(partition, after.next_offset)
         self._commit_kafka_offsets()

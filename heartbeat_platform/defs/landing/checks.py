@@ -18,9 +18,9 @@ from datetime import timedelta
 
 import dagster as dg
 
+from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
+from heartbeat_platform.defs.resources import PostgresResource
 from heartbeat_platform.domain.events import classify_heart_rate
-from heartbeat_platform.orchestration.assets import ANOMALIES, RECORDS
-from heartbeat_platform.orchestration.resources import PostgresResource
 
 CUSTOMER_ID_PATTERN = "^CUST_[0-9]{5,10}$"  # what validate_message() accepts
 ANOMALY_SHARE_BOUNDS = (0.005, 0.20)  # generator: 5% cardiac + 0.5% sensor faults

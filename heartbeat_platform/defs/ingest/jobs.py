@@ -18,6 +18,7 @@ free port of METRICS_PORTS from that one (consumer workers and the producer shar
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 from prometheus_client import CollectorRegistry
@@ -106,7 +107,7 @@ class _LandingReport:
             before = self.reported.get(key, 0)
             if rows == before:
                 continue
-            metadata: dict[str, object] = {
+            metadata: dict[str, Any] = {
                 "rows_written_by_run": rows, "rows_since_last_report": rows - before,
             }
             if last_reading_at is not None and key in (RECORDS, ANOMALIES):

@@ -4,6 +4,7 @@ consumer run materialises each one it wrote at its progress interval (see
 when no run has written it for a while: a stalled consumer, or no readings arriving."""
 
 from datetime import timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -15,7 +16,9 @@ READINGS_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(minutes=10), warn_window=timedelta(minutes=2)
 )
 
-_landing = {"group_name": "landing", "kinds": {"postgres", "table"}, "deps": [TOPIC]}
+_landing: dict[str, Any] = {
+    "group_name": "landing", "kinds": {"postgres", "table"}, "deps": [TOPIC]
+}
 tables = [
     dg.AssetSpec(
         RECORDS,

@@ -11,6 +11,7 @@ from pydantic import Field
 from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, RECORDS, TOPIC
 from heartbeat_platform.defs.resources import KafkaResource, PostgresResource
 from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.storage.database import one_row
 from heartbeat_platform.streaming.lag import PartitionLag
 
 
@@ -59,8 +60,9 @@ def pipeline_health_snapshot(
 ) -> dg.MaterializeResult:
     lags = kafka.lag()
     with postgres.connect() as conn, conn.transaction():
-        counts = conn.execute(_ARRIVALS, {"w": timedelta(seconds=config.window_s)}).fetchone()
-        rows = health_metrics(*counts, config.window_s, lags)
+        arrivals = conn.execute(_ARRIVALS, {"w": timedelta(seconds=config.window_s)})
+        records, anomalies, dead_letters = one_row(arrivals)
+        rows = health_metrics(records, anomalies, dead_letters, config.window_s, lags)
         conn.cursor().executemany(
             _INSERT,
             [(r.metric_name, r.metric_value, orjson.dumps(r.labels).decode()) for r in rows],

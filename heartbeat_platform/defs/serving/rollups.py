@@ -53,7 +53,7 @@ def _refresh_rollup(
             ),
             _key_bounds(rollup, window.start, window.end),
         )
-        columns = [c.name for c in cursor.description]
+        columns = [c.name for c in cursor.description or ()]
         preview = _markdown_table(columns, cursor.fetchall())
     return dg.MaterializeResult(
         metadata={

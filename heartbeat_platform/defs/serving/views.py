@@ -1,11 +1,13 @@
 """The views of `sql/002_views.sql`, the `customers` table and the Grafana dashboard:
 external assets, listed for lineage (their upstream assets are what they read)."""
 
+from typing import Any
+
 import dagster as dg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, CUSTOMERS, DEAD_LETTERS, METRICS, RECORDS
 
-_serving = {"group_name": "serving", "kinds": {"postgres", "view"}}
+_serving: dict[str, Any] = {"group_name": "serving", "kinds": {"postgres", "view"}}
 views = [
     dg.AssetSpec(
         "vw_customer_bpm_summary",

@@ -55,6 +55,8 @@ ASSET_GRAPH = {
         "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
         "vw_pipeline_summary", "vw_recent_anomalies",
     ],
+    "alert_episodes": ["heartbeat_anomalies"],
+    "alert_episode_stats": ["alert_episodes"],
 }
 
 CHECKS = {  # (asset, check) -> blocking
@@ -64,7 +66,11 @@ CHECKS = {  # (asset, check) -> blocking
     ("heartbeat_anomalies", "no_duplicate_readings"): False,
     ("heartbeat_anomalies", "anomaly_share_within_bounds"): False,
     ("heartbeat_records", "latest_reading_is_fresh"): False,
+    ("alert_episodes", "episode_states_consistent"): True,
+    ("alert_episodes", "transitions_in_outbox"): False,
+    ("alert_episodes", "nothing_stuck_undelivered"): False,
 }
+ALERTING_CHECKS = {name for asset, name in CHECKS if asset == "alert_episodes"}
 
 
 def test_definitions_load_and_validate() -> None:
@@ -176,7 +182,7 @@ def test_checks_and_their_blocking() -> None:
     assert actual == CHECKS
     quality_job = defs.resolve_job_def("data_quality")
     assert {k.name for k in quality_job.asset_layer.asset_graph.asset_check_keys} == {
-        name for _, name in CHECKS
+        name for asset, name in CHECKS if asset != "alert_episodes"
     }
 
 
@@ -192,7 +198,19 @@ def test_supervisor_and_schedules_run_by_default() -> None:
         "pipeline_health_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
         "data_quality_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
         "storage_retention_hourly": ("7 * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "no_signal_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "alert_stats_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
     }
+
+
+def test_alert_stats_job_runs_the_episode_checks_with_the_statistics() -> None:
+    """Every five minutes the episodes table is checked and its statistics recorded; the
+    blocking state check stops the statistics of a run whose state is broken."""
+    job = defs.resolve_job_def("alert_stats")
+    graph = job.asset_layer.asset_graph
+    assert {k.name for k in graph.asset_check_keys} == ALERTING_CHECKS
+    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"alert_episode_stats"}
+    assert defs.resolve_job_def("no_signal").asset_layer.asset_graph.executable_asset_keys == set()
 
 
 def test_workspace_yaml_loads_these_definitions() -> None:

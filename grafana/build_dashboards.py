@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from grafana_foundation_sdk.builders import bargauge, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
-from grafana_foundation_sdk.builders import piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
@@ -70,6 +70,9 @@ RAW_CUSTOMER_RANGE = f"({RANGE} <= interval '6 hours')"
 # Consumer snapshots come about ten a second per consumer: an hour of them is the limit.
 SNAPSHOT_RANGE = f"({RANGE} <= interval '1 hour')"
 ANOMALY_COLORS = {"BRADYCARDIA": "blue", "TACHYCARDIA": "red", "INVALID": "orange"}
+# Alert episodes (sql/009): one column per kind, in this order, colored alike everywhere.
+EPISODE_COLORS = {"TACHYCARDIA": "red", "BRADYCARDIA": "blue", "SENSOR_FAULT": "orange",
+                  "NO_SIGNAL": "purple"}
 SCHEMA_VERSION = 39  # Grafana 10.4's dashboard schema
 
 
@@ -494,6 +497,122 @@ def recent_anomalies(y: int) -> list[table.Panel]:
     )]
 
 
+# -- alert episodes ------------------------------------------------------------------------------
+# One stretch of trouble per customer and kind (sql/009_alert_episodes.sql), kept by the consumer
+# in each batch's transaction. The panels read firing episodes through the partial index on
+# state = 'firing', and resolved ones through the partial index on resolved_at: never the whole
+# history of episodes.
+
+def _episode_counts(where: str) -> str:
+    """One column per kind (a kind with no episode shows 0), from the rows `where` selects."""
+    columns = ",\n".join(
+        f"       count(*) FILTER (WHERE kind = '{kind}') AS \"{kind}\""
+        for kind in EPISODE_COLORS
+    )
+    return f"SELECT\n{columns}\n{_sql(where)}"
+
+
+def _kind_colors(panel):
+    for kind, color in EPISODE_COLORS.items():
+        panel = panel.override_by_name(kind, [DynamicConfigValue(
+            id_val="color", value=Color().mode(FieldColorModeId.FIXED).fixed_color(color).build(),
+        )])
+    return panel
+
+
+def alert_episodes(y: int) -> list[cogbuilder.Builder]:
+    open_now = (
+        _stat(
+            24, "Open episodes by kind", _grid(0, y, 12, 5),
+            "Episodes firing now, by kind: TACHYCARDIA and BRADYCARDIA (critical), "
+            "SENSOR_FAULT (INVALID readings) and NO_SIGNAL (warning). An episode opens at its "
+            "kind's first reading (HEARTBEAT_ALERT_MIN_READINGS) and resolves after "
+            "HEARTBEAT_ALERT_RESOLVE_AFTER_NORMAL NORMAL readings in a row. Reads alert_episodes "
+            "through its partial index on firing episodes.",
+            _episode_counts(
+                """
+                FROM alert_episodes
+                WHERE state = 'firing'
+                """
+            ),
+            "green",
+        )
+        # green while nothing is open, red from the first open episode of a kind
+        .thresholds(ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+            Threshold(color="green"), Threshold(value=1, color="red"),
+        ]))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+    )
+    opened = _kind_colors(
+        bargauge.Panel().id(25).title("Episodes opened in the time range")
+        .grid_pos(_grid(12, y, 12, 5))
+        .description("Episodes that started firing in the dashboard's time range, by kind, "
+                     "whether still open or resolved since. Reads the firing episodes and "
+                     "those resolved since the range began (partial indexes on state = "
+                     "'firing' and on resolved_at), never older ones.")
+        .datasource(DATASOURCE)
+        .with_target(Sql(_episode_counts(
+            """
+            FROM alert_episodes
+            WHERE state = 'firing' AND $__timeFilter(opened_at)
+               OR state = 'resolved' AND resolved_at >= $__timeFrom()::timestamptz
+                  AND $__timeFilter(opened_at)
+            """
+        )))
+        .unit("short")
+        .min(0)
+        .color_scheme(Color().mode(FieldColorModeId.THRESHOLDS))
+        .thresholds(_single_color("blue"))
+        .reduce_options(_last_not_null(values=False))
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+        .value_mode(common.BarGaugeValueMode.COLOR)
+        .name_placement(common.BarGaugeNamePlacement.AUTO)
+        .show_unfilled(True)
+        .sizing(common.BarGaugeSizing.AUTO)
+    )
+    table_panel = (
+        _table(
+            26, "Open episodes", _grid(0, y + 5, 24, 9),
+            "Firing episodes, newest first (at most 200): the customer, kind and severity, "
+            "when it opened, its readings so far and the worst heart rate among them (0, -1 "
+            "or above 300 for a sensor fault), the newest reading, who acknowledged it "
+            "(heartbeat-platform alerts ack) and when it was escalated (firing "
+            "unacknowledged for HEARTBEAT_ESCALATE_AFTER_S). Reads alert_episodes through its "
+            "partial index on firing episodes.",
+            """
+            SELECT opened_at AS "opened", customer_id AS "customer", kind, severity,
+                   readings, worst_heart_rate AS "worst bpm",
+                   last_reading_at AS "last reading",
+                   acknowledged_by AS "acknowledged by", acknowledged_at AS "acknowledged",
+                   escalated_at AS "escalated", episode_id AS "episode"
+            FROM alert_episodes
+            WHERE state = 'firing'
+            ORDER BY opened_at DESC, episode_id DESC
+            LIMIT 200
+            """,
+        )
+        .override_by_name("kind", [
+            DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
+                kind: ValueMappingResult(color=color, index=i)
+                for i, (kind, color) in enumerate(EPISODE_COLORS.items())
+            })]),
+            DynamicConfigValue(id_val="custom.cellOptions",
+                               value=common.TableColoredBackgroundCellOptions()),
+        ])
+        .override_by_name("severity", [
+            DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
+                "critical": ValueMappingResult(color="red", index=0),
+                "warning": ValueMappingResult(color="orange", index=1),
+            })]),
+            DynamicConfigValue(id_val="custom.cellOptions",
+                               value=common.TableColorTextCellOptions()),
+        ])
+    )
+    return [open_now, opened, table_panel]
+
+
 def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     # An expanded row: its panels follow it at the top level of the dashboard.
     row = Row("Customer $customer").id(12).collapsed(False).grid_pos(_grid(0, y, 24, 1))
@@ -788,13 +907,14 @@ def heartbeat_monitoring() -> Dashboard:
         .annotations([])
         .with_variable(customer_variable())
     )
-    for panel in [*pipeline_health(0), *fleet(4), *streaming(12), *recent_anomalies(20)]:
+    for panel in [*pipeline_health(0), *fleet(4), *streaming(12), *recent_anomalies(20),
+                  *alert_episodes(29)]:
         builder = builder.with_panel(panel)
-    row, *drilldown = customer_drilldown(29)
+    row, *drilldown = customer_drilldown(43)
     builder = builder.with_row(row)
     for panel in drilldown:
         builder = builder.with_panel(panel)
-    return builder.with_row(pipeline_metrics(45))
+    return builder.with_row(pipeline_metrics(59))
 
 
 DASHBOARDS = {"heartbeat-monitoring.json": heartbeat_monitoring}

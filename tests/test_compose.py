@@ -233,6 +233,26 @@ def test_grafana_gets_its_provisioning_read_only(stack: dict) -> None:
     assert grafana["environment"]["GRAFANA_DB_PASSWORD"] == SECRETS["GRAFANA_DB_PASSWORD"]
 
 
+def test_grafana_alerting_gets_its_webhook_url_from_the_environment(tmp_path: Path) -> None:
+    """Every ${VAR} of the alerting provisioning is in Grafana's environment; the contact
+    point's URL has a default that keeps provisioning valid and follows the variable when set."""
+    files = sorted((ROOT / "grafana/provisioning/alerting").glob("*.yaml"))
+    values = [json.dumps(yaml.safe_load(f.read_text())) for f in files]  # not the comments
+    wanted = {v for text in values for v in re.findall(r"\$\{(\w+)\}", text)}
+    assert wanted == {"HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL"}
+    urls = {}
+    for name, extra in (("default", {}),
+                        ("set", {"HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL": "https://hooks.test/x"})):
+        result = compose("config", "--format", "json", env={**SECRETS, **extra},
+                         tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr
+        environment = _unescape(json.loads(result.stdout))["services"]["grafana"]["environment"]
+        assert wanted <= set(environment)
+        urls[name] = urlsplit(environment["HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL"])
+    assert urls["default"].scheme == "http" and urls["default"].hostname
+    assert urls["set"].geturl() == "https://hooks.test/x"
+
+
 # -- Prometheus -----------------------------------------------------------------------------------
 
 def _prometheus_config(config: dict) -> dict:

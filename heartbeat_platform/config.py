@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from heartbeat_platform.domain.episodes import EpisodeKind, Rules
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.kafka_config import client_config, needs_security
 
@@ -81,6 +82,31 @@ class Settings(BaseSettings):
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
     )
 
+    # Alerting (README, "Alerts: episodes and notifications")
+    heartbeat_alert_webhook_url: str | None = Field(
+        default=None, description="comma-separated URLs that receive every episode transition"
+    )
+    heartbeat_alert_escalation_url: str | None = Field(
+        default=None, description="comma-separated URLs for escalations; unset: the webhook URLs"
+    )
+    heartbeat_alert_min_readings: str = Field(
+        default="",
+        description="readings of a kind in a row before its episode fires, e.g. "
+        "'SENSOR_FAULT=3,BRADYCARDIA=2'; kinds not named: 1",
+    )
+    heartbeat_alert_resolve_after_normal: int = Field(
+        default=3, ge=1, description="NORMAL readings in a row that resolve an episode"
+    )
+    heartbeat_escalate_after_s: float = Field(
+        default=300.0, gt=0, description="firing unacknowledged this long: escalated once"
+    )
+    heartbeat_no_signal_after_s: float = Field(
+        default=600.0, gt=0, description="no reading this long (seen in 24 h): NO_SIGNAL"
+    )
+    heartbeat_alert_give_up_s: float = Field(
+        default=86_400.0, gt=0, description="an undelivered notification is given up after this"
+    )
+
     @field_validator(
         "database_url", "kafka_bootstrap_servers", "kafka_client_properties",
         "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -93,6 +119,28 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("heartbeat_alert_min_readings")
+    @classmethod
+    def _min_readings(cls, value: str) -> str:
+        min_readings_by_kind(value)  # raises ValueError naming what is wrong
+        return value
+
+    @property
+    def alert_rules(self) -> Rules:
+        """The episode rules these settings give (`domain.episodes`)."""
+        return Rules(
+            min_readings=min_readings_by_kind(self.heartbeat_alert_min_readings),
+            resolve_after_normal=self.heartbeat_alert_resolve_after_normal,
+        )
+
+    @property
+    def webhook_urls(self) -> tuple[str, ...]:
+        return _url_list(self.heartbeat_alert_webhook_url)
+
+    @property
+    def escalation_urls(self) -> tuple[str, ...]:
+        return _url_list(self.heartbeat_alert_escalation_url) or self.webhook_urls
 
     @field_validator("database_url")
     @classmethod
@@ -168,6 +216,28 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when at least one service must be started locally."""
         return self.database_url is None or self.kafka_bootstrap_servers is None
+
+
+def min_readings_by_kind(text: str) -> dict[EpisodeKind, int]:
+    """'KIND=N,...' -> {kind: N}; every kind not named needs 1 reading."""
+    found = dict.fromkeys(EpisodeKind, 1)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        try:
+            kind, readings = EpisodeKind(name.strip().upper()), int(count)
+        except ValueError:
+            raise ValueError(
+                f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} is not KIND=N with KIND one of "
+                f"{', '.join(EpisodeKind)}"
+            ) from None
+        if readings < 1:
+            raise ValueError(f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} needs N >= 1")
+        found[kind] = readings
+    return found
+
+
+def _url_list(text: str | None) -> tuple[str, ...]:
+    return tuple(url.strip() for url in (text or "").split(",") if url.strip())
 
 
 def load_settings(**overrides: Any) -> Settings:

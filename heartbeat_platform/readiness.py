@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.services import Endpoints, LocalServices
@@ -84,9 +85,20 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) 
         "stats_every": settings.heartbeat_stats_every,
         "retention": settings.retention,
         "kafka_overrides": settings.kafka_client_config,
+        "alerting": alerting_config(settings),
     }
     values.update(overrides)
     return ConsumerConfig(**values)
+
+
+def alerting_config(settings: Settings) -> AlertingConfig:
+    return AlertingConfig(
+        rules=settings.alert_rules,
+        webhook_urls=settings.webhook_urls,
+        escalation_urls=settings.escalation_urls,
+        escalate_after_s=settings.heartbeat_escalate_after_s,
+        give_up_s=settings.heartbeat_alert_give_up_s,
+    )
 
 
 def generator(settings: Settings, seed: int | None = None) -> HeartbeatGenerator:

@@ -43,6 +43,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from heartbeat_platform.alerting.delivery import AlertDelivery
 from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
 from heartbeat_platform.metrics import ConsumerCollector, ConsumerMetrics
 from heartbeat_platform.storage import db_errors
@@ -123,7 +124,12 @@ class HeartbeatConsumer:
         """`metrics`: a Prometheus registry to report to (see `heartbeat_platform.metrics`)."""
         self.config = config
         self.alerts = alerts or AlertManager()
-        self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
+        alerting = config.alerting
+        self.writer = BatchWriter(
+            config.database_url, config.group_id, config.topic,
+            episode_rules=alerting.rules if alerting else None,
+        )
+        self.delivery = AlertDelivery(config.database_url, alerting) if alerting else None
         self.inflight = InflightWrite(self.writer, config.stats_every, config.name)
         self.builder = BatchBuilder(self.alerts, config.retention, config.max_message_bytes)
         self.commits = OffsetCommitPolicy()
@@ -178,6 +184,8 @@ class HeartbeatConsumer:
         )
         log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
                  c.group_id, "incremental" if self._incremental else "eager")
+        if self.delivery is not None:
+            self.delivery.start()
         try:
             waiting_warned = False
             while not self._stop.is_set():
@@ -215,6 +223,8 @@ class HeartbeatConsumer:
                 finally:
                     self.inflight.close()
                     self._consumer = None
+                    if self.delivery is not None:
+                        self.delivery.stop()  # what it did not send goes out after a restart
         last_commit_at = self.inflight.last_commit_at
         busy = (
             last_commit_at - self._first_message_at

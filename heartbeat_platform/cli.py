@@ -307,8 +307,9 @@ def maintain(
 
     For deployments that run `consume` without Dagster: run it every minute or so (cron).
     """
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
+    from heartbeat_platform.storage import episodes
     from heartbeat_platform.storage.database import connect, one_row
     from heartbeat_platform.storage.partitions import apply_retention
     from heartbeat_platform.storage.rollups import delete_expired, refresh_pending
@@ -320,6 +321,9 @@ def maintain(
         refreshed = refresh_pending(conn, now)
         retention = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+        episodes_deleted = episodes.prune(
+            conn, now - timedelta(days=settings.heartbeat_alert_retention_days)
+        )
         open_windows = one_row(
             conn.execute(
                 "SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) w"
@@ -334,6 +338,7 @@ def maintain(
         "retention": retention.as_metadata(),
         "rollup_rows_deleted": deleted,
         "rollup_windows_not_settled": open_windows,
+        "resolved_episodes_deleted": episodes_deleted,
     }
     if as_json:
         console.print_json(json.dumps(report))

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     heartbeat_alert_give_up_s: float = Field(
         default=86_400.0, gt=0, description="an undelivered notification is given up after this"
     )
+    heartbeat_alert_retention_days: int = Field(
+        default=30, ge=1, description="days resolved episodes (and their notifications) are kept"
+    )
 
     @field_validator(
         "database_url", "kafka_bootstrap_servers", "kafka_client_properties",

@@ -160,6 +160,30 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
     enqueue_transitions(conn, queue)
 
 
+_PRUNE = """
+DELETE FROM alert_episodes WHERE episode_id IN (
+    SELECT episode_id FROM alert_episodes
+    WHERE state = 'resolved' AND resolved_at < %s
+    ORDER BY resolved_at LIMIT %s)
+"""
+
+
+def prune(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> int:
+    """Delete episodes resolved before `before`, with their outbox rows; how many.
+
+    In chunks of `chunk`, each its own transaction (autocommit connections), oldest first
+    through the resolved_at index: each pass reads only what it deletes. Open episodes and
+    their undelivered notifications are never touched.
+    """
+    deleted = 0
+    while True:
+        with conn.transaction():
+            n = conn.execute(_PRUNE, (before, chunk)).rowcount
+        deleted += n
+        if n < chunk:
+            return deleted
+
+
 def _identity(e: Episode) -> tuple[str, EpisodeKind, datetime]:
     """What names an episode before it has an id: no two share a first reading."""
     return e.customer_id, e.kind, e.first_reading_at

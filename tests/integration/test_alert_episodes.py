@@ -24,6 +24,8 @@ import pytest
 from confluent_kafka import Producer
 
 from heartbeat_platform import readiness
+from heartbeat_platform.storage import episodes
+from heartbeat_platform.storage.migrations import migrate
 
 
 class Receiver:
@@ -240,3 +242,32 @@ def test_an_unacknowledged_episode_escalates_once_an_acknowledged_one_never(
     escalated = [p["customer_id"] for _, p in receiver.received if p["state"] == "escalated"]
     assert escalated == ["CUST_00020"]
 
+
+
+def test_prune_deletes_only_episodes_resolved_before_the_cut_with_their_outbox(
+    database_url, db
+) -> None:
+    """Retention: episodes resolved before the cut go, with their outbox rows, in chunks;
+    newer and open ones stay."""
+    migrate(database_url)
+    now = datetime.now(UTC)
+    for customer, state, resolved in [
+        ("CUST_1", "resolved", now - timedelta(days=40)),
+        ("CUST_2", "resolved", now - timedelta(days=40)),
+        ("CUST_3", "resolved", now - timedelta(days=2)),
+        ("CUST_4", "firing", None),
+    ]:
+        (episode_id,) = db.execute(
+            "INSERT INTO alert_episodes (customer_id, kind, state, severity, opened_at, "
+            "resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at, "
+            "last_reading_at, last_evaluated_at) VALUES (%s, 'TACHYCARDIA', %s, 'critical', "
+            "%s, %s, 190, 190, 1, %s, %s, %s) RETURNING episode_id",
+            (customer, state, now - timedelta(days=41), resolved, now, now, now),
+        ).fetchone()
+        episodes.enqueue(db, [episode_id], "firing")
+    assert episodes.prune(db, now - timedelta(days=30), chunk=1) == 2
+    left = db.execute(
+        "SELECT e.customer_id, count(o.*) FROM alert_episodes e "
+        "LEFT JOIN alert_outbox o USING (episode_id) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    assert left == [("CUST_3", 1), ("CUST_4", 1)]

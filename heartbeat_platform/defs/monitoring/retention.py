@@ -1,12 +1,13 @@
 """Storage retention: the day partitions of the raw tables and the rollups' age limit,
 every hour."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
+from heartbeat_platform.storage import episodes
 from heartbeat_platform.storage.partitions import apply_retention
 from heartbeat_platform.storage.rollups import delete_expired
 
@@ -15,7 +16,8 @@ from heartbeat_platform.storage.rollups import delete_expired
     description="Day partitions of the raw tables: creates those of the retention window "
     "and the days ahead, drops the days older than HEARTBEAT_RAW_RETENTION_DAYS whose "
     "rollups are materialised (never one with a pending window), and deletes rollup rows "
-    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS. What it did is this asset's metadata.",
+    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS and alert episodes resolved more than "
+    "HEARTBEAT_ALERT_RETENTION_DAYS ago. What it did is this asset's metadata.",
     deps=[RECORDS, ANOMALIES, DEAD_LETTERS, METRICS, "fleet_minute_stats",
           "customer_daily_bpm_stats"],
     group_name="storage",
@@ -27,8 +29,14 @@ def raw_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         report = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+        episodes_deleted = episodes.prune(
+            conn, now - timedelta(days=settings.heartbeat_alert_retention_days)
+        )
     return dg.MaterializeResult(
-        metadata={**report.as_metadata(), "rollup_rows_deleted": deleted}
+        metadata={
+            **report.as_metadata(), "rollup_rows_deleted": deleted,
+            "resolved_episodes_deleted": episodes_deleted,
+        }
     )
 
 

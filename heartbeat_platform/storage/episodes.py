@@ -79,7 +79,8 @@ _PAYLOAD = """jsonb_build_object(
     'resolved_at', e.resolved_at, 'first_heart_rate', e.first_heart_rate,
     'worst_heart_rate', e.worst_heart_rate, 'readings', e.readings,
     'first_reading_at', e.first_reading_at, 'last_reading_at', e.last_reading_at,
-    'acknowledged_at', e.acknowledged_at, 'acknowledged_by', e.acknowledged_by)"""
+    'acknowledged_at', e.acknowledged_at, 'acknowledged_by', e.acknowledged_by,
+    'resolved_by', e.resolved_by)"""
 _ENQUEUE = f"""
 INSERT INTO alert_outbox (episode_id, customer_id, state, payload)
 SELECT e.episode_id, e.customer_id, t.state, {_PAYLOAD}

@@ -5,7 +5,14 @@ from typing import Any
 
 import dagster as dg
 
-from heartbeat_platform.defs.asset_keys import ANOMALIES, CUSTOMERS, DEAD_LETTERS, METRICS, RECORDS
+from heartbeat_platform.defs.asset_keys import (
+    ALERT_EPISODES,
+    ANOMALIES,
+    CUSTOMERS,
+    DEAD_LETTERS,
+    METRICS,
+    RECORDS,
+)
 
 _serving: dict[str, Any] = {"group_name": "serving", "kinds": {"postgres", "view"}}
 views = [
@@ -52,7 +59,7 @@ dashboard = dg.AssetSpec(
     deps=[
         RECORDS, ANOMALIES, METRICS, "vw_recent_anomalies", "vw_pipeline_summary",
         "fleet_minute_stats", "customer_hourly_bpm_stats", CUSTOMERS,
-        "pipeline_health_snapshot",
+        "pipeline_health_snapshot", ALERT_EPISODES,
     ],
     group_name="dashboards",
     kinds={"grafana"},

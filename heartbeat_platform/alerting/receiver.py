@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Receipt:
     first_reading_at: str | None
 
 
-def _serve(port_out: Connection, receipts_out: Connection, stop: multiprocessing.Event) -> None:
+def _serve(port_out: Connection, receipts_out: Connection, stop: Event) -> None:
     receipts: list[Receipt] = []
 
     class Handler(BaseHTTPRequestHandler):

@@ -51,8 +51,8 @@ ASSET_GRAPH = {
         "heartbeat_anomalies", "heartbeat_dead_letters", "heartbeat_events", "heartbeat_records",
     ],
     "customer_heartbeat_monitoring": [
-        "alert_episodes", "customer_hourly_bpm_stats", "customers", "fleet_minute_stats", "heartbeat_anomalies",
-        "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
+        "alert_episodes", "customer_hourly_bpm_stats", "customers", "fleet_minute_stats",
+        "heartbeat_anomalies", "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
         "vw_pipeline_summary", "vw_recent_anomalies",
     ],
     "alert_episodes": ["heartbeat_anomalies"],

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-import orjson
 import psycopg
 
 from heartbeat_platform.domain.episodes import Rules
@@ -61,7 +60,7 @@ class OutboxRow:
     episode_id: int
     customer_id: str
     state: str
-    payload: dict
+    payload: bytes  # the JSON object as PostgreSQL wrote it: sent as is, never parsed here
     delivered_to: tuple[str, ...]
     attempts: int
     next_attempt_at: datetime
@@ -102,7 +101,7 @@ def targets(row: OutboxRow, config: AlertingConfig) -> tuple[str, ...]:
 
 
 _PENDING = f"""
-SELECT outbox_id, episode_id, customer_id, state, payload, delivered_to, attempts,
+SELECT outbox_id, episode_id, customer_id, state, payload::text, delivered_to, attempts,
        next_attempt_at, created_at
 FROM alert_outbox WHERE done_at IS NULL AND gave_up_at IS NULL
 ORDER BY outbox_id LIMIT {FETCH_LIMIT}
@@ -248,7 +247,7 @@ class AlertDelivery:
 
     def _http_post(self, url: str, row: OutboxRow) -> None:
         status = self._connections.post(
-            url, orjson.dumps(row.payload),
+            url, row.payload,
             {"Content-Type": "application/json", "Idempotency-Key": row.idempotency_key},
         )
         if status >= 300:
@@ -310,5 +309,5 @@ def episodes_lock(conn: psycopg.Connection) -> bool:
 def _row(values: tuple) -> OutboxRow:
     (outbox_id, episode_id, customer_id, state, payload, delivered_to, attempts,
      next_attempt_at, created_at) = values
-    return OutboxRow(outbox_id, episode_id, customer_id, state, payload,
+    return OutboxRow(outbox_id, episode_id, customer_id, state, payload.encode(),
                      tuple(delivered_to), attempts, next_attempt_at, created_at)

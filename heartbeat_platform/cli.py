@@ -294,6 +294,18 @@ def _print_status(report: dict) -> None:
         f"  topic {kafka['topic']}",
         f"{kafka['partitions']} partitions" if kafka["partitions"] else "missing", "",
     )
+    broker = kafka.get("embedded_broker")
+    if broker and broker["memory_bytes"] is not None:
+        messages = broker["log_messages"]
+        table.add_row(
+            "  embedded broker",
+            f"{broker['memory_bytes'] / 2**20:,.1f} MiB memory, "
+            f"{'?' if messages is None else f'{messages:,}'} messages in its log",
+            f"{broker['used']:.0%} of {broker['max_log_mb']} MB; {broker['rotations']} "
+            f"rotations; {broker['rotation_phase']}",
+        )
+        if broker["warning"]:
+            table.add_row("", f"[yellow]{broker['warning']}[/yellow]", "")
     console.print(table)
 
 

@@ -95,11 +95,14 @@ class EmbeddedBroker:
         return True
 
     def restart(self) -> None:
-        """Stop and start again on the same port: an empty log (memory only)."""
-        self.stop()
+        """Stop and start again on the same port: an empty log (memory only). The caller
+        made sure nothing in it is needed, so the broker is not given time to close its
+        clients' connections gracefully (seconds with a consumer connected)."""
+        self.stop(grace_s=1.0)
         self.start(same_port=True)
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s` seconds."""
         state = read_json(self.state_file)
         if state and process_alive(state["pid"], "tansu"):
-            stop_process(state["pid"])  # the state file stays: a restart reuses the port
+            stop_process(state["pid"], grace_s)  # the state file stays: a restart reuses the port

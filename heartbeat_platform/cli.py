@@ -549,11 +549,35 @@ def bench(
             min=0,
         ),
     ] = None,
+    soak: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead: produce at --soak-rate for S seconds with the consumer and the "
+            "embedded broker's log rotation running; per window, the broker's memory and "
+            "the delay percentiles. Use a state folder no `up` is using.",
+            min=1,
+        ),
+    ] = None,
+    soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = 10_000,
+    window: Annotated[float, typer.Option(help="Window of --soak, seconds.", min=1)] = 15,
 ) -> None:
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
     With --history N, also how all of it holds up once the database holds N readings.
+    With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
     """
+    if soak is not None:
+        from heartbeat_platform.soak import dumps, run_soak
+
+        results = run_soak(
+            _settings(), soak, rate=soak_rate, window_s=window,
+            log=lambda message: err.print(f"[dim]soak: {message}[/dim]"),
+        )
+        text = dumps(results)
+        if output:
+            output.write_text(text + "\n")
+        print(text)
+        return
     from heartbeat_platform.bench import HistoryPlanError, run_bench, write_json
 
     try:

@@ -44,6 +44,9 @@ class Limits:
     warn_fraction: float = 0.8
     pause_timeout_s: float = 60.0  # producers acknowledging, then the consumer draining
     adopt_warn_s: float = 60.0  # a consumer slow to move to the new log is logged
+    # an empty group counts as "no consumer" only this long after the restart: a running
+    # consumer needs its reconnect backoff (librdkafka: up to 10 s) and a join to show up
+    no_consumer_grace_s: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def _adopting(seen: Observation, limits: Limits) -> Action:
     )
     if moved:
         return MoveTo(Phase.OPEN, "the consumer reads the new log")
-    if seen.consumer_members == 0:
+    if seen.consumer_members == 0 and seen.in_phase_s >= limits.no_consumer_grace_s:
         return MoveTo(
             Phase.OPEN, "no consumer runs: one that starts compares topic ids and reads the new log"
         )

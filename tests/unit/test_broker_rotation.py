@@ -152,8 +152,13 @@ def test_producers_resume_once_the_consumer_reads_the_new_log():
 
 
 def test_producers_resume_when_no_consumer_runs():
-    action = decide(seen(Phase.ADOPTING, topic_id=NEW, consumer_members=0), LIMITS)
+    action = decide(seen(Phase.ADOPTING, topic_id=NEW, consumer_members=0, in_phase_s=16), LIMITS)
     assert isinstance(action, MoveTo) and action.phase is Phase.OPEN
+
+
+def test_an_empty_group_right_after_the_restart_may_be_a_consumer_reconnecting():
+    """Its fetch position is still in the old log: producers wait until it could rejoin."""
+    assert decide(seen(Phase.ADOPTING, topic_id=NEW, consumer_members=0), LIMITS) == Stay()
 
 
 def test_an_unknown_group_keeps_producers_paused_and_says_so_after_a_while():
@@ -163,5 +168,7 @@ def test_an_unknown_group_keeps_producers_paused_and_says_so_after_a_while():
 
 
 def test_a_topic_auto_created_with_other_partitions_keeps_producers_paused():
-    action = decide(seen(Phase.ADOPTING, topic_id=NEW, partitions=4, consumer_members=0), LIMITS)
+    action = decide(
+        seen(Phase.ADOPTING, topic_id=NEW, partitions=4, consumer_members=0, in_phase_s=16), LIMITS
+    )
     assert isinstance(action, Stay) and "4 partitions" in action.note

@@ -132,6 +132,16 @@ class KafkaResource(_PlatformResource):
         endpoints = _endpoints(settings, self.set_up_embedded)
         return readiness.consumer_config(settings, endpoints, **overrides)
 
+    def embedded_broker_memory(self) -> int | None:
+        """RSS in bytes of the embedded broker these settings use; None: another Kafka."""
+        from heartbeat_platform.local.broker import EmbeddedBroker
+        from heartbeat_platform.local.rotation import broker_memory
+
+        settings = self.settings()
+        endpoints = _endpoints(settings, self.set_up_embedded)
+        broker = EmbeddedBroker(settings.heartbeat_state_dir / "broker")
+        return broker_memory(broker) if broker.serves(endpoints.bootstrap_servers) else None
+
     def lag(self) -> list[PartitionLag]:
         """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""
         settings = self.settings()

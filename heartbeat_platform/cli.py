@@ -300,7 +300,7 @@ def _print_status(report: dict) -> None:
         table.add_row(
             "  embedded broker",
             f"{broker['memory_bytes'] / 2**20:,.1f} MiB memory, "
-            f"{'?' if messages is None else f'{messages:,}'} messages in its log",
+            f"{'?' if messages is None else f'{messages:,}'} messages in {kafka['topic']}",
             f"{broker['used']:.0%} of {broker['max_log_mb']} MB; {broker['rotations']} "
             f"rotations; {broker['rotation_phase']}",
         )

@@ -2,7 +2,8 @@
 
 Tansu keeps everything in memory: a restart loses all topics and messages. It runs as a
 detached background process so that it outlives the CLI call that started it; its pid and
-port are kept in `root/broker.json`.
+port are kept in `root/broker.json`. Its memory grows with every message (no retention);
+`up` bounds it by rotating the log once everything is stored (`local.rotation`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ class EmbeddedBroker:
         """Stop and start again on the same port: an empty log (memory only). The caller
         made sure nothing in it is needed, so the broker is not given time to close its
         clients' connections gracefully (seconds with a consumer connected)."""
-        self.stop(grace_s=1.0)
+        self.stop(grace_s=0.2)
         self.start(same_port=True)
 
     def stop(self, grace_s: float = 10.0) -> None:

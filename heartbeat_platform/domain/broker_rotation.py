@@ -13,8 +13,9 @@ broker, which is safe only when nothing in it is unstored:
    end. Only now may the log go. Too long a wait aborts (producers resume, nothing lost).
 4. RESTARTING -> ADOPTING: the broker restarted empty and the topic was created again with
    the configured partitions (before any producer resumes: Tansu would auto-create it with 4).
-5. ADOPTING -> OPEN: the consumer moved its progress to the new log (or none is running):
-   a consumer still at an old offset would read the new log's messages as the old log's.
+5. ADOPTING -> OPEN: the consumer moved its progress to the new log and its group joined
+   again (or none is running): a consumer still at an old offset would read the new log's
+   messages as the old log's, and one still joining would leave them waiting seconds.
 
 Each step reads the phase from a file, so a crash at any point leaves a phase the next
 `up` continues from. This module decides; `heartbeat_platform.local.rotation` acts.
@@ -70,6 +71,7 @@ class Observation:
     partitions: int | None = None  # partitions of the topic now (None: missing)
     expected_partitions: int = 3
     consumer_members: int | None = None  # members of the consumer group (None: unknown)
+    consumer_rebalancing: bool = False  # the group is (re)joining: its members do not fetch
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,9 @@ def _adopting(seen: Observation, limits: Limits) -> Action:
         s.next_offset == 0 or (seen.topic_id is not None and s.topic_id == seen.topic_id)
         for s in seen.stored.values()
     )
-    if moved:
+    if moved and seen.consumer_members != 0 and not seen.consumer_rebalancing:
+        # the restart emptied the group: a stable group is one that joined again, so
+        # readings sent now are fetched at once rather than after its join
         return MoveTo(Phase.OPEN, "the consumer reads the new log")
     if seen.consumer_members == 0 and seen.in_phase_s >= limits.no_consumer_grace_s:
         return MoveTo(

@@ -204,7 +204,7 @@ class BrokerRotation:
         rss = broker_memory(self.broker)
         partitions = ident = ends = None
         stored: dict[int, StoredPartition] = {}
-        members = None
+        members, rebalancing = None, False
         busy = phase is not Phase.OPEN or (rss is not None and rss >= self.limits.max_bytes)
         if rss is not None and busy:
             bootstrap = self.broker.bootstrap_servers
@@ -218,7 +218,7 @@ class BrokerRotation:
                 ends = self._log_ends(bootstrap, partitions)
                 stored = self._stored(partitions)
             if phase is Phase.ADOPTING:
-                members = self._group_members(bootstrap)
+                members, rebalancing = self._group(bootstrap)
         waiting = (
             self.files.waiting(state["rotation"]) if phase in (Phase.PAUSING, Phase.DRAINING) else 0
         )
@@ -234,6 +234,7 @@ class BrokerRotation:
             partitions=partitions,
             expected_partitions=s.kafka_partitions,
             consumer_members=members,
+            consumer_rebalancing=rebalancing,
         )
 
     def _log_ends(self, bootstrap: str, partitions: int) -> dict[int, int] | None:
@@ -252,20 +253,22 @@ class BrokerRotation:
             found = ProgressStore(s.kafka_group_id, s.kafka_topic).load(conn, range(partitions))
         return {p: StoredPartition(f.progress.next_offset, f.topic_id) for p, f in found.items()}
 
-    def _group_members(self, bootstrap: str) -> int | None:
-        """0 when the consumer group is empty, at least 1 when it has a member, None: unknown.
-        (The embedded broker lists no members, but says STABLE or EMPTY.)"""
+    def _group(self, bootstrap: str) -> tuple[int | None, bool]:
+        """(members: 0 when the consumer group is empty, at least 1 when it has one, None:
+        unknown; whether it is rebalancing). The embedded broker lists no members, but
+        says STABLE, EMPTY or a rebalance state."""
         admin = AdminClient({"bootstrap.servers": bootstrap, **self.settings.kafka_client_config})
         group = self.settings.kafka_group_id
         try:
             found = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
         except Exception:  # noqa: BLE001 - unknown means: keep waiting
-            return None
+            return None, False
         if found.state in (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD):
-            return 0
+            return 0, False
         if found.state is ConsumerGroupState.UNKNOWN:
-            return None
-        return max(1, len(found.members))
+            return None, False
+        rebalancing = found.state is not ConsumerGroupState.STABLE
+        return max(1, len(found.members)), rebalancing
 
     # acting
     def step(self) -> Action:

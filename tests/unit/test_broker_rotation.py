@@ -151,6 +151,14 @@ def test_producers_resume_once_the_consumer_reads_the_new_log():
     assert isinstance(action, MoveTo) and action.phase is Phase.OPEN
 
 
+def test_producers_wait_while_the_consumers_group_joins_again():
+    moved = {0: StoredPartition(0, NEW), 1: StoredPartition(0, NEW), 2: StoredPartition(0, NEW)}
+    joining = seen(Phase.ADOPTING, topic_id=NEW, stored=moved, consumer_rebalancing=True)
+    assert decide(joining, LIMITS) == Stay()
+    not_yet = seen(Phase.ADOPTING, topic_id=NEW, stored=moved, consumer_members=0)
+    assert decide(not_yet, LIMITS) == Stay()
+
+
 def test_producers_resume_when_no_consumer_runs():
     action = decide(seen(Phase.ADOPTING, topic_id=NEW, consumer_members=0, in_phase_s=16), LIMITS)
     assert isinstance(action, MoveTo) and action.phase is Phase.OPEN

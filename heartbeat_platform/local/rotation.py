@@ -356,6 +356,15 @@ class BrokerRotation:
     def rotating(self) -> bool:
         return self.files.read()["phase"] != Phase.OPEN
 
+    def call_off(self, why: str) -> None:
+        """Let producers go on when the rotation has not touched the broker yet (pausing,
+        draining): a producer started after `up` stops must not wait for a rotation nobody
+        finishes. Once restarting, the next `up` finishes it (producers wait until then)."""
+        state = self.files.read()
+        if state["phase"] in (Phase.PAUSING, Phase.DRAINING):
+            self._write(Phase.OPEN)
+            log.warning("broker rotation %d called off: %s", state["rotation"], why)
+
 
 class BrokerGuard(threading.Thread):
     """Steps the rotation in the background of `up`: every `interval_s` while the log is
@@ -379,8 +388,12 @@ class BrokerGuard(threading.Thread):
                 return
 
     def stop(self) -> None:
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         self.join(timeout=30)
+        if not self.is_alive():
+            self.rotation.call_off("the guard is stopping")
 
 
 def broker_status(settings, broker: EmbeddedBroker) -> dict[str, Any]:

@@ -70,3 +70,21 @@ def test_a_paused_producer_acknowledges_waits_and_resumes_on_the_new_log(tmp_pat
     assert producer.report.pauses == 1 and len(producer.report.earlier_logs) == 1
     producer.close(timeout=0.1)  # nothing answers at 127.0.0.1:1: counted undelivered
     assert producer.report.undelivered == 3
+
+
+def test_stopping_the_guard_calls_off_a_rotation_that_has_not_restarted_the_broker(tmp_path):
+    from heartbeat_platform.local.broker import EmbeddedBroker
+    from heartbeat_platform.local.rotation import BrokerRotation
+
+    class Settings:  # only what the rotator reads before stepping
+        heartbeat_broker_max_log_mb = 256
+        heartbeat_broker_rotation_max_lag = 0
+
+    files = RotationFiles(tmp_path)
+    rotation = BrokerRotation(Settings(), EmbeddedBroker(tmp_path), "postgresql://unused")
+    files.write({"phase": Phase.DRAINING.value, "rotation": 3, "log": 2})
+    rotation.call_off("test")
+    assert files.read()["phase"] == Phase.OPEN and files.read()["log"] == 2
+    files.write({"phase": Phase.ADOPTING.value, "rotation": 3, "log": 3})
+    rotation.call_off("test")
+    assert files.read()["phase"] == Phase.ADOPTING  # the broker restarted: the next up finishes

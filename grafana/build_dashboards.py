@@ -7,7 +7,10 @@ apart. After editing, run `python grafana/build_dashboards.py` and commit both.
 
 Target: Grafana 10.4 (dashboard schemaVersion 39), the PostgreSQL datasource provisioned in
 `grafana/provisioning/datasources/heartbeat.yaml` (uid below), connected as the SELECT-only
-role `heartbeat_grafana_reader` (sql/003_grafana_reader.sql).
+role `heartbeat_grafana_reader` (sql/003_grafana_reader.sql). The collapsed row "Pipeline
+metrics (Prometheus)" reads the Prometheus datasource provisioned in the same file, which
+scrapes the consumer and producer runs' /metrics (heartbeat_platform/metrics.py);
+`tests/integration/test_prometheus_panels.py` checks its PromQL against a real endpoint.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from grafana_foundation_sdk.builders import bargauge, piechart, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
-from grafana_foundation_sdk.builders import piechart, stat, table, timeseries
+from grafana_foundation_sdk.builders import prometheus as prom
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
     QueryVariable,
@@ -49,9 +53,11 @@ from grafana_foundation_sdk.models.piechart import (
     PieChartLegendValues,
     PieChartType,
 )
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="grafana-postgresql-datasource", uid="heartbeat-postgres")
+PROMETHEUS = DataSourceRef(type_val="prometheus", uid="heartbeat-prometheus")
 CUSTOMER = "${customer:sqlstring}"  # quoted and escaped by Grafana: never raw SQL
 # Raw readings are kept 7 days and at 10,000 readings/s a dashboard range holds millions, so
 # ranges are read from the rollups (sql/006) plus the raw rows newer than their newest window:
@@ -64,6 +70,9 @@ RAW_CUSTOMER_RANGE = f"({RANGE} <= interval '6 hours')"
 # Consumer snapshots come about ten a second per consumer: an hour of them is the limit.
 SNAPSHOT_RANGE = f"({RANGE} <= interval '1 hour')"
 ANOMALY_COLORS = {"BRADYCARDIA": "blue", "TACHYCARDIA": "red", "INVALID": "orange"}
+# Alert episodes (sql/009): one column per kind, in this order, colored alike everywhere.
+EPISODE_COLORS = {"TACHYCARDIA": "red", "BRADYCARDIA": "blue", "SENSOR_FAULT": "orange",
+                  "NO_SIGNAL": "purple"}
 SCHEMA_VERSION = 39  # Grafana 10.4's dashboard schema
 
 
@@ -181,11 +190,11 @@ def _stat(pid: int, title: str, grid: GridPos, description: str, sql: str,
 
 
 def _timeseries(pid: int, title: str, grid: GridPos, description: str, unit: str,
-                axis_label: str = "") -> timeseries.Panel:
+                axis_label: str = "", datasource: DataSourceRef = DATASOURCE) -> timeseries.Panel:
     """Lines in the classic palette, a list legend below, a shared (multi) tooltip."""
     return (
         timeseries.Panel().id(pid).title(title).description(description).grid_pos(grid)
-        .datasource(DATASOURCE)
+        .datasource(datasource)
         .unit(unit)
         .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
         .draw_style(common.GraphDrawStyle.LINE)
@@ -488,6 +497,122 @@ def recent_anomalies(y: int) -> list[table.Panel]:
     )]
 
 
+# -- alert episodes ------------------------------------------------------------------------------
+# One stretch of trouble per customer and kind (sql/009_alert_episodes.sql), kept by the consumer
+# in each batch's transaction. The panels read firing episodes through the partial index on
+# state = 'firing', and resolved ones through the partial index on resolved_at: never the whole
+# history of episodes.
+
+def _episode_counts(where: str) -> str:
+    """One column per kind (a kind with no episode shows 0), from the rows `where` selects."""
+    columns = ",\n".join(
+        f"       count(*) FILTER (WHERE kind = '{kind}') AS \"{kind}\""
+        for kind in EPISODE_COLORS
+    )
+    return f"SELECT\n{columns}\n{_sql(where)}"
+
+
+def _kind_colors(panel):
+    for kind, color in EPISODE_COLORS.items():
+        panel = panel.override_by_name(kind, [DynamicConfigValue(
+            id_val="color", value=Color().mode(FieldColorModeId.FIXED).fixed_color(color).build(),
+        )])
+    return panel
+
+
+def alert_episodes(y: int) -> list[cogbuilder.Builder]:
+    open_now = (
+        _stat(
+            24, "Open episodes by kind", _grid(0, y, 12, 5),
+            "Episodes firing now, by kind: TACHYCARDIA and BRADYCARDIA (critical), "
+            "SENSOR_FAULT (INVALID readings) and NO_SIGNAL (warning). An episode opens at its "
+            "kind's first reading (HEARTBEAT_ALERT_MIN_READINGS) and resolves after "
+            "HEARTBEAT_ALERT_RESOLVE_AFTER_NORMAL NORMAL readings in a row. Reads alert_episodes "
+            "through its partial index on firing episodes.",
+            _episode_counts(
+                """
+                FROM alert_episodes
+                WHERE state = 'firing'
+                """
+            ),
+            "green",
+        )
+        # green while nothing is open, red from the first open episode of a kind
+        .thresholds(ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+            Threshold(color="green"), Threshold(value=1, color="red"),
+        ]))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+    )
+    opened = _kind_colors(
+        bargauge.Panel().id(25).title("Episodes opened in the time range")
+        .grid_pos(_grid(12, y, 12, 5))
+        .description("Episodes that started firing in the dashboard's time range, by kind, "
+                     "whether still open or resolved since. Reads the firing episodes and "
+                     "those resolved since the range began (partial indexes on state = "
+                     "'firing' and on resolved_at), never older ones.")
+        .datasource(DATASOURCE)
+        .with_target(Sql(_episode_counts(
+            """
+            FROM alert_episodes
+            WHERE state = 'firing' AND $__timeFilter(opened_at)
+               OR state = 'resolved' AND resolved_at >= $__timeFrom()::timestamptz
+                  AND $__timeFilter(opened_at)
+            """
+        )))
+        .unit("short")
+        .min(0)
+        .color_scheme(Color().mode(FieldColorModeId.THRESHOLDS))
+        .thresholds(_single_color("blue"))
+        .reduce_options(_last_not_null(values=False))
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+        .value_mode(common.BarGaugeValueMode.COLOR)
+        .name_placement(common.BarGaugeNamePlacement.AUTO)
+        .show_unfilled(True)
+        .sizing(common.BarGaugeSizing.AUTO)
+    )
+    table_panel = (
+        _table(
+            26, "Open episodes", _grid(0, y + 5, 24, 9),
+            "Firing episodes, newest first (at most 200): the customer, kind and severity, "
+            "when it opened, its readings so far and the worst heart rate among them (0, -1 "
+            "or above 300 for a sensor fault), the newest reading, who acknowledged it "
+            "(heartbeat-platform alerts ack) and when it was escalated (firing "
+            "unacknowledged for HEARTBEAT_ESCALATE_AFTER_S). Reads alert_episodes through its "
+            "partial index on firing episodes.",
+            """
+            SELECT opened_at AS "opened", customer_id AS "customer", kind, severity,
+                   readings, worst_heart_rate AS "worst bpm",
+                   last_reading_at AS "last reading",
+                   acknowledged_by AS "acknowledged by", acknowledged_at AS "acknowledged",
+                   escalated_at AS "escalated", episode_id AS "episode"
+            FROM alert_episodes
+            WHERE state = 'firing'
+            ORDER BY opened_at DESC, episode_id DESC
+            LIMIT 200
+            """,
+        )
+        .override_by_name("kind", [
+            DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
+                kind: ValueMappingResult(color=color, index=i)
+                for i, (kind, color) in enumerate(EPISODE_COLORS.items())
+            })]),
+            DynamicConfigValue(id_val="custom.cellOptions",
+                               value=common.TableColoredBackgroundCellOptions()),
+        ])
+        .override_by_name("severity", [
+            DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
+                "critical": ValueMappingResult(color="red", index=0),
+                "warning": ValueMappingResult(color="orange", index=1),
+            })]),
+            DynamicConfigValue(id_val="custom.cellOptions",
+                               value=common.TableColorTextCellOptions()),
+        ])
+    )
+    return [open_now, opened, table_panel]
+
+
 def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     # An expanded row: its panels follow it at the top level of the dashboard.
     row = Row("Customer $customer").id(12).collapsed(False).grid_pos(_grid(0, y, 24, 1))
@@ -589,6 +714,151 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     return [row, bpm, summary, anomalies]
 
 
+# -- the Prometheus row ---------------------------------------------------------------------------
+# Every run of the consumer or producer serves its own /metrics (one Prometheus target each, in
+# compose dagster-code:9400..9404); the queries sum or take the maximum over them. Counters
+# restart at 0 with each new run: rate() and increase() treat that as a counter reset.
+# $__rate_interval: at least four scrape intervals (the datasource's timeInterval, 5 s), so a
+# rate always has samples to work with.
+
+def _promql(expr: str, legend: str, ref_id: str = "A") -> prom.Dataquery:
+    """A range query in the code editor, one series per label set, named by `legend`."""
+    return (
+        prom.Dataquery().expr(expr).legend_format(legend).ref_id(ref_id).range()
+        .editor_mode(QueryEditorMode.CODE).format(PromQueryFormat.TIME_SERIES)
+        .datasource(PROMETHEUS)
+    )
+
+
+def _rate(selector: str) -> str:
+    return f"rate({selector}[$__rate_interval])"
+
+
+def _quantile(q: float, histogram: str) -> str:
+    """The q-quantile of a histogram over every run, from its buckets' rates."""
+    return f"histogram_quantile({q}, sum by (le) ({_rate(histogram + '_bucket')}))"
+
+
+def _prometheus_timeseries(pid: int, title: str, grid: GridPos, description: str,
+                           unit: str, axis_label: str = "") -> timeseries.Panel:
+    return _timeseries(pid, title, grid, description, unit, axis_label, datasource=PROMETHEUS)
+
+
+def pipeline_metrics(y: int) -> Row:
+    """A collapsed row: its panels live inside it and query Prometheus only when opened.
+    (Grafana keeps panels inside a row only while it is collapsed; the top-level panels stay
+    all SQL, which heartbeat_platform.grafana_queries, the tests and the benchmark run.)"""
+    lag = (
+        _prometheus_timeseries(
+            17, "Consumer lag per partition", _grid(0, y + 1, 12, 8),
+            "Messages behind the log end per partition, as the consumer that holds the "
+            "partition sees it: log end minus the progress stored in PostgreSQL "
+            "(heartbeat_consumer_lag_messages). Live at the scrape interval, unlike the "
+            "Dagster snapshot in the Consumer lag panel above.",
+            "short", axis_label="messages behind",
+        )
+        .with_target(_promql("max by (partition) (heartbeat_consumer_lag_messages)",
+                             "partition {{partition}}"))
+    )
+    throughput = (
+        _prometheus_timeseries(
+            18, "Messages and rows per second", _grid(12, y + 1, 12, 8),
+            "Messages committed to PostgreSQL per second (heartbeat_consumer_messages_total) "
+            "and rows written per second by table (heartbeat_consumer_rows_total; "
+            "pipeline_metrics rows are the alert rows), summed over consumers.",
+            "suffix: /s",
+        )
+        .with_target(_promql(f"sum({_rate('heartbeat_consumer_messages_total')})",
+                             "messages consumed", "A"))
+        .with_target(_promql(f"sum by (table) ({_rate('heartbeat_consumer_rows_total')})",
+                             "{{table}} rows", "B"))
+    )
+    write_time = (
+        _prometheus_timeseries(
+            19, "Batch write time", _grid(0, y + 9, 8, 8),
+            "Time to write and commit one batch in PostgreSQL, median and 99th percentile over "
+            "all consumers (heartbeat_consumer_batch_write_seconds histogram).",
+            "s",
+        )
+        .with_target(_promql(_quantile(0.5, "heartbeat_consumer_batch_write_seconds"),
+                             "p50", "A"))
+        .with_target(_promql(_quantile(0.99, "heartbeat_consumer_batch_write_seconds"),
+                             "p99", "B"))
+    )
+    delay = (
+        _prometheus_timeseries(
+            20, "End-to-end delay", _grid(8, y + 9, 8, 8),
+            "From a reading's timestamp to its committed row, for one reading in 64 "
+            "(heartbeat_consumer_end_to_end_seconds histogram): 99th percentile and median. "
+            "Includes the producer's clock skew.",
+            "s",
+        )
+        .with_target(_promql(_quantile(0.99, "heartbeat_consumer_end_to_end_seconds"),
+                             "p99", "A"))
+        .with_target(_promql(_quantile(0.5, "heartbeat_consumer_end_to_end_seconds"),
+                             "p50", "B"))
+    )
+    dead_letters = (
+        _prometheus_timeseries(
+            21, "Dead letters by reason", _grid(16, y + 9, 8, 8),
+            "Dead letters per minute by reason class: invalid (not a reading), out_of_window "
+            "(older than the raw retention or too far in the future), oversized (over "
+            "HEARTBEAT_MAX_MESSAGE_BYTES), refused (by a database constraint) "
+            "(heartbeat_consumer_dead_letters_total). The reasons themselves are in "
+            "heartbeat_dead_letters.reason.",
+            "suffix: /min",
+        )
+        .with_target(_promql(
+            f"60 * sum by (reason) ({_rate('heartbeat_consumer_dead_letters_total')})",
+            "{{reason}}"))
+    )
+    retries = (
+        _prometheus_timeseries(
+            22, "Database and broker retries", _grid(0, y + 17, 12, 8),
+            "Left axis: consumers waiting for PostgreSQL to come back "
+            "(heartbeat_consumer_database_unavailable, 1 per waiting consumer); they retry and "
+            "lose nothing. Right axis, per minute: errors the consumers' Kafka clients "
+            "reported (heartbeat_consumer_kafka_errors_total; the client retries them) and "
+            "producer clients re-created after a fatal error or a broker that lost their "
+            "producer id (heartbeat_producer_recreated_total).",
+            "short", axis_label="consumers waiting",
+        )
+        .with_target(_promql("sum(heartbeat_consumer_database_unavailable)",
+                             "waiting for PostgreSQL", "A"))
+        .with_target(_promql(f"60 * sum({_rate('heartbeat_consumer_kafka_errors_total')})",
+                             "Kafka client errors/min", "B"))
+        .with_target(_promql(f"60 * sum({_rate('heartbeat_producer_recreated_total')})",
+                             "producer re-created/min", "C"))
+        .override_by_regexp("/^(Kafka client errors|producer re-created)/", [
+            DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
+            DynamicConfigValue(id_val="custom.axisLabel", value="per minute"),
+        ])
+    )
+    producer = (
+        _prometheus_timeseries(
+            23, "Producer deliveries", _grid(12, y + 17, 12, 8),
+            "Messages per second by delivery outcome, summed over producers "
+            "(heartbeat_producer_messages_total): delivered (acknowledged by the broker), "
+            "failed (certainly not in the topic) and uncertain (no acknowledgement, but "
+            "possibly in the topic).",
+            "suffix: msg/s",
+        )
+        .with_target(_promql(
+            "sum by (outcome) ("
+            + _rate('heartbeat_producer_messages_total{outcome=~"delivered|failed|uncertain"}')
+            + ")",
+            "{{outcome}}"))
+    )
+    for outcome, color in (("delivered", "green"), ("failed", "red"), ("uncertain", "orange")):
+        producer = producer.override_by_name(outcome, [DynamicConfigValue(
+            id_val="color", value=Color().mode(FieldColorModeId.FIXED).fixed_color(color).build(),
+        )])
+    row = Row("Pipeline metrics (Prometheus)").id(16).grid_pos(_grid(0, y, 24, 1))
+    for panel in (lag, throughput, write_time, delay, dead_letters, retries, producer):
+        row = row.with_panel(panel)  # which collapses the row
+    return row
+
+
 CUSTOMER_QUERY = _sql(
     """
     SELECT customer_id
@@ -637,13 +907,14 @@ def heartbeat_monitoring() -> Dashboard:
         .annotations([])
         .with_variable(customer_variable())
     )
-    for panel in [*pipeline_health(0), *fleet(4), *streaming(12), *recent_anomalies(20)]:
+    for panel in [*pipeline_health(0), *fleet(4), *streaming(12), *recent_anomalies(20),
+                  *alert_episodes(29)]:
         builder = builder.with_panel(panel)
-    row, *drilldown = customer_drilldown(29)
+    row, *drilldown = customer_drilldown(43)
     builder = builder.with_row(row)
     for panel in drilldown:
         builder = builder.with_panel(panel)
-    return builder
+    return builder.with_row(pipeline_metrics(59))
 
 
 DASHBOARDS = {"heartbeat-monitoring.json": heartbeat_monitoring}

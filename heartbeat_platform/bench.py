@@ -44,11 +44,12 @@ from pathlib import Path
 import psycopg
 
 from heartbeat_platform import grafana_queries, readiness
+from heartbeat_platform.alerting.receiver import Receipt, ReceiverProcess
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.events import classify_heart_rate, encode_event, validate_message
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.storage.copy_format import encode_records
-from heartbeat_platform.storage.database import connect, ensure_database
+from heartbeat_platform.storage.database import connect, ensure_database, one_row
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.partitions import RAW_TABLES
 from heartbeat_platform.storage.progress import load_progress
@@ -138,8 +139,11 @@ def run_bench(
 
 # -- stages -------------------------------------------------------------------------------
 def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
+    """Reading to stored row, and opening reading to webhook receipt, at `rate`."""
+    receiver = ReceiverProcess()
     consumer = subprocess.Popen(
-        _cli("consume", "--json", "--stop-when-idle", "5"), env=_env(settings),
+        _cli("consume", "--json", "--stop-when-idle", "5"),
+        env={**_env(settings), "HEARTBEAT_ALERT_WEBHOOK_URL": receiver.url},
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     peak = _PeakRss(consumer.pid)
@@ -156,11 +160,16 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
                 readiness.generator(settings, seed=3), rate=rate, duration=seconds
             )
         _wait_for_offsets(settings, report.delivered_offsets, timeout=120)
+        _wait_for_delivery(settings, timeout=60)
     finally:
         out, _ = consumer.communicate(timeout=120)
+        receipts = receiver.receipts()
     consumed = _last_json(out)
     consumed["peak_rss_mb"] = peak.result(consumed["peak_rss_mb"])
     with connect(settings.database_url) as conn:
+        undelivered = one_row(conn.execute(
+            "SELECT count(*) FROM alert_outbox WHERE done_at IS NULL"
+        ))[0]
         p50, p99, rows = conn.execute(
             """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ingested_at - event_timestamp),
                       percentile_cont(0.99) WITHIN GROUP (ORDER BY ingested_at - event_timestamp),
@@ -174,7 +183,43 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
         "latency_p99_ms": round(p99.total_seconds() * 1000, 1),
         "rows_measured": rows,
         "consumer_peak_rss_mb": consumed["peak_rss_mb"],
+        "alerts": alert_latency(receipts, started_at, undelivered),
     }
+
+
+def alert_latency(receipts: list[Receipt], since: float, undelivered: int) -> dict:
+    """Opening reading (its timestamp, stamped at produce) to the webhook's receipt of the
+    episode's `firing` notification, for episodes opened by readings after `since`."""
+    delays = sorted(
+        r.received_at - datetime.fromisoformat(r.first_reading_at).timestamp()
+        for r in receipts
+        if r.state == "firing" and r.first_reading_at is not None
+        and datetime.fromisoformat(r.first_reading_at).timestamp() >= since
+    )
+    if not delays:
+        return {"notifications": len(receipts), "firing_measured": 0,
+                "undelivered_at_stop": undelivered}
+    return {
+        "notifications": len(receipts),
+        "firing_measured": len(delays),
+        "notify_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
+        "notify_p99_ms": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000, 1),
+        "notify_max_ms": round(delays[-1] * 1000, 1),
+        "undelivered_at_stop": undelivered,
+    }
+
+
+def _wait_for_delivery(settings: Settings, timeout: float) -> None:
+    """Until the outbox is delivered (the consumer's delivery thread), or `timeout`."""
+    deadline = time.monotonic() + timeout
+    with connect(settings.database_url) as conn:
+        while time.monotonic() < deadline:
+            pending = one_row(conn.execute(
+                "SELECT count(*) FROM alert_outbox WHERE done_at IS NULL"
+            ))[0]
+            if not pending:
+                return
+            time.sleep(0.5)
 
 
 def _copy_baseline(database_url: str, events: int, settings: Settings) -> float:

@@ -10,11 +10,12 @@ variables, checked when the settings load and handed to every Kafka client throu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from heartbeat_platform.domain.episodes import EpisodeKind, Rules
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.kafka_config import client_config, needs_security
 
@@ -94,6 +95,34 @@ class Settings(BaseSettings):
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
     )
 
+    # Alerting (README, "Alerts: episodes and notifications")
+    heartbeat_alert_webhook_url: str | None = Field(
+        default=None, description="comma-separated URLs that receive every episode transition"
+    )
+    heartbeat_alert_escalation_url: str | None = Field(
+        default=None, description="comma-separated URLs for escalations; unset: the webhook URLs"
+    )
+    heartbeat_alert_min_readings: str = Field(
+        default="",
+        description="readings of a kind in a row before its episode fires, e.g. "
+        "'SENSOR_FAULT=3,BRADYCARDIA=2'; kinds not named: 1",
+    )
+    heartbeat_alert_resolve_after_normal: int = Field(
+        default=3, ge=1, description="NORMAL readings in a row that resolve an episode"
+    )
+    heartbeat_escalate_after_s: float = Field(
+        default=300.0, gt=0, description="firing unacknowledged this long: escalated once"
+    )
+    heartbeat_no_signal_after_s: float = Field(
+        default=600.0, gt=0, description="no reading this long (seen in 24 h): NO_SIGNAL"
+    )
+    heartbeat_alert_give_up_s: float = Field(
+        default=86_400.0, gt=0, description="an undelivered notification is given up after this"
+    )
+    heartbeat_alert_retention_days: int = Field(
+        default=30, ge=1, description="days resolved episodes (and their notifications) are kept"
+    )
+
     @field_validator(
         "database_url", "kafka_bootstrap_servers", "kafka_client_properties",
         "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -106,6 +135,28 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("heartbeat_alert_min_readings")
+    @classmethod
+    def _min_readings(cls, value: str) -> str:
+        min_readings_by_kind(value)  # raises ValueError naming what is wrong
+        return value
+
+    @property
+    def alert_rules(self) -> Rules:
+        """The episode rules these settings give (`domain.episodes`)."""
+        return Rules(
+            min_readings=min_readings_by_kind(self.heartbeat_alert_min_readings),
+            resolve_after_normal=self.heartbeat_alert_resolve_after_normal,
+        )
+
+    @property
+    def webhook_urls(self) -> tuple[str, ...]:
+        return _url_list(self.heartbeat_alert_webhook_url)
+
+    @property
+    def escalation_urls(self) -> tuple[str, ...]:
+        return _url_list(self.heartbeat_alert_escalation_url) or self.webhook_urls
 
     @field_validator("database_url")
     @classmethod
@@ -183,6 +234,28 @@ class Settings(BaseSettings):
         return self.database_url is None or self.kafka_bootstrap_servers is None
 
 
-def load_settings(**overrides: object) -> Settings:
+def min_readings_by_kind(text: str) -> dict[EpisodeKind, int]:
+    """'KIND=N,...' -> {kind: N}; every kind not named needs 1 reading."""
+    found = dict.fromkeys(EpisodeKind, 1)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, count = item.partition("=")
+        try:
+            kind, readings = EpisodeKind(name.strip().upper()), int(count)
+        except ValueError:
+            raise ValueError(
+                f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} is not KIND=N with KIND one of "
+                f"{', '.join(EpisodeKind)}"
+            ) from None
+        if readings < 1:
+            raise ValueError(f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} needs N >= 1")
+        found[kind] = readings
+    return found
+
+
+def _url_list(text: str | None) -> tuple[str, ...]:
+    return tuple(url.strip() for url in (text or "").split(",") if url.strip())
+
+
+def load_settings(**overrides: Any) -> Settings:
     """Settings from env/.env, with explicit overrides (used by tests and CLI flags)."""
     return Settings(**overrides)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.database import connect, one_row
 from heartbeat_platform.storage.progress import load_all_progress
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
@@ -102,13 +102,15 @@ def _account(database_url: str, settings: Settings, report: ProducerReport) -> D
         for partition, epoch, low, high in ranges:
             where = (partition, epoch, low, high)
             in_range = "kafka_partition = %s AND log_epoch = %s AND kafka_offset BETWEEN %s AND %s"
-            normal, p50, p99 = conn.execute(
-                "SELECT count(*), "
-                "percentile_cont(0.5) WITHIN GROUP (ORDER BY ingested_at - event_timestamp), "
-                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ingested_at - event_timestamp) "
-                f"FROM heartbeat_records WHERE {in_range}",
-                where,
-            ).fetchone()
+            normal, p50, p99 = one_row(
+                conn.execute(
+                    "SELECT count(*), "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY ingested_at - event_timestamp), "
+                    "percentile_cont(0.99) WITHIN GROUP (ORDER BY ingested_at - event_timestamp) "
+                    f"FROM heartbeat_records WHERE {in_range}",
+                    where,
+                )
+            )
             by_class["NORMAL"] = by_class.get("NORMAL", 0) + normal
             if normal:
                 latencies.append((p50.total_seconds() * 1000, p99.total_seconds() * 1000))
@@ -118,14 +120,16 @@ def _account(database_url: str, settings: Settings, report: ProducerReport) -> D
                 where,
             ):
                 by_class[kind] = by_class.get(kind, 0) + count
-            summary.dead_letters += conn.execute(
-                f"SELECT count(*) FROM heartbeat_dead_letters WHERE {in_range}", where
-            ).fetchone()[0]
-            summary.alerts += conn.execute(
-                f"SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%%' "
-                f"AND {in_range}",
-                where,
-            ).fetchone()[0]
+            summary.dead_letters += one_row(
+                conn.execute(f"SELECT count(*) FROM heartbeat_dead_letters WHERE {in_range}", where)
+            )[0]
+            summary.alerts += one_row(
+                conn.execute(
+                    f"SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%%' "
+                    f"AND {in_range}",
+                    where,
+                )
+            )[0]
         found = sum(by_class.values()) + summary.dead_letters
     summary.by_class = by_class
     summary.unaccounted = report.delivered - found

@@ -22,28 +22,28 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psycopg
 import requests
 import yaml
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster_graphql import DagsterGraphQLClient
 from filelock import FileLock, Timeout
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.local.process import port_open
-from heartbeat_platform.local.rotation import BrokerGuard, BrokerRotation
-from heartbeat_platform.local.services import Endpoints, LocalServices
-from heartbeat_platform.orchestration.jobs import PRODUCER_JOB, ROLE_TAG
-from heartbeat_platform.orchestration.resources import (
+from heartbeat_platform.defs.ingest.jobs import PRODUCER_JOB, ROLE_TAG
+from heartbeat_platform.defs.resources import (
     OrchestrationSettings,
     consumer_workers,
     settings_environment,
 )
+from heartbeat_platform.local.process import port_open
+from heartbeat_platform.local.rotation import BrokerGuard, BrokerRotation
+from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
 
@@ -263,7 +263,7 @@ def _code_server_alive(grpc_info: str | None) -> bool:
     return port_open(info.get("host") or "localhost", int(info["port"]))
 
 
-def stop_runs(instance: DagsterInstance, timeout: float = 90.0) -> list:
+def stop_runs(instance: DagsterInstance, timeout: float = 90.0) -> Sequence[DagsterRun]:
     """Terminate every unfinished run (and any the daemon starts meanwhile); wait for them.
 
     Returns the runs still unfinished after `timeout` seconds.

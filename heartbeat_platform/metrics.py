@@ -65,8 +65,8 @@ class ConsumerMetrics:
         now = datetime.now(UTC)
         for row in batch.records[::LATENCY_SAMPLE_EVERY]:
             self.end_to_end_seconds.observe(max(0.0, (now - row[1]).total_seconds()))
-        for row in batch.dead_letters:
-            self.dead_letters[dead_letter_class(row[5])] += 1
+        for dead_letter in batch.dead_letters:
+            self.dead_letters[dead_letter_class(dead_letter[5])] += 1
         self.dead_letters["refused"] += result.refused
 
 

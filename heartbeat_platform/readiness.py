@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.broker import EmbeddedBroker
@@ -74,8 +76,8 @@ def producer_config(settings: Settings, endpoints: Endpoints) -> ProducerConfig:
     )
 
 
-def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> ConsumerConfig:
-    values = {
+def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) -> ConsumerConfig:
+    values: dict[str, Any] = {
         "bootstrap_servers": endpoints.bootstrap_servers,
         "database_url": endpoints.database_url,
         "topic": settings.kafka_topic,
@@ -87,9 +89,20 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides) -> Co
         "stats_every": settings.heartbeat_stats_every,
         "retention": settings.retention,
         "kafka_overrides": settings.kafka_client_config,
+        "alerting": alerting_config(settings),
     }
     values.update(overrides)
     return ConsumerConfig(**values)
+
+
+def alerting_config(settings: Settings) -> AlertingConfig:
+    return AlertingConfig(
+        rules=settings.alert_rules,
+        webhook_urls=settings.webhook_urls,
+        escalation_urls=settings.escalation_urls,
+        escalate_after_s=settings.heartbeat_escalate_after_s,
+        give_up_s=settings.heartbeat_alert_give_up_s,
+    )
 
 
 def generator(settings: Settings, seed: int | None = None) -> HeartbeatGenerator:

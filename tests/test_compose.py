@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 SECRETS = {"POSTGRES_PASSWORD": "compose-test-pw", "GRAFANA_DB_PASSWORD": "it's $HOME \\ \"x\""}
 PLATFORM_SERVICES = {"schema-init", "dagster-code", "dagster-webserver", "dagster-daemon"}
+# Each Dagster run of the consumer or producer binds the first free port of
+# HEARTBEAT_METRICS_PORT .. +METRICS_PORTS-1 (heartbeat_platform's run launcher).
+METRICS_PORTS = 5
 
 
 def compose_binary() -> Path:
@@ -92,13 +95,14 @@ def test_passwords_have_no_default(missing: str, tmp_path: Path) -> None:
 
 def test_services_and_images(stack: dict) -> None:
     assert set(stack) == {
-        "kafka", "kafka-init", "postgres", "schema-init", "db-setup", "grafana",
+        "kafka", "kafka-init", "postgres", "schema-init", "db-setup", "grafana", "prometheus",
         "dagster-code", "dagster-webserver", "dagster-daemon",
     }  # `producer` only with --profile producer
     images = {name: s["image"] for name, s in stack.items()}
     assert images["kafka"] == images["kafka-init"] == "confluentinc/cp-kafka:7.6.1"
     assert images["postgres"] == images["db-setup"] == "postgres:15.18"
     assert re.fullmatch(r"grafana/grafana:10\.4\.\d+", images["grafana"])
+    assert re.fullmatch(r"prom/prometheus:v3\.\d+\.\d+", images["prometheus"])  # exact tag
     for name in PLATFORM_SERVICES:
         assert images[name] == "heartbeat-platform:local", name
         assert stack[name]["build"] == {"context": str(ROOT), "dockerfile": "Dockerfile"}
@@ -126,6 +130,7 @@ def test_only_user_facing_ports_are_published_and_only_locally(stack: dict) -> N
         ("grafana", "3000", 3000, "127.0.0.1"),
         ("dagster-webserver", "3001", 3000, "127.0.0.1"),
         ("kafka", "9092", 9092, "127.0.0.1"),  # for host tools; containers use kafka:29092
+        ("prometheus", "9090", 9090, "127.0.0.1"),
     }
 
 
@@ -138,11 +143,13 @@ def test_services_start_in_order(stack: dict) -> None:
     assert conditions == {
         "kafka": {},
         "postgres": {},
+        "prometheus": {},
         "kafka-init": {"kafka": "service_healthy"},
         "schema-init": {"postgres": "service_healthy",
                         "kafka-init": "service_completed_successfully"},
         "db-setup": {"schema-init": "service_completed_successfully"},
-        "grafana": {"db-setup": "service_completed_successfully"},
+        "grafana": {"db-setup": "service_completed_successfully",
+                    "prometheus": "service_healthy"},
         "dagster-code": {"db-setup": "service_completed_successfully"},
         "dagster-webserver": {"dagster-code": "service_healthy"},
         "dagster-daemon": {"dagster-code": "service_healthy"},
@@ -217,12 +224,92 @@ def test_grafana_gets_its_provisioning_read_only(stack: dict) -> None:
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert Path(dashboards["source"], Path(home).relative_to(dashboards["target"])).is_file()
 
-    (datasource,) = yaml.safe_load(
+    datasources = yaml.safe_load(
         (ROOT / "grafana/provisioning/datasources/heartbeat.yaml").read_text()
     )["datasources"]
-    wanted = set(re.findall(r"\$\{(\w+)\}", json.dumps(datasource)))
+    assert [d["type"] for d in datasources] == ["grafana-postgresql-datasource", "prometheus"]
+    wanted = set(re.findall(r"\$\{(\w+)\}", json.dumps(datasources)))
     assert wanted and wanted <= set(grafana["environment"])
     assert grafana["environment"]["GRAFANA_DB_PASSWORD"] == SECRETS["GRAFANA_DB_PASSWORD"]
+
+
+def test_grafana_alerting_gets_its_webhook_url_from_the_environment(tmp_path: Path) -> None:
+    """Every ${VAR} of the alerting provisioning is in Grafana's environment; the contact
+    point's URL has a default that keeps provisioning valid and follows the variable when set."""
+    files = sorted((ROOT / "grafana/provisioning/alerting").glob("*.yaml"))
+    values = [json.dumps(yaml.safe_load(f.read_text())) for f in files]  # not the comments
+    wanted = {v for text in values for v in re.findall(r"\$\{(\w+)\}", text)}
+    assert wanted == {"HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL"}
+    urls = {}
+    for name, extra in (("default", {}),
+                        ("set", {"HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL": "https://hooks.test/x"})):
+        result = compose("config", "--format", "json", env={**SECRETS, **extra},
+                         tmp_path=tmp_path)
+        assert result.returncode == 0, result.stderr
+        environment = _unescape(json.loads(result.stdout))["services"]["grafana"]["environment"]
+        assert wanted <= set(environment)
+        urls[name] = urlsplit(environment["HEARTBEAT_GRAFANA_ALERT_WEBHOOK_URL"])
+    assert urls["default"].scheme == "http" and urls["default"].hostname
+    assert urls["set"].geturl() == "https://hooks.test/x"
+
+
+# -- Prometheus -----------------------------------------------------------------------------------
+
+def _prometheus_config(config: dict) -> dict:
+    """prometheus.yml as the prometheus container reads it (its --config.file)."""
+    service = config["services"]["prometheus"]
+    (path,) = [a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file=")]
+    (mount,) = [c for c in service["configs"] if c["target"] == path]
+    return yaml.safe_load(Path(config["configs"][mount["source"]]["file"]).read_text())
+
+
+def test_prometheus_scrapes_every_metrics_port_of_the_dagster_runs(config: dict) -> None:
+    """Runs execute in dagster-code and bind HEARTBEAT_METRICS_PORT upward: each such port,
+    on an interface the other containers reach, is a target, and no other is."""
+    code = config["services"]["dagster-code"]
+    settings = Settings(**{k.lower(): v for k, v in code["environment"].items()
+                           if k.startswith("HEARTBEAT_METRICS_")}, _env_file=None)
+    assert settings.heartbeat_metrics_host == "0.0.0.0"  # not loopback: Prometheus is elsewhere
+    base = settings.heartbeat_metrics_port
+    assert base
+    assert f"{base}-{base + METRICS_PORTS - 1}" in code["expose"]
+    for name, service in config["services"].items():  # only the runs' container serves them
+        if name != "dagster-code":
+            assert "HEARTBEAT_METRICS_PORT" not in service.get("environment", {}), name
+
+    prometheus = _prometheus_config(config)
+    assert prometheus["global"]["scrape_interval"] == "5s"
+    (job,) = prometheus["scrape_configs"]
+    assert job["job_name"] == "heartbeat"
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert sorted(targets) == [f"dagster-code:{port}"
+                               for port in range(base, base + METRICS_PORTS)]
+
+
+def test_prometheus_keeps_its_data_and_reports_health(stack: dict) -> None:
+    service = stack["prometheus"]
+    assert service["restart"] == "unless-stopped"
+    (volume,) = service["volumes"]
+    assert volume["type"] == "volume"
+    assert f"--storage.tsdb.path={volume['target']}" in service["command"]
+    assert "http://localhost:9090/-/ready" in service["healthcheck"]["test"]
+
+
+def test_grafana_reads_the_stacks_prometheus(config: dict) -> None:
+    """The provisioned Prometheus datasource points at the prometheus service, with the
+    scrape interval as its smallest step."""
+    grafana = config["services"]["grafana"]
+    (datasource,) = [d for d in yaml.safe_load(
+        (ROOT / "grafana/provisioning/datasources/heartbeat.yaml").read_text()
+    )["datasources"] if d["type"] == "prometheus"]
+    url = urlsplit(re.sub(r"\$\{(\w+)\}", lambda m: grafana["environment"][m.group(1)],
+                          datasource["url"]))
+    assert url.scheme == "http" and url.hostname == "prometheus"
+    assert url.port in {p["target"] for p in config["services"]["prometheus"]["ports"]}
+    scrape = _prometheus_config(config)["global"]["scrape_interval"]
+    assert datasource["jsonData"]["timeInterval"] == scrape
+    assert datasource["access"] == "proxy"  # the browser cannot reach prometheus:9090
 
 
 def test_every_host_file_the_stack_needs_exists(config: dict) -> None:

@@ -144,7 +144,7 @@ class AlertManager:
     def _emit_summary(self, now: float) -> None:
         suppressed = self._suppressed
         total = sum(suppressed.values())
-        if not total:
+        if not total or self._window_start is None:  # a suppression implies a window
             return
         end = min(now, self._window_start + self._window)
         self._logger.warning(

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import TupleRow
 
 CONNECT_TIMEOUT_S = 5
 
@@ -13,6 +14,14 @@ CONNECT_TIMEOUT_S = 5
 def connect(database_url: str, *, autocommit: bool = False) -> psycopg.Connection:
     """A psycopg 3 connection that fails fast when the server is not there."""
     return psycopg.connect(database_url, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S)
+
+
+def one_row(cursor: psycopg.Cursor[TupleRow]) -> TupleRow:
+    """The row of a query that always returns one (an aggregate, a SELECT of expressions)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("expected one row, the query returned none")
+    return row
 
 
 def sqlalchemy_url(database_url: str, driver: str = "psycopg") -> str:

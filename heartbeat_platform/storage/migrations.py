@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from heartbeat_platform.storage.database import connect, describe
+from heartbeat_platform.storage.database import connect, describe, one_row
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,15 @@ def check_schema(database_url: str, directory: Path | None = None) -> int:
     migrations = load_migrations(directory)
     where = describe(database_url)
     with connect(database_url) as conn:
-        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+        exists = one_row(conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL"))
         if not exists[0]:
             raise SchemaNotReady(
                 f"PostgreSQL {where} has no heartbeat schema: run `heartbeat-platform init-db` "
                 "first (as a role that may create tables)"
             )
-        done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+        done: dict[int, str] = dict(
+            conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+        )
     for migration in migrations:
         if migration.version in done and done[migration.version] != migration.checksum:
             raise MigrationError(

@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 
 from heartbeat_platform.domain.retention import RetentionPolicy, day_start
+from heartbeat_platform.storage.database import one_row
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,9 @@ def ensure_partitions(conn: psycopg.Connection, policy: RetentionPolicy, now: da
     first, last = policy.days_to_create(now)
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        created = conn.execute(
-            "SELECT heartbeat_ensure_partitions(%s, %s)", (first, last)
-        ).fetchone()[0]
+        created = one_row(
+            conn.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (first, last))
+        )[0]
     if created:
         log.info("created %d day partitions for %s..%s", created, first, last)
     return created
@@ -148,7 +149,7 @@ def _readings_without_daily_rollup(
     query = sql.SQL(
         "SELECT ({}) AND NOT EXISTS (SELECT 1 FROM customer_daily_bpm_stats WHERE day = %s)"
     ).format(sql.SQL(" OR ").join(holds))
-    return conn.execute(query, (day,)).fetchone()[0]
+    return one_row(conn.execute(query, (day,)))[0]
 
 
 def oldest_day_with_readings(conn: psycopg.Connection) -> date | None:
@@ -160,7 +161,7 @@ def oldest_day_with_readings(conn: psycopg.Connection) -> date | None:
             sql.SQL("EXISTS (SELECT 1 FROM {})").format(sql.Identifier(f"{t}_p{day:%Y%m%d}"))
             for t in sorted(ROLLED_UP) if day in existing[t]
         )
-        if conn.execute(sql.SQL("SELECT {}").format(holds)).fetchone()[0]:
+        if one_row(conn.execute(sql.SQL("SELECT {}").format(holds)))[0]:
             return day
     return None
 
@@ -175,10 +176,11 @@ def _detached_leftovers(
              AND NOT relispartition AND relname ~ %s""",
         (f"^({'|'.join(DAY_PARTITIONED)})_p[0-9]{{8}}$",),
     ).fetchall()
-    days = {
-        name: datetime.strptime(_SUFFIX.search(name).group(1), "%Y%m%d").date()
-        for (name,) in rows
-    }
+    days: dict[str, date] = {}
+    for (name,) in rows:
+        match = _SUFFIX.search(name)
+        if match:  # always: the query selected names with this suffix
+            days[name] = datetime.strptime(match.group(1), "%Y%m%d").date()
     expired = set(policy.expired_days(set(days.values()), now))
     return sorted(name for name, day in days.items() if day in expired)
 

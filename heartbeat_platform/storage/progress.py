@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from heartbeat_platform.storage.database import connect
+from heartbeat_platform.storage.database import connect, one_row
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +127,13 @@ class ProgressStore:
         reason: str,
     ) -> KafkaLog:
         """Record a log this consumer found, under an epoch never used before."""
-        (epoch,) = conn.execute(
-            "INSERT INTO kafka_logs (topic, kafka_partition, topic_id, start_offset, reason) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING log_epoch",
-            (self.topic, partition, topic_id, start_offset, reason),
-        ).fetchone()
+        (epoch,) = one_row(
+            conn.execute(
+                "INSERT INTO kafka_logs (topic, kafka_partition, topic_id, start_offset, reason) "
+                "VALUES (%s, %s, %s, %s, %s) RETURNING log_epoch",
+                (self.topic, partition, topic_id, start_offset, reason),
+            )
+        )
         return KafkaLog(epoch, topic_id, start_offset)
 
 

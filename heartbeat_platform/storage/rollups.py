@@ -26,6 +26,7 @@ from enum import StrEnum
 import psycopg
 
 from heartbeat_platform.domain.retention import day_start
+from heartbeat_platform.storage.database import one_row
 from heartbeat_platform.storage.partitions import oldest_day_with_readings
 
 
@@ -377,10 +378,13 @@ FROM (
 
 def _summarised(conn: psycopg.Connection, table: str, key: str, windows: list) -> int:
     """Readings (records + anomalies) the recomputed rows of `table` summarise."""
-    return conn.execute(
-        f"SELECT coalesce(sum(reading_count + anomaly_count), 0)::bigint FROM {table} "
-        f"WHERE {key} = ANY(%s)", (windows,),
-    ).fetchone()[0]
+    return one_row(
+        conn.execute(
+            f"SELECT coalesce(sum(reading_count + anomaly_count), 0)::bigint FROM {table} "
+            f"WHERE {key} = ANY(%s)",
+            (windows,),
+        )
+    )[0]
 
 
 def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) -> tuple[int, int]:
@@ -392,10 +396,10 @@ def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) 
         "AND minute = ANY(%(windows)s)", bounds,
     )
     conn.execute(_CUSTOMER_MINUTES, bounds)
-    before = conn.execute(_FLEET_SUMS, bounds).fetchone()
+    before = one_row(conn.execute(_FLEET_SUMS, bounds))
     conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
     rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
-    after = conn.execute(_FLEET_SUMS, bounds).fetchone()
+    after = one_row(conn.execute(_FLEET_SUMS, bounds))
     conn.execute(_FLEET_TOTALS, [a - b for a, b in zip(after, before, strict=True)])
     conn.execute(_CUSTOMERS, bounds)
     mark_pending(

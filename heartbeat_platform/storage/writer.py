@@ -31,8 +31,9 @@ from datetime import UTC, datetime
 import psycopg
 
 from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage import db_errors
+from heartbeat_platform.storage import db_errors, episodes
 from heartbeat_platform.storage.copy_format import (
     ANOMALIES,
     DEAD_LETTERS,
@@ -185,8 +186,12 @@ _INSERT_ANOMALIES = ANOMALIES.insert_from_stage(
 class BatchWriter:
     """One PostgreSQL connection that writes batches for one (consumer group, topic)."""
 
-    def __init__(self, database_url: str, group: str, topic: str):
+    def __init__(
+        self, database_url: str, group: str, topic: str, episode_rules: Rules | None = None
+    ):
+        """`episode_rules`: advance alert episodes in each batch's transaction (None: off)."""
         self.database_url = database_url
+        self.episode_rules = episode_rules
         self.progress = ProgressStore(group, topic)
         self.topic_id: str | None = None  # the broker's id of the topic, stored with progress
         self._conn: psycopg.Connection | None = None
@@ -265,8 +270,9 @@ class BatchWriter:
 
     def ping(self) -> None:
         """Raise psycopg.OperationalError while the database is unreachable."""
-        self._connection().execute("SELECT 1")
-        self._conn.rollback()
+        conn = self._connection()
+        conn.execute("SELECT 1")
+        conn.rollback()
 
     # -- the batch ------------------------------------------------------------------------
     def write(
@@ -332,7 +338,11 @@ class BatchWriter:
         extra_metrics: Callable[[WriteResult], list[MetricRow]] | None,
     ) -> WriteResult:
         self.progress.advance(conn, batch.progress, self.topic_id)
-        result, alerts_text = self._write_rows(conn, batch)
+        result, alerts_text, anomalies = self._write_rows(conn, batch)
+        if self.episode_rules is not None and (batch.records or anomalies):
+            episodes.apply_batch(
+                conn, batch.records, anomalies, datetime.now(UTC), self.episode_rules
+            )
         payloads = batch.encode()
         if payloads.minutes:
             conn.execute(
@@ -344,29 +354,34 @@ class BatchWriter:
         return result
 
     @staticmethod
-    def _write_rows(conn: psycopg.Connection, batch: Batch) -> tuple[WriteResult, str]:
-        """The batch's rows; the result and the alert rows (COPY text) still to write."""
+    def _write_rows(
+        conn: psycopg.Connection, batch: Batch
+    ) -> tuple[WriteResult, str, list[AnomalyRow]]:
+        """The batch's rows; the result, the alert rows (COPY text) still to write and the
+        anomalies inserted (not those already stored)."""
         payloads = batch.encode()
         records = 0
         if batch.records:
             records = _insert(conn, RECORDS, payloads.records, len(batch.records))
         alerts, alerts_text = batch.metrics, payloads.alerts
-        anomalies = len(batch.anomalies)
+        new_anomalies = batch.anomalies
         if batch.anomalies:
             inserted = _insert_anomalies(conn, payloads.anomalies)
             if inserted is not None:  # a replay: only new anomalies raise alerts
-                anomalies = len(inserted)
+                new_anomalies = [a for a in batch.anomalies if (a[6], a[7]) in inserted]
                 alerts = [m for m in alerts if (m.kafka_partition, m.kafka_offset) in inserted]
                 alerts_text = encode_metrics(alerts)
+        anomalies = len(new_anomalies)
         dead = _insert_dead_letters(conn, batch.dead_letters)
         duplicates = len(batch.records) - records + len(batch.anomalies) - anomalies
-        return WriteResult(records, duplicates, anomalies, dead, len(alerts)), alerts_text
+        result = WriteResult(records, duplicates, anomalies, dead, len(alerts))
+        return result, alerts_text, new_anomalies
 
 
 def _copy(conn: psycopg.Connection, statement: str, data: str | bytes) -> None:
     binary = isinstance(data, bytes)
     with conn.cursor().copy(statement + (" (FORMAT binary)" if binary else "")) as copy:
-        copy.write(data if binary else data.encode())
+        copy.write(data if isinstance(data, bytes) else data.encode())
 
 
 def _insert(conn: psycopg.Connection, table, data: str | bytes, rows: int) -> int:

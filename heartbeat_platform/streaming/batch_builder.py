@@ -133,11 +133,13 @@ class BatchBuilder:
             else:
                 customer, bpm, when = reading
                 if not oldest <= when <= newest:  # could not be kept, or claims the future
-                    dead.append((epoch, partition, offset, message.key(), raw,
-                                 window.reason(when)))
+                    refused = window.reason(when)
+                    assert refused is not None  # `when` is outside the window
+                    dead.append((epoch, partition, offset, message.key(), raw, refused))
                 elif (klass := classify(bpm)) is _NORMAL:
                     records.append((customer, when, bpm, epoch, partition, offset))
                 else:
+                    assert raw is not None  # validate_message refuses None
                     anomalies.append(
                         (customer, when, bpm, klass.value, raw.decode(), epoch, partition, offset)
                     )

@@ -43,6 +43,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from heartbeat_platform.alerting.delivery import AlertDelivery
 from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
 from heartbeat_platform.metrics import ConsumerCollector, ConsumerMetrics
 from heartbeat_platform.storage import db_errors
@@ -123,7 +124,12 @@ class HeartbeatConsumer:
         """`metrics`: a Prometheus registry to report to (see `heartbeat_platform.metrics`)."""
         self.config = config
         self.alerts = alerts or AlertManager()
-        self.writer = BatchWriter(config.database_url, config.group_id, config.topic)
+        alerting = config.alerting
+        self.writer = BatchWriter(
+            config.database_url, config.group_id, config.topic,
+            episode_rules=alerting.rules if alerting else None,
+        )
+        self.delivery = AlertDelivery(config.database_url, alerting) if alerting else None
         self.inflight = InflightWrite(self.writer, config.stats_every, config.name)
         self.builder = BatchBuilder(self.alerts, config.retention, config.max_message_bytes)
         self.commits = OffsetCommitPolicy()
@@ -145,6 +151,7 @@ class HeartbeatConsumer:
         self.database_unavailable = False
         self.kafka_errors = 0
         self._lag: dict[int, int] = {}
+        self.last_reading_at: datetime | None = None  # event time of the last row committed
         self.metrics = ConsumerMetrics(metrics or CollectorRegistry())
         if metrics is not None:
             metrics.register(ConsumerCollector(self))
@@ -153,6 +160,13 @@ class HeartbeatConsumer:
     def stats(self) -> PipelineStats:
         """The counters of every batch committed so far."""
         return self.inflight.committed
+
+    @property
+    def _client(self) -> Consumer:
+        """The Kafka consumer, which exists while `run` runs."""
+        if self._consumer is None:
+            raise RuntimeError("the Kafka consumer is not running")
+        return self._consumer
 
     # -- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -170,6 +184,8 @@ class HeartbeatConsumer:
         )
         log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
                  c.group_id, "incremental" if self._incremental else "eager")
+        if self.delivery is not None:
+            self.delivery.start()
         try:
             waiting_warned = False
             while not self._stop.is_set():
@@ -207,6 +223,8 @@ class HeartbeatConsumer:
                 finally:
                     self.inflight.close()
                     self._consumer = None
+                    if self.delivery is not None:
+                        self.delivery.stop()  # what it did not send goes out after a restart
         last_commit_at = self.inflight.last_commit_at
         busy = (
             last_commit_at - self._first_message_at
@@ -352,6 +370,9 @@ class HeartbeatConsumer:
             return True
         batch, result = done
         self.metrics.batch_committed(batch, result, self.inflight.last_write_seconds)
+        last_rows = [rows[-1][1] for rows in (batch.records, batch.anomalies) if rows]
+        if last_rows:
+            self.last_reading_at = max(last_rows)
         for partition, (_, after) in batch.progress.items():
             self.commits.stored(partition, after.next_offset)
         self._commit_kafka_offsets()
@@ -366,7 +387,10 @@ class HeartbeatConsumer:
             return
         offsets = [TopicPartition(self.config.topic, p, offset) for p, offset in due.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=not force)
+            if force:  # closing, or partitions revoked: wait for it
+                self._client.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._client.commit(offsets=offsets, asynchronous=True)
         except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
             self._log_rate_limited("commit", "could not commit offsets to Kafka: %s", exc)
 
@@ -406,10 +430,10 @@ class HeartbeatConsumer:
             self._seek(p, progress.next_offset if progress else OFFSET_BEGINNING)
 
     def _rewind_and_wait_for_database(self) -> None:
-        self._consumer.pause(self._consumer.assignment())
+        self._client.pause(self._client.assignment())
         self._with_database(self.writer.ping, "reconnect")
         self._rewind(list(self._cursors))
-        self._consumer.resume(self._consumer.assignment())
+        self._client.resume(self._client.assignment())
         self._last_activity = time.monotonic()  # the outage is not idleness
         log.info("database is back: resuming from the stored progress")
 
@@ -440,13 +464,13 @@ class HeartbeatConsumer:
     def _seek(self, partition: int, offset: int) -> None:
         tp = TopicPartition(self.config.topic, partition, offset)
         try:
-            self._consumer.seek(tp)
+            self._client.seek(tp)
         except KafkaException:  # not fetching yet: the assignment's offset applies instead
             if self._incremental:
-                self._consumer.incremental_unassign([TopicPartition(self.config.topic, partition)])
-                self._consumer.incremental_assign([tp])
+                self._client.incremental_unassign([TopicPartition(self.config.topic, partition)])
+                self._client.incremental_assign([tp])
             else:
-                self._consumer.assign([
+                self._client.assign([
                     TopicPartition(self.config.topic, p, c.next_offset if c.stored
                                    else OFFSET_BEGINNING)
                     for p, c in self._cursors.items()
@@ -459,7 +483,7 @@ class HeartbeatConsumer:
 
     def _cached_watermarks(self, partition: int) -> tuple[int, int]:
         try:
-            return self._consumer.get_watermark_offsets(
+            return self._client.get_watermark_offsets(
                 TopicPartition(self.config.topic, partition), cached=True
             )
         except KafkaException:
@@ -484,11 +508,11 @@ class HeartbeatConsumer:
         for partition, high, seen in suspects:
             if not self._settle():
                 return
-            cursor = self._cursors.get(partition)
-            if cursor is None:
+            if partition not in self._cursors:  # revoked meanwhile
                 continue
+            cursor = self._cursors[partition]
             try:
-                listed = self._consumer.get_watermark_offsets(
+                listed = self._client.get_watermark_offsets(
                     TopicPartition(self.config.topic, partition), timeout=_LIST_OFFSETS_TIMEOUT_S
                 )
             except KafkaException as exc:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -38,6 +39,8 @@ class ConsumerConfig:
     queued_max_kbytes: int = 32 * 1024
     kafka_overrides: dict = field(default_factory=dict)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # alert episodes in each batch's transaction, and their delivery to webhooks (None: off)
+    alerting: AlertingConfig | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")
 
 

@@ -401,10 +401,11 @@ class HeartbeatProducer:
                 self._on_undelivered(outcome, message)
             return
         self.report.delivered += 1
-        offset = message.offset()
-        span = self.report.delivered_offsets.get(message.partition())
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None  # set on every delivered message
+        span = self.report.delivered_offsets.get(partition)
         if span is None:
-            self.report.delivered_offsets[message.partition()] = [offset, offset]
+            self.report.delivered_offsets[partition] = [offset, offset]
         elif offset > span[1]:
             span[1] = offset
         elif offset < span[0]:

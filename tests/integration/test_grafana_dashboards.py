@@ -122,15 +122,21 @@ def _load(path: Path) -> dict:
 
 
 def _panels(dashboard: dict) -> list[dict]:
-    """Every panel that runs queries (rows only group them)."""
+    """Every panel that runs SQL: the top-level ones (rows only group them; the panels
+    inside the collapsed Prometheus row query Prometheus, see test_prometheus_panels.py)."""
     return [p for p in dashboard["panels"] if p["type"] != "row"]
 
 
-def _provisioned_datasource() -> dict:
+def _all_panels(dashboard: dict) -> list[dict]:
+    """Every panel and row, the panels inside collapsed rows included."""
+    return [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
+
+
+def _provisioned_datasource(kind: str = "grafana-postgresql-datasource") -> dict:
     config = yaml.safe_load(
         (GRAFANA / "provisioning" / "datasources" / "heartbeat.yaml").read_text()
     )
-    (datasource,) = config["datasources"]
+    (datasource,) = [d for d in config["datasources"] if d["type"] == kind]
     return datasource
 
 
@@ -147,24 +153,31 @@ def test_committed_json_is_the_builders_output() -> None:
 
 
 def test_every_query_uses_the_provisioned_datasource() -> None:
-    """A panel pointing at another uid shows "datasource not found" in Grafana."""
-    provisioned = _provisioned_datasource()
-    want = {"type": provisioned["type"], "uid": provisioned["uid"]}
-    seen = 0
+    """A panel pointing at another uid shows "datasource not found" in Grafana. Top-level
+    panels and the variable read PostgreSQL; panels inside collapsed rows, Prometheus."""
+    postgres, prometheus = (
+        {"type": d["type"], "uid": d["uid"]}
+        for d in (_provisioned_datasource(), _provisioned_datasource("prometheus"))
+    )
+    seen = {"postgres": 0, "prometheus": 0}
     for path in DASHBOARD_FILES:
         dashboard = _load(path)
-        for panel in _panels(dashboard):
-            assert panel["datasource"] == want, panel["title"]
-            for target in panel["targets"]:
-                assert target["datasource"] == want, (panel["title"], target["refId"])
-                seen += 1
+        nested = [p for row in dashboard["panels"] for p in row.get("panels", [])]
+        for panels, want, kind in ((_panels(dashboard), postgres, "postgres"),
+                                   (nested, prometheus, "prometheus")):
+            for panel in panels:
+                assert panel["datasource"] == want, panel["title"]
+                for target in panel["targets"]:
+                    assert target["datasource"] == want, (panel["title"], target["refId"])
+                    seen[kind] += 1
         for variable in dashboard["templating"]["list"]:
-            assert variable["datasource"] == want, variable["name"]
-    assert seen > 0
+            assert variable["datasource"] == postgres, variable["name"]
+    assert all(seen.values()), seen
 
 
 def test_monitoring_dashboard_has_the_designed_panels() -> None:
-    """The original design's panels plus throughput, lag and the customer drill-down."""
+    """The original design's panels plus throughput, lag, alert episodes and the customer
+    drill-down."""
     dashboard = _load(GRAFANA / "dashboards" / "heartbeat-monitoring.json")
     assert dashboard["uid"] == "heartbeat-monitoring"
     assert dashboard["title"] == "Customer Heartbeat Monitoring"
@@ -176,19 +189,27 @@ def test_monitoring_dashboard_has_the_designed_panels() -> None:
         "Active customers (5 min)": "stat", "Dead letters": "stat", "Latest reading": "stat",
         "Fleet Average BPM": "timeseries", "Anomaly Type breakdown": "piechart",
         "Throughput": "timeseries", "Consumer lag": "timeseries", "Recent Anomalies": "table",
+        "Open episodes by kind": "stat", "Episodes opened in the time range": "bargauge",
+        "Open episodes": "table",
         "Customer $customer": "row", "BPM of $customer": "timeseries",
         "$customer in the time range": "stat", "Anomalies of $customer (last 24 h)": "table",
+        "Pipeline metrics (Prometheus)": "row",  # collapsed: its panels are inside it
     }
-    ids = [p["id"] for p in dashboard["panels"]]
+    ids = [p["id"] for p in _all_panels(dashboard)]
     assert len(ids) == len(set(ids))
     (variable,) = dashboard["templating"]["list"]
     assert variable["name"] == "customer" and variable["type"] == "query"
 
 
 def test_panels_do_not_overlap() -> None:
-    """Overlapping gridPos rectangles are rearranged by Grafana into a different layout."""
+    """Overlapping gridPos rectangles are rearranged by Grafana into a different layout.
+    A collapsed row keeps its panels' places below it for when it is opened."""
     for path in DASHBOARD_FILES:
-        boxes = [(p["title"], p["gridPos"]) for p in _load(path)["panels"]]
+        dashboard = _load(path)
+        boxes = [(p["title"], p["gridPos"]) for p in _all_panels(dashboard)]
+        for row in dashboard["panels"]:
+            for panel in row.get("panels", []):
+                assert panel["gridPos"]["y"] > row["gridPos"]["y"], panel["title"]
         for i, (title_a, a) in enumerate(boxes):
             assert a["x"] + a["w"] <= 24, title_a
             for title_b, b in boxes[i + 1:]:
@@ -211,6 +232,18 @@ def test_panel_queries_name_every_target_and_the_variable() -> None:
 # -- the panels against data --------------------------------------------------------------------
 
 BAD_MESSAGES = [b"not json", b'{"customer_id": "CUST_00001"}', b"[1, 2, 3]"]
+EPISODE_KINDS = ["TACHYCARDIA", "BRADYCARDIA", "SENSOR_FAULT", "NO_SIGNAL"]  # panel order
+# Alert episodes the fixture adds (customers outside the pipeline's 20, so they never meet
+# an episode the consumer opened): (customer, kind, state, opened, resolved, acknowledged by,
+# escalated), times in seconds from the pipeline's start; None: none.
+EPISODES = [
+    ("CUST_90001", "TACHYCARDIA", "firing", 1, None, None, None),
+    ("CUST_90002", "BRADYCARDIA", "firing", 2, None, "dr.jones", 3),
+    ("CUST_90003", "SENSOR_FAULT", "firing", 3, None, None, None),
+    ("CUST_90001", "BRADYCARDIA", "resolved", 1, 2, None, None),       # opened in the range
+    ("CUST_90004", "TACHYCARDIA", "resolved", -7200, 2, None, None),   # opened before it
+    ("CUST_90005", "NO_SIGNAL", "pending", None, None, None, None),    # never fired
+]
 # The queries that read the rollups; each gets the same answer from the raw tail alone.
 ROLLED_UP = ["Valid readings/A", "Anomalies/A", "Latest reading/A", "Fleet Average BPM/A",
              "Anomaly Type breakdown/A", "Throughput/B", "Active customers (5 min)/A"]
@@ -268,6 +301,8 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
     result = HeartbeatConsumer(config).run(stop_when_idle=1.5)
     assert result.stats.messages_consumed == 3_000 + len(BAD_MESSAGES)
     finished = datetime.now(UTC)
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_episodes(conn, started)
 
     live = QueryContext(started - timedelta(minutes=1), finished + timedelta(minutes=1), INTERVAL)
     week = QueryContext(live.time_to - timedelta(days=7), live.time_to, timedelta(minutes=10))
@@ -280,6 +315,28 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
         conn.execute("RESET ROLE")
         refresh_pending(conn, finished + timedelta(hours=2))  # every window has settled
     return FilledDatabase(url, config.name, live, week, unrolled)
+
+
+def add_episodes(conn: psycopg.Connection, start: datetime) -> None:
+    """EPISODES as rows of sql/009's alert_episodes, with plain INSERTs."""
+    def at(seconds: int | None) -> datetime | None:
+        return None if seconds is None else start + timedelta(seconds=seconds)
+
+    for customer, kind, state, opened, resolved, acknowledged_by, escalated in EPISODES:
+        first = at(opened) or start
+        conn.execute(
+            """
+            INSERT INTO alert_episodes (customer_id, kind, state, severity, opened_at,
+                resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at,
+                last_reading_at, last_evaluated_at, acknowledged_at, acknowledged_by,
+                escalated_at)
+            VALUES (%s, %s, %s, %s, %s, %s, 0, 0, 2, %s, %s, %s, %s, %s, %s)
+            """,
+            (customer, kind, state,
+             "critical" if kind in ("TACHYCARDIA", "BRADYCARDIA") else "warning",
+             at(opened), at(resolved), first, first, first,
+             first if acknowledged_by else None, acknowledged_by, at(escalated)),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -355,8 +412,9 @@ def _check_pie(result: Result) -> None:
 
 
 CHECKS = {"timeseries": _check_time_series, "table": _check_table, "stat": _check_stat,
-          "piechart": _check_pie}
-FORMATS = {"timeseries": "time_series", "table": "table", "stat": "table", "piechart": "table"}
+          "bargauge": _check_stat, "piechart": _check_pie}
+FORMATS = {"timeseries": "time_series", "table": "table", "stat": "table", "bargauge": "table",
+           "piechart": "table"}
 PANELS = [
     pytest.param(panel, id=f"{path.stem}-{panel['id']}-{panel['title']}")
     for path in DASHBOARD_FILES
@@ -591,6 +649,74 @@ def test_customer_value_is_quoted_not_spliced(reader, context, week) -> None:
         hostile = replace(ctx, variables={"customer": "x' OR '1'='1"})
         line, _ = (run(reader, t, hostile) for t in _panel("BPM of $customer")["targets"])
         assert line.rows == []
+
+
+# -- alert episodes -------------------------------------------------------------------------------
+
+def test_the_pipeline_opened_the_episodes_of_its_anomalies(owner) -> None:
+    """The consumer keeps episodes in each batch's transaction: every customer and kind with
+    an anomalous reading has one (one reading opens an episode by default), no other."""
+    kinds = {"TACHYCARDIA": "TACHYCARDIA", "BRADYCARDIA": "BRADYCARDIA",
+             "INVALID": "SENSOR_FAULT"}
+    anomalous = {(c, kinds[t]) for c, t in owner.execute(
+        "SELECT DISTINCT customer_id, anomaly_type FROM heartbeat_anomalies")}
+    ours = {c for c, *_ in EPISODES}
+    episodes = {(c, k) for c, k in owner.execute(
+        "SELECT DISTINCT customer_id, kind FROM alert_episodes WHERE kind <> 'NO_SIGNAL'")
+        if c not in ours}
+    assert anomalous and episodes == anomalous
+
+def test_open_episodes_lists_the_firing_ones_newest_first(reader, owner, context) -> None:
+    result = _single("Open episodes", reader, context)
+    firing = {episode_id for (episode_id,) in owner.execute(
+        "SELECT episode_id FROM alert_episodes WHERE state = 'firing'")}
+    assert set(result.column("episode")) == firing and len(result.rows) == len(firing)
+    opened = result.column("opened")
+    assert opened == sorted(opened, reverse=True)
+    ours = {(c, k): row for row in result.rows
+            for c, k in [(row[result.columns.index("customer")],
+                          row[result.columns.index("kind")])]}
+    wanted = [(c, k) for c, k, state, *_ in EPISODES if state == "firing"]
+    assert set(wanted) <= set(ours)
+    assert not {(c, k) for c, k, state, *_ in EPISODES if state != "firing"} & set(ours)
+    acknowledged = ours[("CUST_90002", "BRADYCARDIA")]
+    assert acknowledged[result.columns.index("acknowledged by")] == "dr.jones"
+    assert acknowledged[result.columns.index("escalated")] is not None
+    assert acknowledged[result.columns.index("severity")] == "critical"
+    assert ours[("CUST_90003", "SENSOR_FAULT")][result.columns.index("severity")] == "warning"
+
+
+def test_open_episode_counts_by_kind(reader, owner, context) -> None:
+    result = _single("Open episodes by kind", reader, context)
+    assert result.columns == EPISODE_KINDS
+    counts = dict(owner.execute(
+        "SELECT kind, count(*) FROM alert_episodes WHERE state = 'firing' GROUP BY kind"
+    ).fetchall())
+    assert result.rows == [tuple(counts.get(kind, 0) for kind in EPISODE_KINDS)]
+    assert all(result.rows[0][EPISODE_KINDS.index(k)] >= 1
+               for k in ("TACHYCARDIA", "BRADYCARDIA", "SENSOR_FAULT"))
+
+
+@pytest.mark.parametrize("span", ["live", "week"])
+def test_episodes_opened_in_the_range_count_open_and_resolved(span, reader, owner, context,
+                                                              week) -> None:
+    """Every episode that started firing in the range, still open or resolved since; the
+    one opened two hours before the live range only in the week."""
+    ctx = {"live": context, "week": week}[span]
+    result = _single("Episodes opened in the time range", reader, ctx)
+    assert result.columns == EPISODE_KINDS
+    counts = dict(owner.execute(
+        "SELECT kind, count(*) FROM alert_episodes "
+        "WHERE opened_at BETWEEN %s AND %s GROUP BY kind",
+        (ctx.time_from, ctx.time_to),
+    ).fetchall())
+    assert result.rows == [tuple(counts.get(kind, 0) for kind in EPISODE_KINDS)]
+    early = owner.execute(
+        "SELECT opened_at BETWEEN %s AND %s FROM alert_episodes WHERE customer_id = 'CUST_90004'",
+        (ctx.time_from, ctx.time_to),
+    ).fetchone()
+    assert early == ((span == "week"),)
+    assert result.rows[0][EPISODE_KINDS.index("BRADYCARDIA")] >= 2  # the open and resolved one
 
 
 # -- the SELECT-only role -----------------------------------------------------------------------

@@ -22,13 +22,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import dagster as dg
 import psycopg
 import pytest
 import trustme
 from psycopg import sql
 
+from heartbeat_platform.defs.resources import KafkaResource
 from heartbeat_platform.local.process import free_port, port_open, stop_process, wait_until
-from heartbeat_platform.orchestration.resources import KafkaResource
 from heartbeat_platform.readiness import prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
@@ -147,11 +148,16 @@ def test_init_db_produce_and_consume_through_tls(
     assert json.loads(status.stdout)["kafka"]["partitions"] == 3
 
     # Dagster's health snapshot: the lag probe reads the log ends through TLS too.
-    for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_CLIENT_PROPERTIES",
-                 "KAFKA_TOPIC", "KAFKA_GROUP_ID", "HEARTBEAT_STATE_DIR"):
+    # The services are the resource's fields; TLS comes from the settings, as in Dagster.
+    for name in ("KAFKA_CLIENT_PROPERTIES", "HEARTBEAT_STATE_DIR"):
         monkeypatch.setenv(name, tls_env[name])
     monkeypatch.chdir(tmp_path)
-    lags = KafkaResource().lag()
+    kafka = KafkaResource(
+        bootstrap_servers=tls_env["KAFKA_BOOTSTRAP_SERVERS"], topic=tls_env["KAFKA_TOPIC"],
+        group_id=tls_env["KAFKA_GROUP_ID"], database_url=tls_env["DATABASE_URL"],
+    )
+    with dg.build_resources({"kafka": kafka}) as resources:
+        lags = resources.kafka.lag()
     assert sum(p.log_end_offset for p in lags) == 500
     assert sum(p.lag for p in lags) == 0
 

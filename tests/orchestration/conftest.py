@@ -8,7 +8,7 @@ import pytest
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.orchestration.resources import settings_environment
+from heartbeat_platform.defs.resources import settings_environment
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 
 ORCHESTRATION_VARIABLES = (

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
-from heartbeat_platform.orchestration.assets import health_metrics
-from heartbeat_platform.orchestration.definitions import defs
-from heartbeat_platform.orchestration.resources import PostgresResource
-from heartbeat_platform.orchestration.schedules import rollup_run_key, rollup_sensor
+from heartbeat_platform.definitions import defs
+from heartbeat_platform.defs.monitoring.health import health_metrics
+from heartbeat_platform.defs.resources import PostgresResource
+from heartbeat_platform.defs.serving.rollups import rollup_run_key, rollup_sensor
 from heartbeat_platform.storage.rollups import Rollup, mark_pending
 from heartbeat_platform.streaming.lag import PartitionLag
 
@@ -140,7 +140,8 @@ def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
     mark_pending(db, Rollup.CUSTOMER_HOURLY, [old])
     # before the first Dagster partition: left to `maintain`, and must not fail the tick
     mark_pending(db, Rollup.FLEET_MINUTE, [datetime(2025, 12, 31, 10, tzinfo=UTC)])
-    context = dg.build_sensor_context(resources={"postgres": PostgresResource()})
+    postgres = PostgresResource(database_url=platform_settings.database_url)
+    context = dg.build_sensor_context(resources={"postgres": postgres})
     requests = list(rollup_sensor(context))
     got = sorted((r.job_name, r.partition_key) for r in requests)
     key = old.strftime("%Y-%m-%d-%H:%M")

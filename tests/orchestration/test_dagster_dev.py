@@ -29,10 +29,10 @@ import requests
 import yaml
 
 from heartbeat_platform.config import Settings
+from heartbeat_platform.definitions import defs
+from heartbeat_platform.launcher import INSTANCE_CONFIG
 from heartbeat_platform.local.process import free_port
 from heartbeat_platform.local.services import LocalServices
-from heartbeat_platform.orchestration.definitions import defs
-from heartbeat_platform.launcher import INSTANCE_CONFIG
 from heartbeat_platform.storage.migrations import check_schema
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import subprocess
+import sys
+import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -12,8 +17,9 @@ import pytest
 import yaml
 from dagster._core.instance.config import dagster_instance_config
 
-from heartbeat_platform.orchestration.assets import dashboard
-from heartbeat_platform.orchestration.definitions import defs
+from heartbeat_platform.definitions import defs
+from heartbeat_platform.defs.resources import KafkaResource, PostgresResource
+from heartbeat_platform.defs.serving.views import dashboard
 from heartbeat_platform.launcher import write_instance_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -45,10 +51,12 @@ ASSET_GRAPH = {
         "heartbeat_anomalies", "heartbeat_dead_letters", "heartbeat_events", "heartbeat_records",
     ],
     "customer_heartbeat_monitoring": [
-        "customer_hourly_bpm_stats", "customers", "fleet_minute_stats", "heartbeat_anomalies",
+        "alert_episodes", "customer_hourly_bpm_stats", "customers", "fleet_minute_stats", "heartbeat_anomalies",
         "heartbeat_records", "pipeline_health_snapshot", "pipeline_metrics",
         "vw_pipeline_summary", "vw_recent_anomalies",
     ],
+    "alert_episodes": ["heartbeat_anomalies"],
+    "alert_episode_stats": ["alert_episodes"],
 }
 
 CHECKS = {  # (asset, check) -> blocking
@@ -58,7 +66,11 @@ CHECKS = {  # (asset, check) -> blocking
     ("heartbeat_anomalies", "no_duplicate_readings"): False,
     ("heartbeat_anomalies", "anomaly_share_within_bounds"): False,
     ("heartbeat_records", "latest_reading_is_fresh"): False,
+    ("alert_episodes", "episode_states_consistent"): True,
+    ("alert_episodes", "transitions_in_outbox"): False,
+    ("alert_episodes", "nothing_stuck_undelivered"): False,
 }
+ALERTING_CHECKS = {name for asset, name in CHECKS if asset == "alert_episodes"}
 
 
 def test_definitions_load_and_validate() -> None:
@@ -67,6 +79,87 @@ def test_definitions_load_and_validate() -> None:
     assert {"heartbeat_consumer", "heartbeat_producer", "pipeline_health", "data_quality",
             "storage_retention", "fleet_minute_rollup", "customer_hourly_rollup",
             "customer_daily_rollup"} <= jobs
+
+
+def _dg(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DAGSTER_HOME")}
+    dg_cli = Path(sys.executable).with_name("dg")
+    return subprocess.run(
+        [str(dg_cli), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_dg_check_and_list_defs_work_in_the_repository_root() -> None:
+    """`dg` finds the project through [tool.dg] and loads every definition of defs/."""
+    check = _dg("check", "defs")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "All definitions loaded successfully" in check.stdout
+    listed = _dg("list", "defs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert {a["asset_key"] for a in found["assets"]} == set(ASSET_GRAPH)
+    assert {j["name"] for j in found["jobs"]} >= {"heartbeat_consumer", "heartbeat_producer"}
+    assert {r["name"] for r in found["resources"]} == {"postgres", "kafka"}
+
+
+def test_an_installed_wheel_loads_the_same_definitions(tmp_path: Path) -> None:
+    """The container image installs a wheel (no pyproject.toml beside it): the [tool.dg]
+    table travels inside it, and the definitions load from the installed files."""
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("heartbeat_platform-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    script = (
+        "import json, heartbeat_platform.definitions as d; "
+        "print(json.dumps([d.__file__, sorted(k.to_user_string() for k in "
+        "d.defs.resolve_asset_graph().get_all_asset_keys())]))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(site)}, timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    module_file, assets = json.loads(loaded.stdout.splitlines()[-1])
+    assert module_file.startswith(str(site))
+    assert assets == sorted(ASSET_GRAPH)
+
+
+def test_landing_tables_carry_freshness_policies() -> None:
+    """Records, anomalies and alert rows go red when no run wrote them for 10 minutes
+    (warn at 2); dead letters only come with bad input, so they have no policy."""
+    graph = defs.resolve_asset_graph()
+    windows = {}
+    for key in ("heartbeat_records", "heartbeat_anomalies", "pipeline_metrics",
+                "heartbeat_dead_letters"):
+        policy = graph.get(dg.AssetKey(key)).freshness_policy
+        windows[key] = policy and (
+            policy.fail_window.to_timedelta(), policy.warn_window.to_timedelta()
+        )
+    fresh = (timedelta(minutes=10), timedelta(minutes=2))
+    assert windows == {
+        "heartbeat_records": fresh, "heartbeat_anomalies": fresh, "pipeline_metrics": fresh,
+        "heartbeat_dead_letters": None,
+    }
+
+
+def test_resources_do_nothing_until_dagster_sets_them_up(tmp_path, monkeypatch) -> None:
+    """Building or reading a resource starts no service and runs no migration: only
+    Dagster's set-up step (a run, a sensor, dg.build_resources) does."""
+    monkeypatch.setenv("HEARTBEAT_STATE_DIR", str(tmp_path / "state"))
+    for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    postgres = PostgresResource()
+    kafka = KafkaResource(topic="some-topic")
+    with pytest.raises(dg.DagsterInvariantViolationError, match="outside Dagster's set-up"):
+        _ = postgres.url
+    with pytest.raises(dg.DagsterInvariantViolationError):
+        kafka.producer_config()
+    assert kafka.settings().kafka_topic == "some-topic"  # fields win over the settings
+    assert not (tmp_path / "state").exists()
 
 
 def test_asset_graph_snapshot() -> None:
@@ -89,7 +182,7 @@ def test_checks_and_their_blocking() -> None:
     assert actual == CHECKS
     quality_job = defs.resolve_job_def("data_quality")
     assert {k.name for k in quality_job.asset_layer.asset_graph.asset_check_keys} == {
-        name for _, name in CHECKS
+        name for asset, name in CHECKS if asset != "alert_episodes"
     }
 
 
@@ -105,7 +198,19 @@ def test_supervisor_and_schedules_run_by_default() -> None:
         "pipeline_health_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
         "data_quality_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
         "storage_retention_hourly": ("7 * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "no_signal_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "alert_stats_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
     }
+
+
+def test_alert_stats_job_runs_the_episode_checks_with_the_statistics() -> None:
+    """Every five minutes the episodes table is checked and its statistics recorded; the
+    blocking state check stops the statistics of a run whose state is broken."""
+    job = defs.resolve_job_def("alert_stats")
+    graph = job.asset_layer.asset_graph
+    assert {k.name for k in graph.asset_check_keys} == ALERTING_CHECKS
+    assert {k.to_user_string() for k in graph.executable_asset_keys} == {"alert_episode_stats"}
+    assert defs.resolve_job_def("no_signal").asset_layer.asset_graph.executable_asset_keys == set()
 
 
 def test_workspace_yaml_loads_these_definitions() -> None:

@@ -7,10 +7,14 @@ import time
 
 import dagster as dg
 import pytest
+import requests
 from dagster._core.errors import DagsterExecutionInterruptedError
+from prometheus_client.parser import text_string_to_metric_families
 
 from heartbeat_platform import readiness
-from heartbeat_platform.orchestration.definitions import defs
+from heartbeat_platform.definitions import defs
+from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS
+from heartbeat_platform.local.process import free_port
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.lag import log_end_offsets
 
@@ -81,6 +85,46 @@ def test_consumer_job_lands_every_message_and_reports_progress(produce, db) -> N
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert sum("consumer progress" in m for m in messages) >= 2  # one per report, not message
     assert any("consumer stopped" in m for m in messages)
+
+
+def test_consumer_job_materialises_the_landing_tables_it_wrote_and_serves_metrics(
+    produce, db, monkeypatch
+) -> None:
+    """The landing tables' freshness comes from the consumer run: each report materialises
+    the tables it wrote since the previous one (rows, last reading time); with
+    HEARTBEAT_METRICS_PORT set the run serves Prometheus /metrics on that port."""
+    port = free_port()
+    monkeypatch.setenv("HEARTBEAT_METRICS_PORT", str(port))
+    produce(1_500)
+    instance = dg.DagsterInstance.ephemeral()
+    result = defs.get_job_def("heartbeat_consumer").execute_in_process(
+        run_config=consumer_config(stop_when_idle=1.5), instance=instance
+    )
+    assert result.success
+    written: dict[dg.AssetKey, int] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        metadata = {k: v.value for k, v in materialization.metadata.items()}
+        assert metadata["rows_since_last_report"] > 0  # nothing reported without new rows
+        written[materialization.asset_key] = metadata["rows_written_by_run"]
+        if materialization.asset_key in (RECORDS, ANOMALIES):
+            assert metadata["last_reading_at"] > 0
+    records, anomalies = db.execute(
+        "SELECT (SELECT count(*) FROM heartbeat_records), (SELECT count(*) FROM "
+        "heartbeat_anomalies)"
+    ).fetchone()
+    assert written == {RECORDS: records, ANOMALIES: anomalies, METRICS: anomalies}
+    assert DEAD_LETTERS not in written  # generated readings are all valid messages
+    assert instance.get_latest_materialization_event(RECORDS) is not None
+
+    scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if not sample.labels
+    }
+    assert samples["heartbeat_consumer_messages_total"] == 1_500
 
 
 def test_a_dagster_interrupt_stops_the_consumer_cleanly(platform_settings, produce, db) -> None:

@@ -13,15 +13,15 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.test_utils import create_run_for_test
 
 from heartbeat_platform.config import load_settings
-from heartbeat_platform.local.process import free_port
-from heartbeat_platform.local.services import Endpoints, LocalServices
+from heartbeat_platform.defs.resources import OrchestrationSettings
 from heartbeat_platform.launcher import (
     child_environment,
     dagster_storage_url,
     fail_orphaned_runs,
     stop_runs,
 )
-from heartbeat_platform.orchestration.resources import OrchestrationSettings
+from heartbeat_platform.local.process import free_port
+from heartbeat_platform.local.services import Endpoints, LocalServices
 
 
 def test_dagster_gets_a_dagster_database_on_the_configured_server(

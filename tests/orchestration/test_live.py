@@ -23,10 +23,10 @@ import requests
 from playwright.sync_api import sync_playwright
 
 from heartbeat_platform.config import load_settings
+from heartbeat_platform.definitions import defs
+from heartbeat_platform.defs.ingest.supervisor import SENSOR_NAME
 from heartbeat_platform.local.process import free_port, port_open
 from heartbeat_platform.local.services import LocalServices
-from heartbeat_platform.orchestration.definitions import defs
-from heartbeat_platform.orchestration.sensors import SENSOR_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ from dagster import DagsterRunStatus as S
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.test_utils import create_run_for_test
 
-from heartbeat_platform.orchestration.jobs import CONSUMER_JOB
-from heartbeat_platform.orchestration.sensors import (
+from heartbeat_platform.defs.ingest.jobs import CONSUMER_JOB
+from heartbeat_platform.defs.ingest.supervisor import (
     SENSOR_NAME,
     ConsumerRun,
     consumer_history,

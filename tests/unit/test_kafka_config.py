@@ -201,7 +201,7 @@ def test_security_without_a_cluster_is_a_configuration_error() -> None:
 
 def test_dagster_processes_get_the_same_client_settings(tmp_path: Path, monkeypatch) -> None:
     """`up` hands its settings to Dagster's processes as variables: the password too."""
-    from heartbeat_platform.orchestration.resources import settings_environment
+    from heartbeat_platform.defs.resources import settings_environment
 
     monkeypatch.chdir(tmp_path)
     path = write(tmp_path, "security.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n")

@@ -18,9 +18,10 @@ from datetime import timedelta
 
 import dagster as dg
 
+from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
+from heartbeat_platform.defs.resources import PostgresResource
 from heartbeat_platform.domain.events import classify_heart_rate
-from heartbeat_platform.orchestration.assets import ANOMALIES, RECORDS
-from heartbeat_platform.orchestration.resources import PostgresResource
+from heartbeat_platform.storage.database import one_row
 
 CUSTOMER_ID_PATTERN = "^CUST_[0-9]{5,10}$"  # what validate_message() accepts
 ANOMALY_SHARE_BOUNDS = (0.005, 0.20)  # generator: 5% cardiac + 0.5% sensor faults
@@ -77,7 +78,7 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
     )
     def check(postgres: PostgresResource) -> dg.AssetCheckResult:
         with postgres.connect() as conn:
-            bad = conn.execute(query, (CHECK_WINDOW,)).fetchone()[0]
+            bad = one_row(conn.execute(query, (CHECK_WINDOW,)))[0]
         return dg.AssetCheckResult(
             passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR, metadata={"bad_rows": bad}
         )
@@ -94,13 +95,13 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
 )
 def no_duplicate_readings(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        (both,) = conn.execute(
+        (both,) = one_row(conn.execute(
             """SELECT count(*) FROM heartbeat_anomalies a
                JOIN heartbeat_records r USING (customer_id, event_timestamp)
                WHERE a.event_timestamp > now() - %(w)s
                  AND r.event_timestamp > now() - %(w)s""",
             {"w": CHECK_WINDOW},
-        ).fetchone()
+        ))
     return dg.AssetCheckResult(
         passed=both == 0,
         severity=dg.AssetCheckSeverity.WARN,
@@ -116,13 +117,13 @@ def no_duplicate_readings(postgres: PostgresResource) -> dg.AssetCheckResult:
 )
 def anomaly_share_within_bounds(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        records, anomalies = conn.execute(
+        records, anomalies = one_row(conn.execute(
             """SELECT (SELECT count(*) FROM heartbeat_records
                         WHERE event_timestamp > now() - %(w)s),
                       (SELECT count(*) FROM heartbeat_anomalies
                         WHERE event_timestamp > now() - %(w)s)""",
             {"w": ANOMALY_SHARE_WINDOW},
-        ).fetchone()
+        ))
     readings = records + anomalies
     share = anomalies / readings if readings else 0.0
     low, high = ANOMALY_SHARE_BOUNDS
@@ -140,11 +141,11 @@ def anomaly_share_within_bounds(postgres: PostgresResource) -> dg.AssetCheckResu
 )
 def latest_reading_is_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        age = conn.execute(  # a bounded read: only the window that would pass
+        age = one_row(conn.execute(  # a bounded read: only the window that would pass
             "SELECT now() - max(event_timestamp) FROM heartbeat_records "
             "WHERE event_timestamp > now() - %s",
             (FRESHNESS_LIMIT,),
-        ).fetchone()[0]
+        ))[0]
     return dg.AssetCheckResult(
         passed=age is not None,
         severity=dg.AssetCheckSeverity.WARN,

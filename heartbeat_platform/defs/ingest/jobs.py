@@ -6,26 +6,36 @@ database connection (a batch in flight is rolled back whole and re-read by the n
 so a run stops within a second or two. No RetryPolicy: the supervisor sensor replaces
 failed consumer runs, and a retry would fight an operator's termination.
 
-Progress is reported every `progress_interval_s` seconds, never per message: a log line
-and an observation of the `heartbeat_events` asset whose numbers the UI plots.
+Progress is reported every `progress_interval_s` seconds, never per message: a log line,
+an observation of the `heartbeat_events` asset whose numbers the UI plots, and, from the
+consumer, a materialisation of each landing table it wrote since the last report (rows
+written, event time of the last reading), which their freshness policies watch.
+
+With HEARTBEAT_METRICS_PORT set, each run also serves Prometheus /metrics, on the first
+free port of METRICS_PORTS from that one (consumer workers and the producer share a host).
 """
 
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import dagster as dg
+from prometheus_client import CollectorRegistry
 from pydantic import Field
 
-from heartbeat_platform import readiness
+from heartbeat_platform import metrics, readiness
+from heartbeat_platform.config import Settings
+from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS, TOPIC
+from heartbeat_platform.defs.resources import KafkaResource
 from heartbeat_platform.domain.alerts import PipelineStats
-from heartbeat_platform.orchestration.assets import TOPIC
-from heartbeat_platform.orchestration.resources import KafkaResource
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 
 ROLE_TAG = "heartbeat/role"
 CONSUMER_JOB = "heartbeat_consumer"
 PRODUCER_JOB = "heartbeat_producer"
+METRICS_PORTS = 5  # HEARTBEAT_METRICS_PORT .. +4: up to 3 consumer workers and producers
 
 
 class ConsumerRunConfig(dg.Config):
@@ -72,19 +82,76 @@ def _consumer_metadata(stats: PipelineStats, rate: float) -> dict[str, float | i
     }
 
 
+def _landing_counts(stats: PipelineStats) -> dict[dg.AssetKey, int]:
+    """Rows this run wrote to each landing table (pipeline_metrics: its alert rows)."""
+    return {
+        RECORDS: stats.records_written,
+        ANOMALIES: stats.anomalies_bradycardia + stats.anomalies_tachycardia
+        + stats.anomalies_invalid,
+        DEAD_LETTERS: stats.dead_letters,
+        METRICS: stats.alerts_triggered,
+    }
+
+
+class _LandingReport:
+    """Materialisations of the landing tables that got rows since the previous report."""
+
+    def __init__(self) -> None:
+        self.reported: dict[dg.AssetKey, int] = {}
+
+    def events(
+        self, stats: PipelineStats, last_reading_at: datetime | None
+    ) -> list[dg.AssetMaterialization]:
+        events = []
+        for key, rows in _landing_counts(stats).items():
+            before = self.reported.get(key, 0)
+            if rows == before:
+                continue
+            metadata: dict[str, Any] = {
+                "rows_written_by_run": rows, "rows_since_last_report": rows - before,
+            }
+            if last_reading_at is not None and key in (RECORDS, ANOMALIES):
+                metadata["last_reading_at"] = dg.MetadataValue.timestamp(last_reading_at)
+            events.append(dg.AssetMaterialization(asset_key=key, metadata=metadata))
+            self.reported[key] = rows
+        return events
+
+
+def _serve_metrics(settings: Settings, log: dg.DagsterLogManager) -> CollectorRegistry | None:
+    """A registry served on the first free port from HEARTBEAT_METRICS_PORT, or None."""
+    base = settings.heartbeat_metrics_port
+    if base is None:
+        return None
+    registry = CollectorRegistry()
+    for port in range(base, base + METRICS_PORTS) if base else [0]:
+        try:
+            bound = metrics.serve(registry, port, settings.heartbeat_metrics_host)
+        except OSError:
+            continue
+        log.info(f"Prometheus metrics on http://{settings.heartbeat_metrics_host}:{bound}/metrics")
+        return registry
+    log.warning(f"no free port for /metrics in {base}..{base + METRICS_PORTS - 1}; not served")
+    return None
+
+
 @dg.op(description="Consume heartbeat-events into PostgreSQL until terminated.")
 def consume_heartbeats(
     context: dg.OpExecutionContext, config: ConsumerRunConfig, kafka: KafkaResource
 ) -> None:
+    landing = _LandingReport()
+
     def report(count: int, rate: float) -> None:
         metadata = _consumer_metadata(consumer.stats, rate)
         context.log.info("consumer progress: " + ", ".join(f"{k}={v}" for k, v in metadata.items()))
         context.log_event(dg.AssetObservation(asset_key=TOPIC, metadata=metadata))
+        for event in landing.events(consumer.stats, consumer.last_reading_at):
+            context.log_event(event)
 
     progress = _Every(config.progress_interval_s, report)
     consumer = HeartbeatConsumer(
         kafka.consumer_config(name=f"dagster-{context.run_id[:8]}"),
         on_batch=lambda _result, stats: progress(stats.messages_consumed),
+        metrics=_serve_metrics(kafka.settings(), context.log),
     )
     try:
         consumer.run(stop_when_idle=config.stop_when_idle)
@@ -99,7 +166,9 @@ def produce_heartbeats(
 ) -> None:
     if config.events is not None and config.duration is not None:
         raise dg.Failure("give `events` or `duration`, not both")
-    producer = HeartbeatProducer(kafka.producer_config())
+    producer = HeartbeatProducer(
+        kafka.producer_config(), metrics=_serve_metrics(kafka.settings(), context.log)
+    )
 
     def report(count: int, rate: float) -> None:
         r: ProducerReport = producer.report

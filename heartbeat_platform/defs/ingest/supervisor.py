@@ -22,8 +22,8 @@ import dagster as dg
 from dagster import DagsterRunStatus
 
 from heartbeat_platform.config import load_settings
-from heartbeat_platform.orchestration.jobs import heartbeat_consumer
-from heartbeat_platform.orchestration.resources import OrchestrationSettings, consumer_workers
+from heartbeat_platform.defs.ingest import jobs
+from heartbeat_platform.defs.resources import OrchestrationSettings, consumer_workers
 
 SENSOR_NAME = "heartbeat_consumer_supervisor"
 HISTORY_LIMIT = 100  # a pause marker cannot be older: no run is created while paused
@@ -80,7 +80,7 @@ def decide(history: Iterable[ConsumerRun], workers: int, since: float | None = N
 
 def consumer_history(instance: dg.DagsterInstance) -> list[ConsumerRun]:
     records = instance.get_run_records(
-        dg.RunsFilter(job_name=heartbeat_consumer.name), limit=HISTORY_LIMIT
+        dg.RunsFilter(job_name=jobs.CONSUMER_JOB), limit=HISTORY_LIMIT
     )
     return [
         ConsumerRun(
@@ -99,7 +99,7 @@ def consumer_history(instance: dg.DagsterInstance) -> list[ConsumerRun]:
     name=SENSOR_NAME,
     # By name, not `job=`: a JobDefinition target makes Definitions rebuild the sensor to
     # bind the resources, and Dagster 1.13 then warns about a beta `owners` parameter.
-    job_name=heartbeat_consumer.name,
+    job_name=jobs.CONSUMER_JOB,
     minimum_interval_seconds=20,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Keeps HEARTBEAT_CONSUMER_WORKERS heartbeat_consumer runs alive (default 1, "

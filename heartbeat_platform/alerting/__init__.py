@@ -1,0 +1,1 @@
+"""Notifications of alert episodes: delivery of the outbox to webhooks."""

@@ -1,0 +1,314 @@
+"""Deliver queued episode transitions (alert_outbox) to webhooks, at least once.
+
+A thread beside the consumer (`heartbeat-platform consume`, the Dagster consumer run). It
+is woken by the NOTIFY that a batch's transaction sends at commit, so a transition leaves
+within milliseconds of being stored; it never blocks ingest. Per customer, transitions go
+out in the order they were queued: a later one waits until the earlier one is delivered
+(or given up). A receiver that is down or slow gets retries with backoff; a row is given
+up only after `give_up_s`, and that is recorded (`gave_up_at`, `last_error`). Every POST of
+a transition carries the same `Idempotency-Key: <episode_id>:<state>`, so a receiver can
+drop the repeats that at-least-once delivery allows (after a crash between the POST and the
+row's update).
+
+Several consumers may run: a PostgreSQL advisory lock elects one deliverer; the others
+wait and take over when it goes away. The deliverer also escalates episodes firing
+unacknowledged for `escalate_after_s` (once each).
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import orjson
+import psycopg
+
+from heartbeat_platform.domain.episodes import Rules
+from heartbeat_platform.storage import episodes
+from heartbeat_platform.storage.database import connect
+
+log = logging.getLogger(__name__)
+
+_LEADER_LOCK = 0x4842_414C  # "HBAL": one deliverer per database
+FETCH_LIMIT = 2_000
+SENDERS = 4  # concurrent POSTs (to different customers)
+BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
+ESCALATION_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class AlertingConfig:
+    """What the consumer needs to run episodes and deliver their transitions."""
+
+    rules: Rules = field(default_factory=Rules)
+    webhook_urls: tuple[str, ...] = ()
+    escalation_urls: tuple[str, ...] = ()  # empty: the webhook URLs
+    escalate_after_s: float = 300.0
+    give_up_s: float = 86_400.0
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    outbox_id: int
+    episode_id: int
+    customer_id: str
+    state: str
+    payload: dict
+    delivered_to: tuple[str, ...]
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.episode_id}:{self.state}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one row's delivery round: URLs that took it, and the last error."""
+
+    row: OutboxRow
+    delivered: tuple[str, ...]
+    error: str | None
+
+
+def sendable(rows: Iterable[OutboxRow], now: datetime) -> list[OutboxRow]:
+    """Rows to send now: per customer only the oldest pending row, when it is due."""
+    first: dict[str, OutboxRow] = {}
+    for row in sorted(rows, key=lambda r: r.outbox_id):
+        first.setdefault(row.customer_id, row)
+    return [row for row in first.values() if row.next_attempt_at <= now]
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try after `attempts` failed ones."""
+    return BACKOFF_S[min(attempts, len(BACKOFF_S)) - 1] if attempts else 0.0
+
+
+def targets(row: OutboxRow, config: AlertingConfig) -> tuple[str, ...]:
+    """The URLs this row still has to reach."""
+    urls = (config.escalation_urls or config.webhook_urls) if row.state == "escalated" \
+        else config.webhook_urls
+    return tuple(url for url in urls if url not in row.delivered_to)
+
+
+_PENDING = f"""
+SELECT outbox_id, episode_id, customer_id, state, payload, delivered_to, attempts,
+       next_attempt_at, created_at
+FROM alert_outbox WHERE done_at IS NULL AND gave_up_at IS NULL
+ORDER BY outbox_id LIMIT {FETCH_LIMIT}
+"""
+# One statement per round, whatever the number of rows (URLs hold no space).
+_DELIVERED = """
+UPDATE alert_outbox o SET
+    delivered_to = o.delivered_to || string_to_array(u.urls, ' '),
+    done_at = clock_timestamp(), attempts = o.attempts + 1, last_error = NULL
+FROM unnest(%s::bigint[], %s::text[]) AS u(outbox_id, urls)
+WHERE o.outbox_id = u.outbox_id
+"""
+_FAILED = """
+UPDATE alert_outbox o SET
+    delivered_to = o.delivered_to || string_to_array(u.urls, ' '),
+    attempts = o.attempts + 1, last_error = u.error, next_attempt_at = u.next_attempt_at,
+    gave_up_at = CASE WHEN u.give_up THEN clock_timestamp() END
+FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::bool[])
+    AS u(outbox_id, urls, error, next_attempt_at, give_up)
+WHERE o.outbox_id = u.outbox_id
+"""
+
+
+class AlertDelivery:
+    """The delivery thread: start(), then stop() when the consumer stops."""
+
+    def __init__(
+        self, database_url: str, config: AlertingConfig,
+        post: Callable[[str, OutboxRow], None] | None = None,
+    ):
+        self.database_url = database_url
+        self.config = config
+        self._post = post or self._http_post
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connections = _KeptAlive(config.timeout_s)
+        self.delivered = 0
+        self.failed_attempts = 0
+        self.given_up = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="alert-delivery", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with connect(self.database_url, autocommit=True) as conn:
+                    self._serve(conn)
+            except psycopg.OperationalError as exc:
+                log.warning("alert delivery: database unavailable (%s); retrying in 2 s", exc)
+                self._stop.wait(2.0)
+            except Exception:
+                log.exception("alert delivery failed; restarting in 5 s")
+                self._stop.wait(5.0)
+
+    def _serve(self, conn: psycopg.Connection) -> None:
+        """Wait for the leadership, then deliver until stopped."""
+        while not self._stop.is_set():
+            if episodes_lock(conn):
+                break
+            self._stop.wait(5.0)
+        conn.execute(f"LISTEN {episodes.NOTIFY_CHANNEL}")
+        escalated_at = 0.0
+        with ThreadPoolExecutor(SENDERS, thread_name_prefix="alert-post") as pool:
+            while not self._stop.is_set():
+                if time.monotonic() - escalated_at >= ESCALATION_EVERY_S:
+                    self.escalate(conn)
+                    escalated_at = time.monotonic()
+                wait = self.deliver_once(conn, pool)
+                if wait > 0:
+                    for _ in conn.notifies(timeout=min(wait, ESCALATION_EVERY_S), stop_after=1):
+                        pass
+
+    # -- one round ----------------------------------------------------------------------
+    def escalate(self, conn: psycopg.Connection) -> list[int]:
+        now = datetime.now(UTC)
+        with conn.transaction():
+            ids = episodes.escalate_due(conn, now, timedelta(seconds=self.config.escalate_after_s))
+        if ids:
+            log.warning("escalated %d episode(s) firing unacknowledged for %.0f s",
+                        len(ids), self.config.escalate_after_s)
+        return ids
+
+    def deliver_once(self, conn: psycopg.Connection, pool: ThreadPoolExecutor) -> float:
+        """Send what is due; the seconds until something may be due again (0: go on)."""
+        rows = [_row(r) for r in conn.execute(_PENDING).fetchall()]
+        if not rows:
+            return ESCALATION_EVERY_S
+        now = datetime.now(UTC)
+        due = sendable(rows, now)
+        if not due:
+            soonest = min(r.next_attempt_at for r in rows)
+            return max(0.05, (soonest - now).total_seconds())
+        attempts = list(pool.map(self._attempt, due))
+        self._record(conn, attempts, now)
+        return 0.0
+
+    def _attempt(self, row: OutboxRow) -> Attempt:
+        delivered, error = [], None
+        for url in targets(row, self.config):
+            try:
+                self._post(url, row)
+                delivered.append(url)
+            except Exception as exc:  # any failure of a receiver means: try again later
+                error = f"{url}: {exc}"
+        return Attempt(row, tuple(delivered), error)
+
+    def _record(self, conn: psycopg.Connection, attempts: Sequence[Attempt], now: datetime) -> None:
+        delivered = [a for a in attempts if a.error is None]
+        failed = [a for a in attempts if a.error is not None]
+        tries = [a.row.attempts + 1 for a in failed]
+        give_up = [
+            (now - a.row.created_at).total_seconds() >= self.config.give_up_s for a in failed
+        ]
+        with conn.transaction():
+            if delivered:
+                ids = [a.row.outbox_id for a in delivered]
+                conn.execute(_DELIVERED, (ids, [" ".join(a.delivered) for a in delivered]))
+            if failed:
+                conn.execute(_FAILED, (
+                    [a.row.outbox_id for a in failed], [" ".join(a.delivered) for a in failed],
+                    [a.error for a in failed],
+                    [now + timedelta(seconds=backoff(n)) for n in tries], give_up,
+                ))
+        self.delivered += len(delivered)
+        self.failed_attempts += len(failed)
+        for attempt, n, gave_up in zip(failed, tries, give_up, strict=True):
+            row = attempt.row
+            if gave_up:
+                self.given_up += 1
+                log.error("gave up notifying %s of episode %d (%s) after %d tries: %s",
+                          row.customer_id, row.episode_id, row.state, n, attempt.error)
+            elif n == 1 or n % 10 == 0:
+                log.warning("notification of episode %d (%s) failed (try %d): %s",
+                            row.episode_id, row.state, n, attempt.error)
+
+    def _http_post(self, url: str, row: OutboxRow) -> None:
+        status = self._connections.post(
+            url, orjson.dumps(row.payload),
+            {"Content-Type": "application/json", "Idempotency-Key": row.idempotency_key},
+        )
+        if status >= 300:
+            raise RuntimeError(f"HTTP {status}")
+
+
+class _KeptAlive(threading.local):
+    """One kept-alive connection per receiver and sending thread.
+
+    The standard library's http.client, not requests or urllib3: measured on the build
+    machine, a POST costs about 170 us of CPU here against 470 us through urllib3, and
+    this thread shares the interpreter with the consumer at up to a thousand POSTs a
+    second (the design rate with every anomaly opening an episode).
+    """
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.open: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.hostname or "", parts.port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        reused = origin in self.open
+        try:
+            return self._post(origin, path, body, headers)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._post(origin, path, body, headers)  # the receiver closed an idle one
+
+    def _post(self, origin: tuple[str, str, int | None], path: str, body: bytes,
+              headers: dict[str, str]) -> int:
+        connection = self.open.get(origin)
+        if connection is None:
+            scheme, host, port = origin
+            kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+            connection = self.open[origin] = kind(host, port, timeout=self.timeout_s)
+        try:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            del self.open[origin]
+            raise
+        if response.will_close:
+            connection.close()
+            del self.open[origin]
+        return response.status
+
+
+def episodes_lock(conn: psycopg.Connection) -> bool:
+    """Try to become the deliverer (held while this session lives)."""
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_LEADER_LOCK,)).fetchone()
+    return bool(row and row[0])
+
+
+def _row(values: tuple) -> OutboxRow:
+    (outbox_id, episode_id, customer_id, state, payload, delivered_to, attempts,
+     next_attempt_at, created_at) = values
+    return OutboxRow(outbox_id, episode_id, customer_id, state, payload,
+                     tuple(delivered_to), attempts, next_attempt_at, created_at)

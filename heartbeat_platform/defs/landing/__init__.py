@@ -1,0 +1,1 @@
+"""The tables the consumer writes, how fresh they are, and the checks that guard them."""

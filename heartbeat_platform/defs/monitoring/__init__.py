@@ -1,0 +1,1 @@
+"""Scheduled care: pipeline health snapshots, data-quality runs, storage retention."""

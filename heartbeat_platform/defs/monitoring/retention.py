@@ -1,0 +1,54 @@
+"""Storage retention: the day partitions of the raw tables and the rollups' age limit,
+every hour."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS
+from heartbeat_platform.defs.resources import PostgresResource
+from heartbeat_platform.storage import episodes
+from heartbeat_platform.storage.partitions import apply_retention
+from heartbeat_platform.storage.rollups import delete_expired
+
+
+@dg.asset(
+    description="Day partitions of the raw tables: creates those of the retention window "
+    "and the days ahead, drops the days older than HEARTBEAT_RAW_RETENTION_DAYS whose "
+    "rollups are materialised (never one with a pending window), and deletes rollup rows "
+    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS and alert episodes resolved more than "
+    "HEARTBEAT_ALERT_RETENTION_DAYS ago. What it did is this asset's metadata.",
+    deps=[RECORDS, ANOMALIES, DEAD_LETTERS, METRICS, "fleet_minute_stats",
+          "customer_daily_bpm_stats"],
+    group_name="storage",
+    kinds={"postgres"},
+)
+def raw_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
+    settings = postgres.settings()
+    now = datetime.now(UTC)
+    with postgres.connect() as conn:
+        report = apply_retention(conn, settings.retention, now)
+        deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+        episodes_deleted = episodes.prune(
+            conn, now - timedelta(days=settings.heartbeat_alert_retention_days)
+        )
+    return dg.MaterializeResult(
+        metadata={
+            **report.as_metadata(), "rollup_rows_deleted": deleted,
+            "resolved_episodes_deleted": episodes_deleted,
+        }
+    )
+
+
+raw_partitions_job = dg.define_asset_job(
+    "storage_retention",
+    selection=dg.AssetSelection.assets(raw_partitions),
+    description="Create the day partitions ahead, drop expired days, prune old rollup rows.",
+)
+
+hourly_retention = dg.ScheduleDefinition(
+    name="storage_retention_hourly",
+    job=raw_partitions_job,
+    cron_schedule="7 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,1 @@
+"""What readers use: rollups, views and the Grafana dashboard."""

@@ -1,1 +1,0 @@
-"""Dagster control room: supervised producer/consumer jobs, assets, checks, schedules, `up`."""

@@ -1,0 +1,280 @@
+"""Episodes and their notifications in PostgreSQL (sql/009), inside the caller's transaction.
+
+The batch writer calls `apply_batch` in the transaction that stores the batch: the open
+episodes of the batch's customers are read (locked), `domain.episodes.advance` decides,
+and the changed episodes and one outbox row per transition are written before the commit.
+A batch that rolls back leaves no episode change and no notification behind; a replayed
+batch finds its readings already applied (`last_evaluated_at`) and changes nothing.
+
+The JSON a webhook receives is built here, in SQL, from the episode row (`enqueue`), so the
+writer, escalation and a person's `alerts resolve` send the same object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import psycopg
+
+from heartbeat_platform.domain.episodes import (
+    SEVERITY,
+    AlertBounds,
+    Episode,
+    EpisodeKind,
+    EpisodeReading,
+    EpisodeState,
+    Outcome,
+    Rules,
+    Transition,
+    advance,
+    no_signal_episode,
+    silent_customers,
+)
+from heartbeat_platform.storage.copy_format import AnomalyRow, RecordRow
+
+NOTIFY_CHANNEL = "heartbeat_alert_outbox"  # LISTEN here to hear of new outbox rows at commit
+
+_COLUMNS = (
+    "episode_id, customer_id, kind, state, opened_at, resolved_at, first_heart_rate, "
+    "worst_heart_rate, readings, first_reading_at, last_reading_at, normal_streak, "
+    "last_evaluated_at"
+)
+_OPEN_OF_CUSTOMERS = f"""
+SELECT {_COLUMNS} FROM alert_episodes
+WHERE state <> 'resolved' AND customer_id = ANY(%s)
+FOR UPDATE
+"""
+_BOUNDS = """
+SELECT customer_id, kind, threshold FROM vw_alert_overrides_in_force
+WHERE customer_id = ANY(%s)
+"""
+_NEW_IDS = """
+SELECT nextval(pg_get_serial_sequence('alert_episodes', 'episode_id'))
+FROM generate_series(1, %s)
+"""
+_INSERT = """
+INSERT INTO alert_episodes (episode_id, customer_id, kind, state, severity, opened_at,
+    resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at,
+    last_reading_at, normal_streak, last_evaluated_at)
+OVERRIDING SYSTEM VALUE
+SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
+    %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[], %s::int[], %s::timestamptz[],
+    %s::timestamptz[], %s::int[], %s::timestamptz[])
+"""
+_UPDATE = """
+UPDATE alert_episodes e SET state = u.state, opened_at = u.opened_at,
+    resolved_at = u.resolved_at, worst_heart_rate = u.worst, readings = u.readings,
+    last_reading_at = u.last_reading_at, normal_streak = u.streak,
+    last_evaluated_at = u.evaluated_at
+FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[],
+    %s::int[], %s::timestamptz[], %s::int[], %s::timestamptz[])
+    AS u(episode_id, state, opened_at, resolved_at, worst, readings, last_reading_at, streak,
+         evaluated_at)
+WHERE e.episode_id = u.episode_id
+"""
+_PAYLOAD = """jsonb_build_object(
+    'episode_id', e.episode_id, 'customer_id', e.customer_id, 'kind', e.kind,
+    'state', t.state, 'severity', e.severity, 'opened_at', e.opened_at,
+    'resolved_at', e.resolved_at, 'first_heart_rate', e.first_heart_rate,
+    'worst_heart_rate', e.worst_heart_rate, 'readings', e.readings,
+    'first_reading_at', e.first_reading_at, 'last_reading_at', e.last_reading_at,
+    'acknowledged_at', e.acknowledged_at, 'acknowledged_by', e.acknowledged_by,
+    'resolved_by', e.resolved_by)"""
+_ENQUEUE = f"""
+INSERT INTO alert_outbox (episode_id, customer_id, state, payload)
+SELECT e.episode_id, e.customer_id, t.state, {_PAYLOAD}
+FROM unnest(%(ids)s::bigint[], %(states)s::text[]) WITH ORDINALITY AS t(episode_id, state, n)
+JOIN alert_episodes e USING (episode_id)
+ORDER BY t.n
+ON CONFLICT (episode_id, state) DO NOTHING
+"""
+
+
+def apply_batch(
+    conn: psycopg.Connection, records: Sequence[RecordRow], anomalies: Sequence[AnomalyRow],
+    now: datetime, rules: Rules,
+) -> Outcome:
+    """Advance the episodes of a batch's customers and queue their notifications.
+
+    `anomalies` are those the batch inserted (a repeat of a stored reading is no news).
+    NORMAL readings matter only to customers with an open episode or an override, so only
+    theirs are turned into EpisodeReadings: most of a batch is skipped by a set lookup.
+    """
+    customers = {row[0] for row in records}
+    customers.update(row[0] for row in anomalies)
+    ordered = sorted(customers)
+    open_episodes = load_open(conn, ordered)
+    bounds = load_bounds(conn, ordered)
+    concerned = {row[0] for row in anomalies} | {e.customer_id for e in open_episodes}
+    concerned |= bounds.keys()
+    readings = [EpisodeReading(r[0], r[1], r[2]) for r in records if r[0] in concerned]
+    readings += [EpisodeReading(a[0], a[1], a[2]) for a in anomalies]
+    outcome = advance(open_episodes, readings, now, rules, bounds)
+    save(conn, outcome)
+    return outcome
+
+
+def load_open(conn: psycopg.Connection, customers: Sequence[str]) -> list[Episode]:
+    """The pending and firing episodes of these customers, locked until the commit."""
+    rows = conn.execute(_OPEN_OF_CUSTOMERS, (list(customers),)).fetchall()
+    return [_episode(row) for row in rows]
+
+
+def load_bounds(conn: psycopg.Connection, customers: Sequence[str]) -> dict[str, AlertBounds]:
+    """The alert bounds in force for these customers (only those with an override)."""
+    found: dict[str, dict[str, int]] = {}
+    for customer, kind, threshold in conn.execute(_BOUNDS, (list(customers),)):
+        found.setdefault(customer, {})[kind] = threshold
+    return {
+        customer: AlertBounds(
+            bradycardia_below=kinds.get("BRADYCARDIA", AlertBounds.bradycardia_below),
+            tachycardia_above=kinds.get("TACHYCARDIA", AlertBounds.tachycardia_above),
+        )
+        for customer, kinds in found.items()
+    }
+
+
+def save(conn: psycopg.Connection, outcome: Outcome) -> None:
+    """Write the changed episodes, delete dropped ones, queue one row per transition.
+
+    Set-based: one INSERT, one UPDATE and one DELETE per batch, whatever its size.
+    """
+    new = [e for e in outcome.episodes if e.episode_id is None]
+    changed = [e for e in outcome.episodes if e.episode_id is not None]
+    # Stored episodes first: one resolved here frees its (customer, kind) for a new one.
+    if changed:
+        conn.execute(_UPDATE, _columns([_update_values(e) for e in changed], 9))
+    dropped = [e.episode_id for e in outcome.dropped if e.episode_id is not None]
+    if dropped:
+        conn.execute("DELETE FROM alert_episodes WHERE episode_id = ANY(%s)", (dropped,))
+    ids: dict[tuple[str, EpisodeKind, datetime], int] = {}
+    if new:
+        allocated = [row[0] for row in conn.execute(_NEW_IDS, (len(new),))]
+        ids = {_identity(e): episode_id for e, episode_id in zip(new, allocated, strict=True)}
+        rows = [(ids[_identity(e)], *_insert_values(e)) for e in new]
+        conn.execute(_INSERT, _columns(rows, 14))
+    queue = []
+    for transition in outcome.transitions:
+        episode = transition.episode
+        queue.append((episode.episode_id or ids[_identity(episode)], transition.state))
+    enqueue_transitions(conn, queue)
+
+
+_PRUNE = """
+DELETE FROM alert_episodes WHERE episode_id IN (
+    SELECT episode_id FROM alert_episodes
+    WHERE state = 'resolved' AND resolved_at < %s
+    ORDER BY resolved_at LIMIT %s)
+"""
+
+
+def prune(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> int:
+    """Delete episodes resolved before `before`, with their outbox rows; how many.
+
+    In chunks of `chunk`, each its own transaction (autocommit connections), oldest first
+    through the resolved_at index: each pass reads only what it deletes. Open episodes and
+    their undelivered notifications are never touched.
+    """
+    deleted = 0
+    while True:
+        with conn.transaction():
+            n = conn.execute(_PRUNE, (before, chunk)).rowcount
+        deleted += n
+        if n < chunk:
+            return deleted
+
+
+def _identity(e: Episode) -> tuple[str, EpisodeKind, datetime]:
+    """What names an episode before it has an id: no two share a first reading."""
+    return e.customer_id, e.kind, e.first_reading_at
+
+
+def _columns(rows: list[tuple], width: int) -> list[list]:
+    """Rows -> one list per column (the arrays unnest() takes)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+def enqueue(conn: psycopg.Connection, episode_ids: Sequence[int], state: str) -> int:
+    """Queue the notification of these episodes' `state` (firing, resolved, escalated)."""
+    return enqueue_transitions(conn, [(episode_id, state) for episode_id in episode_ids])
+
+
+def enqueue_transitions(conn: psycopg.Connection, queue: Sequence[tuple[int, str]]) -> int:
+    """Queue (episode, state) notifications in this order (the order receivers get them
+    per customer), once per episode and state; wake the delivery thread at commit."""
+    if not queue:
+        return 0
+    ids, states = [episode_id for episode_id, _ in queue], [state for _, state in queue]
+    queued = conn.execute(_ENQUEUE, {"ids": ids, "states": states}).rowcount
+    if queued:
+        conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+    return queued
+
+
+def open_no_signal(
+    conn: psycopg.Connection, now: datetime, after: timedelta, seen_within: timedelta
+) -> list[str]:
+    """Open a NO_SIGNAL episode for each customer silent for `after` (and seen within
+    `seen_within`), with its notification; the customers, sorted.
+
+    Last readings come from the `customers` table the rollups keep (a minute behind at
+    most), so a silence is seen within `after` plus a minute.
+    """
+    last_seen: dict[str, datetime] = dict(conn.execute(
+        "SELECT customer_id, greatest(last_reading_at, last_anomaly_at) FROM customers "
+        "WHERE greatest(last_reading_at, last_anomaly_at) > %s",
+        (now - seen_within,),
+    ).fetchall())
+    already = {
+        customer for (customer,) in conn.execute(
+            "SELECT customer_id FROM alert_episodes WHERE kind = 'NO_SIGNAL' "
+            "AND state <> 'resolved'"
+        )
+    }
+    silent = silent_customers(last_seen, already, now, after, seen_within)
+    episodes = [no_signal_episode(c, last_seen[c], now) for c in silent]
+    save(conn, Outcome(episodes, [], [Transition(e, "firing") for e in episodes]))
+    return silent
+
+
+def escalate_due(conn: psycopg.Connection, now: datetime, after: timedelta) -> list[int]:
+    """Mark firing episodes unacknowledged for `after` escalated (once) and queue an
+    `escalated` notification for each; their ids."""
+    ids = [
+        episode_id for (episode_id,) in conn.execute(
+            "UPDATE alert_episodes SET escalated_at = %s WHERE state = 'firing' "
+            "AND acknowledged_at IS NULL AND escalated_at IS NULL AND opened_at <= %s "
+            "RETURNING episode_id",
+            (now, now - after),
+        )
+    ]
+    enqueue(conn, sorted(ids), "escalated")
+    return ids
+
+
+def _episode(row: tuple) -> Episode:
+    (episode_id, customer_id, kind, state, opened_at, resolved_at, first_hr, worst_hr,
+     readings, first_at, last_at, streak, evaluated_at) = row
+    return Episode(
+        episode_id=episode_id, customer_id=customer_id, kind=EpisodeKind(kind),
+        state=EpisodeState(state), opened_at=opened_at, resolved_at=resolved_at,
+        first_heart_rate=first_hr, worst_heart_rate=worst_hr, readings=readings,
+        first_reading_at=first_at, last_reading_at=last_at, normal_streak=streak,
+        last_evaluated_at=evaluated_at,
+    )
+
+
+def _insert_values(e: Episode) -> tuple:
+    return (
+        e.customer_id, e.kind.value, e.state.value, SEVERITY[e.kind], e.opened_at,
+        e.resolved_at, e.first_heart_rate, e.worst_heart_rate, e.readings, e.first_reading_at,
+        e.last_reading_at, e.normal_streak, e.last_evaluated_at,
+    )
+
+
+def _update_values(e: Episode) -> tuple:
+    return (
+        e.episode_id, e.state.value, e.opened_at, e.resolved_at, e.worst_heart_rate,
+        e.readings, e.last_reading_at, e.normal_streak, e.last_evaluated_at,
+    )

@@ -296,6 +296,18 @@ def _print_status(report: dict) -> None:
         f"  topic {kafka['topic']}",
         f"{kafka['partitions']} partitions" if kafka["partitions"] else "missing", "",
     )
+    broker = kafka.get("embedded_broker")
+    if broker and broker["memory_bytes"] is not None:
+        messages = broker["log_messages"]
+        table.add_row(
+            "  embedded broker",
+            f"{broker['memory_bytes'] / 2**20:,.1f} MiB memory, "
+            f"{'?' if messages is None else f'{messages:,}'} messages in {kafka['topic']}",
+            f"{broker['used']:.0%} of {broker['max_log_mb']} MB; {broker['rotations']} "
+            f"rotations; {broker['rotation_phase']}",
+        )
+        if broker["warning"]:
+            table.add_row("", f"[yellow]{broker['warning']}[/yellow]", "")
     console.print(table)
 
 
@@ -546,11 +558,35 @@ def bench(
             min=0,
         ),
     ] = None,
+    soak: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead: produce at --soak-rate for S seconds with the consumer and the "
+            "embedded broker's log rotation running; per window, the broker's memory and "
+            "the delay percentiles. Use a state folder no `up` is using.",
+            min=1,
+        ),
+    ] = None,
+    soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = 10_000,
+    window: Annotated[float, typer.Option(help="Window of --soak, seconds.", min=1)] = 15,
 ) -> None:
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
     With --history N, also how all of it holds up once the database holds N readings.
+    With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
     """
+    if soak is not None:
+        from heartbeat_platform.soak import dumps, run_soak
+
+        results = run_soak(
+            _settings(), soak, rate=soak_rate, window_s=window,
+            log=lambda message: err.print(f"[dim]soak: {message}[/dim]"),
+        )
+        text = dumps(results)
+        if output:
+            output.write_text(text + "\n")
+        print(text)
+        return
     from heartbeat_platform.bench import HistoryPlanError, run_bench, write_json
 
     try:

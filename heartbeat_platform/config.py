@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     )
     kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
     heartbeat_state_dir: Path = Path(".heartbeat")
+    # The embedded broker keeps every message in memory (no retention): at this much memory
+    # (its RSS, ~51 bytes a reading plus ~15 MB) `up` rotates its log once every reading is
+    # stored. 256 MB is about 8 minutes at 10,000 readings/s, weeks at the demo rate.
+    heartbeat_broker_max_log_mb: int = Field(
+        default=256, ge=1, description="embedded broker memory that triggers a log rotation"
+    )
+    heartbeat_broker_rotation_max_lag: int = Field(
+        default=100_000, ge=0,
+        description="unstored readings above which a rotation is refused (tried again later)",
+    )
+    heartbeat_broker_check_interval_s: float = Field(
+        default=5.0, gt=0, description="how often `up` checks the embedded broker's memory"
+    )
     # A real cluster's security: a Kafka client.properties file and/or the common keys as
     # variables (which win over the file); see `kafka_client_config`.
     kafka_client_properties: Path | None = Field(

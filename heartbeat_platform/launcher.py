@@ -42,6 +42,7 @@ from heartbeat_platform.defs.resources import (
     settings_environment,
 )
 from heartbeat_platform.local.process import port_open
+from heartbeat_platform.local.rotation import BrokerGuard, BrokerRotation
 from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import ensure_database, sqlalchemy_url
 
@@ -85,6 +86,7 @@ def run_up(settings: Settings, port: int = 3000, demo: bool = False) -> int:
             _hold_lock(home, cleanup)
             cleanup.callback(services.stop_started)
             prepared = readiness.prepare(settings, services)
+            _guard_broker(settings, services, prepared.endpoints, cleanup)
             orchestration = OrchestrationSettings()
             storage_url = dagster_storage_url(settings, services, orchestration)
             write_instance_config(home, consumer_workers(settings))
@@ -166,6 +168,20 @@ def child_environment(
 
 
 # -- processes --------------------------------------------------------------------------------
+def _guard_broker(
+    settings: Settings, services: LocalServices, endpoints: Endpoints,
+    cleanup: contextlib.ExitStack,
+) -> None:
+    """The embedded broker keeps every message in memory: rotate its log at the limit
+    (`local.rotation`), and finish a rotation an earlier `up` left half done."""
+    if settings.kafka_bootstrap_servers is not None:
+        return
+    rotation = BrokerRotation(settings, services.broker, endpoints.database_url)
+    guard = BrokerGuard(rotation, settings.heartbeat_broker_check_interval_s)
+    guard.start()
+    cleanup.callback(guard.stop)
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if `up` itself is killed, so Dagster is not orphaned."""
     with contextlib.suppress(OSError, AttributeError):

@@ -17,6 +17,7 @@ from typing import Any
 from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
+from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.migrations import check_schema, migrate
@@ -66,9 +67,12 @@ def ready(
 
 
 def producer_config(settings: Settings, endpoints: Endpoints) -> ProducerConfig:
+    """A producer of the embedded broker (of this state folder) joins its log rotations."""
+    broker = EmbeddedBroker(settings.heartbeat_state_dir / "broker")
     return ProducerConfig(
         endpoints.bootstrap_servers, settings.kafka_topic,
         kafka_overrides=settings.kafka_client_config,
+        rotation_dir=broker.root if broker.serves(endpoints.bootstrap_servers) else None,
     )
 
 

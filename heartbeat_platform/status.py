@@ -1,4 +1,5 @@
-"""What `heartbeat-platform status` reports: reachability, schema, topic, storage.
+"""What `heartbeat-platform status` reports: reachability, schema, topic, storage, and
+the embedded broker's memory, log size and rotations.
 
 Row counts are the planner's estimates summed over the day partitions (exact counts would
 read every stored reading: minutes at the design rate), with each table's size, the days
@@ -12,6 +13,8 @@ from typing import Any
 import psycopg
 
 from heartbeat_platform.config import Settings
+from heartbeat_platform.local.broker import EmbeddedBroker
+from heartbeat_platform.local.rotation import broker_status
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.storage.database import connect, describe
 from heartbeat_platform.storage.migrations import schema_version
@@ -116,4 +119,7 @@ def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:
         status["partitions"] = info.partitions if info else None
     except BrokerUnavailable as exc:
         status["error"] = str(exc)
+    broker = EmbeddedBroker(settings.heartbeat_state_dir / "broker")
+    if broker.serves(bootstrap):
+        status["embedded_broker"] = broker_status(settings, broker)
     return status

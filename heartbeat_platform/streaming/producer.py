@@ -42,6 +42,12 @@ from the broker (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND), which rea
 callback. The producer purges only after a fatal error, on a refused producer id (where
 librdkafka has checked that the refused batches were never retried), and in `close`
 after its flush timeout.
+
+On the embedded broker (`ProducerConfig.rotation_dir` set) the producer takes part in the
+rotation of the broker's log (`heartbeat_platform.local.rotation`): when asked, it flushes,
+closes its client (a restarted broker refuses the old producer id), acknowledges, waits,
+and starts a new client once the log is open again. Readings are not generated while it
+waits; what it could not deliver before pausing is counted as usual.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -161,6 +168,10 @@ class ProducerReport:
     seconds: float = 0.0
     # partition -> [lowest, highest] offset delivered, to find these messages downstream
     delivered_offsets: dict[int, list[int]] = field(default_factory=dict)
+    # the same for each earlier log of the broker, oldest first (one per rotation)
+    earlier_logs: list[dict[int, list[int]]] = field(default_factory=list)
+    pauses: int = 0  # rotations of the embedded broker's log waited for
+    paused_seconds: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -177,6 +188,8 @@ class ProducerConfig:
     bootstrap_servers: str
     topic: str
     kafka_overrides: dict = field(default_factory=dict)
+    # the embedded broker's state folder: its log rotations pause this producer
+    rotation_dir: Path | None = None
 
 
 class HeartbeatProducer:
@@ -199,6 +212,12 @@ class HeartbeatProducer:
         self._stop = threading.Event()
         self._closed = False
         self._troubles = 0  # CONNECTION_TROUBLE errors and fatal errors so far
+        self._gate = None
+        if config.rotation_dir is not None:
+            from heartbeat_platform.local.rotation import ProduceGate
+
+            self._gate = ProduceGate(config.rotation_dir)
+            self._log_number = self._gate.log_number()
         self._producer = self._create()
 
     def _create(self) -> Producer:
@@ -238,9 +257,13 @@ class HeartbeatProducer:
         if self._closed:
             return
         self._closed = True
-        if self.flush(timeout):
-            self._purge(self._producer, "closing")
-        self._producer.close()
+        try:
+            if self.flush(timeout):
+                self._purge(self._producer, "closing")
+            self._producer.close()
+        finally:
+            if self._gate is not None:
+                self._gate.close()
 
     def request_stop(self) -> None:
         """Stop sending; `run` then flushes what is queued. Safe from a signal handler."""
@@ -248,7 +271,10 @@ class HeartbeatProducer:
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, events: list[dict]) -> None:
-        """Queue events; blocks (serving delivery reports) while librdkafka's queue is full."""
+        """Queue events; blocks (serving delivery reports) while librdkafka's queue is full,
+        or while the embedded broker's log is rotated."""
+        if self._hold_if_paused():
+            return  # stopping while the log is rotated: these events are not sent
         self._poll(0)  # serve pending errors first: the ticket must count every earlier one
         topic, produce = self.config.topic, self._producer.produce
         on_delivery = partial(self._on_delivery, self._troubles)
@@ -297,10 +323,12 @@ class HeartbeatProducer:
                     break
                 n = chunk if remaining is None else min(chunk, remaining)
                 if rate:
+                    elapsed -= self.report.paused_seconds  # no catching up after a pause
                     allowed = int(rate * elapsed) - self.report.sent
                     if allowed <= 0:
-                        time.sleep(min(0.01, (self.report.sent + 1) / rate - elapsed))
+                        time.sleep(max(0.0, min(0.01, (self.report.sent + 1) / rate - elapsed)))
                         self._poll(0)
+                        self._hold_if_paused()
                         continue
                     n = min(n, allowed)
                 self.send(generator.generate_events(n))
@@ -325,6 +353,39 @@ class HeartbeatProducer:
                 log.warning("%d messages still without a delivery report after %.0fs",
                             left, timeout)
                 return left
+
+    # -- the embedded broker's rotation ----------------------------------------------------
+    def _hold_if_paused(self) -> bool:
+        """Pause for a rotation of the embedded broker's log: flush, close the client,
+        acknowledge, wait until the log is open, then send with a new client. True when
+        nothing may be sent (a stop was requested while paused)."""
+        gate = self._gate
+        if gate is None or not gate.paused():
+            return False
+        if self._stop.is_set():
+            return True
+        started = time.monotonic()
+        log.info("the embedded broker's log is to be rotated: flushing and pausing")
+        if self.flush():
+            self._purge(self._producer, "pausing for the broker's rotation")
+        self._producer.close()
+        gate.acknowledge()
+        try:
+            gate.wait_until_open(self._stop)
+        finally:
+            self._producer = self._create()
+            self.report.pauses += 1
+            self.report.paused_seconds += time.monotonic() - started
+            number = gate.log_number()
+            if number != self._log_number:  # a new log: its offsets start again
+                self._log_number = number
+                self.report.earlier_logs.append(self.report.delivered_offsets)
+                self.report.delivered_offsets = {}
+        if gate.paused():
+            return True
+        log.info("resuming after %.1f s paused for the broker's rotation",
+                 time.monotonic() - started)
+        return False
 
     # -- callbacks ------------------------------------------------------------------------
     def _on_delivery(self, ticket: int, error: KafkaError | None, message: Message) -> None:

@@ -262,6 +262,14 @@ def test_health_snapshot_records_metrics_and_plottable_metadata(produce, db) -> 
     assert all(isinstance(v, float) for v in metadata.values())  # plottable
 
 
+def test_health_metrics_with_the_embedded_broker_add_its_memory_and_log_size() -> None:
+    lags = [PartitionLag(0, 15, 5), PartitionLag(1, 3, 7)]
+    rows = health_metrics(90, 9, 1, 10, lags, broker_memory_bytes=64 * 1_048_576)
+    by_name = {r.metric_name: r.metric_value for r in rows if "partition" not in r.labels}
+    assert by_name["health_broker_memory_mb"] == 64.0
+    assert by_name["health_broker_log_messages"] == 18.0  # the log ends, summed
+
+
 def test_health_metrics_arithmetic() -> None:
     rows = health_metrics(90, 9, 1, 10, [PartitionLag(0, 15, 5), PartitionLag(1, 3, 7)])
     by_name = {(r.metric_name, r.labels.get("partition")): r.metric_value for r in rows}

@@ -20,13 +20,20 @@ class HealthSnapshotConfig(dg.Config):
 
 
 def health_metrics(
-    records: int, anomalies: int, dead_letters: int, window_s: int, lags: Sequence[PartitionLag]
+    records: int, anomalies: int, dead_letters: int, window_s: int, lags: Sequence[PartitionLag],
+    broker_memory_bytes: int | None = None,
 ) -> list[MetricRow]:
-    """The health_* rows of one snapshot from what arrived in the window and the lag now."""
+    """The health_* rows of one snapshot from what arrived in the window and the lag now;
+    with the embedded broker, its memory and log size (messages) too: it keeps every message
+    until its log is rotated (HEARTBEAT_BROKER_MAX_LOG_MB)."""
     messages = records + anomalies + dead_letters
     readings = records + anomalies
     window = {"window_s": window_s}
-    return [
+    broker = [] if broker_memory_bytes is None else [
+        MetricRow("health_broker_memory_mb", broker_memory_bytes / 1_048_576),
+        MetricRow("health_broker_log_messages", float(sum(lag.log_end_offset for lag in lags))),
+    ]
+    return [*broker,
         MetricRow("health_throughput_per_s", messages / window_s, labels=window),
         MetricRow("health_error_rate", dead_letters / messages if messages else 0.0, labels=window),
         MetricRow("health_anomaly_rate", anomalies / readings if readings else 0.0, labels=window),
@@ -49,7 +56,8 @@ _INSERT = "INSERT INTO pipeline_metrics (metric_name, metric_value, labels) VALU
 @dg.asset(
     description="Every minute: throughput (messages/s), consumer lag per partition, error "
     "rate (dead letters / messages), anomaly rate (anomalies / readings) and dead letters "
-    "over the last window, written as health_* rows to pipeline_metrics and plotted under "
+    "over the last window (and the embedded broker's memory and log size), written as "
+    "health_* rows to pipeline_metrics and plotted under "
     "Metadata -> Plots.",
     deps=[TOPIC, RECORDS, ANOMALIES, DEAD_LETTERS],
     group_name="monitoring",
@@ -62,7 +70,10 @@ def pipeline_health_snapshot(
     with postgres.connect() as conn, conn.transaction():
         arrivals = conn.execute(_ARRIVALS, {"w": timedelta(seconds=config.window_s)})
         records, anomalies, dead_letters = one_row(arrivals)
-        rows = health_metrics(records, anomalies, dead_letters, config.window_s, lags)
+        rows = health_metrics(
+            records, anomalies, dead_letters, config.window_s, lags,
+            kafka.embedded_broker_memory(),
+        )
         conn.cursor().executemany(
             _INSERT,
             [(r.metric_name, r.metric_value, orjson.dumps(r.labels).decode()) for r in rows],

@@ -166,17 +166,17 @@ def _end_to_end(settings: Settings, rate: float, seconds: float) -> dict:
         receipts = receiver.receipts()
     consumed = _last_json(out)
     consumed["peak_rss_mb"] = peak.result(consumed["peak_rss_mb"])
-    with connect(settings.database_url) as conn:
+    with connect(_endpoints(settings).database_url) as conn:
         undelivered = one_row(conn.execute(
             "SELECT count(*) FROM alert_outbox WHERE done_at IS NULL"
         ))[0]
-        p50, p99, rows = conn.execute(
+        p50, p99, rows = one_row(conn.execute(
             """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ingested_at - event_timestamp),
                       percentile_cont(0.99) WITHIN GROUP (ORDER BY ingested_at - event_timestamp),
                       count(*)
                FROM heartbeat_records WHERE event_timestamp >= to_timestamp(%s)""",
             (started_at,),
-        ).fetchone()
+        ))
     return {
         "produced_per_s": round(report.delivered / report.seconds, 1),
         "latency_p50_ms": round(p50.total_seconds() * 1000, 1),
@@ -212,7 +212,7 @@ def alert_latency(receipts: list[Receipt], since: float, undelivered: int) -> di
 def _wait_for_delivery(settings: Settings, timeout: float) -> None:
     """Until the outbox is delivered (the consumer's delivery thread), or `timeout`."""
     deadline = time.monotonic() + timeout
-    with connect(settings.database_url) as conn:
+    with connect(_endpoints(settings).database_url) as conn:
         while time.monotonic() < deadline:
             pending = one_row(conn.execute(
                 "SELECT count(*) FROM alert_outbox WHERE done_at IS NULL"
@@ -463,7 +463,7 @@ def _growth(
     settings: Settings, plan: HistoryPlan, events: int, empty_rate: float,
     load_before_empty: float, log: Callable[[str], None],
 ) -> dict:
-    url = settings.database_url
+    url = _endpoints(settings).database_url
     growth: dict = {"history_loaded_with": "SQL", "history": plan.describe()}
     # The machine may be shared: the 1-minute load average as each measurement started.
     load = growth["load_average_1m"] = {"consume_empty": round(load_before_empty, 2)}
@@ -647,11 +647,11 @@ ORDER BY 2 DESC, 1
 
 def _storage(url: str) -> dict:
     with connect(url) as conn:
-        sizes = dict(conn.execute(_TABLE_BYTES).fetchall())
-        readings = conn.execute(
+        sizes: dict[str, int] = dict(conn.execute(_TABLE_BYTES).fetchall())
+        readings = one_row(conn.execute(
             "SELECT (SELECT count(*) FROM heartbeat_records) "
             "+ (SELECT count(*) FROM heartbeat_anomalies)"
-        ).fetchone()[0]
+        ))[0]
     raw = sum(size for table, size in sizes.items() if table in RAW_TABLES)
     summary = storage_summary(raw, sum(sizes.values()) - raw, readings)
     return {**summary, "raw_tables": list(RAW_TABLES), "table_bytes": sizes}
@@ -710,6 +710,13 @@ def _fresh_database(database_url: str) -> str:
 
 
 def _endpoints(settings: Settings) -> Endpoints:
+    """The concrete services of the bench's settings (`run_bench` sets both from
+    `readiness.prepare(...).endpoints`); an error if either is unset."""
+    if settings.database_url is None or settings.kafka_bootstrap_servers is None:
+        raise ValueError(
+            "bench settings need DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS set to the "
+            "prepared services (readiness.prepare(...).endpoints)"
+        )
     return Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
 
 
@@ -721,7 +728,7 @@ def _produce(settings: Settings, events: int) -> ProducerReport:
 
 def _topic(settings: Settings) -> str:
     name = f"heartbeat-bench-{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings.kafka_bootstrap_servers, name, settings.kafka_partitions,
+    ensure_topic(_endpoints(settings).bootstrap_servers, name, settings.kafka_partitions,
                  overrides=settings.kafka_client_config)
     return name
 
@@ -734,10 +741,11 @@ def _on(settings: Settings, topic: str) -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
+    endpoints = _endpoints(settings)
     return {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": endpoints.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
         "KAFKA_TOPIC": settings.kafka_topic,
         "KAFKA_GROUP_ID": settings.kafka_group_id,
         "HEARTBEAT_CONSUME_BATCH_SIZE": str(settings.heartbeat_consume_batch_size),
@@ -809,10 +817,11 @@ def _last_json(output: str) -> dict:
 
 
 def _wait_for_offsets(settings: Settings, offsets: dict[int, list[int]], timeout: float) -> None:
+    database_url = _endpoints(settings).database_url
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stored = load_progress(
-            settings.database_url, settings.kafka_group_id, settings.kafka_topic, offsets
+            database_url, settings.kafka_group_id, settings.kafka_topic, offsets
         )
         if all(p in stored and stored[p].next_offset > end for p, (_, end) in offsets.items()):
             return

@@ -28,7 +28,7 @@ from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.broker_rotation import MB
 from heartbeat_platform.local.rotation import BrokerGuard, BrokerRotation, broker_memory
-from heartbeat_platform.local.services import LocalServices
+from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import connect, ensure_database
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.progress import load_all_progress
@@ -62,23 +62,24 @@ def run_soak(
     embedded = services.broker.serves(endpoints.bootstrap_servers)
     database_url = ensure_database(endpoints.database_url, BENCH_DATABASE, recreate=True)
     migrate(database_url)
+    soak_endpoints = Endpoints(database_url, endpoints.bootstrap_servers)
     soak = settings.model_copy(
         update={
-            "database_url": database_url,
-            "kafka_bootstrap_servers": endpoints.bootstrap_servers,
+            "database_url": soak_endpoints.database_url,
+            "kafka_bootstrap_servers": soak_endpoints.bootstrap_servers,
             "kafka_topic": f"heartbeat-soak-{uuid.uuid4().hex[:8]}",
             "kafka_group_id": f"soak-{uuid.uuid4().hex[:8]}",
         }
     )
     ensure_topic(
-        soak.kafka_bootstrap_servers,
+        soak_endpoints.bootstrap_servers,
         soak.kafka_topic,
         soak.kafka_partitions,
         overrides=soak.kafka_client_config,
     )
     consumer = subprocess.Popen(
         [sys.executable, "-m", "heartbeat_platform", "consume"],
-        env=_env(soak),
+        env=_env(soak, soak_endpoints),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -106,7 +107,7 @@ def run_soak(
                 time.sleep(0.5)
             guard.stop()
         log("waiting for the consumer to store the rest")
-        unstored = _wait_stored(soak, timeout=300)
+        unstored = _wait_stored(soak, soak_endpoints, timeout=300)
     finally:
         if guard is not None:
             guard.stop()
@@ -199,19 +200,19 @@ def _windows(database_url: str, origin: datetime, window_s: float, samples) -> l
     return windows
 
 
-def _wait_stored(settings: Settings, timeout: float) -> int | None:
+def _wait_stored(settings: Settings, endpoints: Endpoints, timeout: float) -> int | None:
     """Readings left unstored once the consumer caught up (0), or after `timeout` (None:
     the log end was not known)."""
     deadline = time.monotonic() + timeout
     behind = None
     while time.monotonic() < deadline:
         ends = log_end_offsets(
-            settings.kafka_bootstrap_servers,
+            endpoints.bootstrap_servers,
             settings.kafka_topic,
             kafka_overrides=settings.kafka_client_config,
         )
         stored = load_all_progress(
-            settings.database_url, settings.kafka_group_id, settings.kafka_topic
+            endpoints.database_url, settings.kafka_group_id, settings.kafka_topic
         )
         behind = sum(
             max(0, end - (stored[p].next_offset if p in stored else 0)) for p, end in ends.items()
@@ -222,13 +223,13 @@ def _wait_stored(settings: Settings, timeout: float) -> int | None:
     return behind
 
 
-def _env(settings: Settings) -> dict[str, str]:
+def _env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
     import os
 
     return {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "DATABASE_URL": endpoints.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": endpoints.bootstrap_servers,
         "KAFKA_TOPIC": settings.kafka_topic,
         "KAFKA_GROUP_ID": settings.kafka_group_id,
         "HEARTBEAT_STATE_DIR": str(settings.heartbeat_state_dir),

@@ -16,7 +16,7 @@ from heartbeat_platform.config import Settings
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.rotation import broker_status
 from heartbeat_platform.local.services import LocalServices
-from heartbeat_platform.storage.database import connect, describe
+from heartbeat_platform.storage.database import connect, describe, one_row
 from heartbeat_platform.storage.migrations import schema_version
 from heartbeat_platform.storage.partitions import DAY_PARTITIONED, partition_days
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
@@ -89,7 +89,7 @@ def _storage(conn: psycopg.Connection, settings: Settings) -> tuple[dict, dict]:
         counts[name] = rows
         tables[name] = {"bytes": size, "partitions": partitions}
     days = partition_days(conn)["heartbeat_records"]
-    minute_frontier, hour_frontier, pending = conn.execute(_ROLLUPS).fetchone()
+    minute_frontier, hour_frontier, pending = one_row(conn.execute(_ROLLUPS))
     return counts, {
         "tables": tables,
         "first_day": str(days[0]) if days else None,

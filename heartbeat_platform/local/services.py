@@ -40,7 +40,7 @@ class LocalServices:
     def start(self) -> Endpoints:
         """Endpoints to use, starting embedded servers where no URL is configured."""
         s = self.settings
-        if not s.embedded:
+        if s.database_url is not None and s.kafka_bootstrap_servers is not None:
             return Endpoints(s.database_url, s.kafka_bootstrap_servers)
         s.heartbeat_state_dir.mkdir(parents=True, exist_ok=True)
         with self._lock:

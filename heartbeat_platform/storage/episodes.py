@@ -151,13 +151,13 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
     ids: dict[tuple[str, EpisodeKind, datetime], int] = {}
     if new:
         allocated = [row[0] for row in conn.execute(_NEW_IDS, (len(new),))]
-        ids = {_identity(e): episode_id for e, episode_id in zip(new, allocated, strict=True)}
-        rows = [(ids[_identity(e)], *_insert_values(e)) for e in new]
+        ids = {e.key: episode_id for e, episode_id in zip(new, allocated, strict=True)}
+        rows = [(ids[e.key], *_insert_values(e)) for e in new]
         conn.execute(_INSERT, _columns(rows, 14))
     queue = []
     for transition in outcome.transitions:
         episode = transition.episode
-        queue.append((episode.episode_id or ids[_identity(episode)], transition.state))
+        queue.append((episode.episode_id or ids[episode.key], transition.state))
     enqueue_transitions(conn, queue)
 
 
@@ -183,11 +183,6 @@ def prune(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> in
         deleted += n
         if n < chunk:
             return deleted
-
-
-def _identity(e: Episode) -> tuple[str, EpisodeKind, datetime]:
-    """What names an episode before it has an id: no two share a first reading."""
-    return e.customer_id, e.kind, e.first_reading_at
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:

@@ -34,6 +34,9 @@ EXPECTED_TABLES = {
     "customer_daily_bpm_stats",
     "customers",
     "fleet_totals",
+    "alert_episodes",
+    "alert_outbox",
+    "alert_overrides",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
                "pipeline_metrics", "customer_minute_stats"}

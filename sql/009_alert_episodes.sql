@@ -59,7 +59,7 @@ CREATE TABLE alert_outbox (
 );
 CREATE INDEX alert_outbox_pending ON alert_outbox (outbox_id)
     WHERE done_at IS NULL AND gave_up_at IS NULL;
-CREATE INDEX alert_outbox_episode ON alert_outbox (episode_id);
+-- Lookups by episode (retention's cascade, the checks) use the UNIQUE (episode_id, state) index.
 
 -- Per-customer alert bounds (an athlete resting at 38 bpm). Every change is a new row; the
 -- newest row of a (customer, kind) is in force, a row with threshold NULL removes the

@@ -271,3 +271,48 @@ def test_prune_deletes_only_episodes_resolved_before_the_cut_with_their_outbox(
         "LEFT JOIN alert_outbox o USING (episode_id) GROUP BY 1 ORDER BY 1"
     ).fetchall()
     assert left == [("CUST_3", 1), ("CUST_4", 1)]
+
+
+def test_overrides_and_no_signal_through_the_consumer(prepared, receiver, db) -> None:
+    """An athlete's bound (BRADYCARDIA below 35) keeps 38 bpm out of episodes while storage
+    still classifies it BRADYCARDIA; an open NO_SIGNAL episode is resolved by the next reading."""
+    db.execute(
+        "INSERT INTO alert_overrides (customer_id, kind, threshold, set_by) "
+        "VALUES ('CUST_00030', 'BRADYCARDIA', 35, 'coach')"
+    )
+    silent_since = datetime.now(UTC) - timedelta(minutes=20)
+    db.execute(
+        "INSERT INTO customers (customer_id, last_reading_at) VALUES ('CUST_00031', %s)",
+        (silent_since,),
+    )
+    with db.transaction():
+        opened = episodes.open_no_signal(
+            db, datetime.now(UTC), timedelta(minutes=10), timedelta(hours=24)
+        )
+    assert opened == ["CUST_00031"]
+
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    send(prepared, script(start, CUST_00030=[38, 38, 30], CUST_00031=[72]))
+    consumer = consumer_process(prepared, receiver)
+    try:
+        wait_for(lambda: db.execute(
+            "SELECT count(*) FROM alert_outbox WHERE done_at IS NOT NULL"
+        ).fetchone()[0] == 3, what="NO_SIGNAL firing and resolved, the bradycardia firing")
+    finally:
+        stop(consumer)
+    rows = db.execute(
+        "SELECT customer_id, kind, state, readings, worst_heart_rate FROM alert_episodes "
+        "ORDER BY customer_id"
+    ).fetchall()
+    assert rows == [
+        ("CUST_00030", "BRADYCARDIA", "firing", 1, 30),  # 38 bpm did not count
+        ("CUST_00031", "NO_SIGNAL", "resolved", 0, 0),
+    ]
+    stored = db.execute(
+        "SELECT count(*) FROM heartbeat_anomalies WHERE customer_id = 'CUST_00030'"
+    ).fetchone()[0]
+    assert stored == 3  # storage classification untouched: 38, 38 and 30 are BRADYCARDIA
+    states = sorted((p["customer_id"], p["state"]) for _, p in receiver.received)
+    assert states == [
+        ("CUST_00030", "firing"), ("CUST_00031", "firing"), ("CUST_00031", "resolved"),
+    ]

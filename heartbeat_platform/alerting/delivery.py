@@ -40,6 +40,7 @@ FETCH_LIMIT = 2_000
 SENDERS = 4  # concurrent POSTs (to different customers)
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
 ESCALATION_EVERY_S = 5.0
+IDLE_WAIT_S = 0.5  # longest wait for a NOTIFY before looking again (and at the stop flag)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class AlertDelivery:
         self._thread = threading.Thread(target=self._run, name="alert-delivery", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -179,7 +180,8 @@ class AlertDelivery:
                     escalated_at = time.monotonic()
                 wait = self.deliver_once(conn, pool)
                 if wait > 0:
-                    for _ in conn.notifies(timeout=min(wait, ESCALATION_EVERY_S), stop_after=1):
+                    # short waits: a NOTIFY wakes it at once, and a stop is seen within one
+                    for _ in conn.notifies(timeout=min(wait, IDLE_WAIT_S), stop_after=1):
                         pass
 
     # -- one round ----------------------------------------------------------------------

@@ -108,9 +108,14 @@ def apply_batch(
     bounds = load_bounds(conn, ordered)
     concerned = {row[0] for row in anomalies} | {e.customer_id for e in open_episodes}
     concerned |= bounds.keys()
-    readings = [EpisodeReading(r[0], r[1], r[2]) for r in records if r[0] in concerned]
-    readings += [EpisodeReading(a[0], a[1], a[2]) for a in anomalies]
-    outcome = advance(open_episodes, readings, now, rules, bounds)
+    # One reading per customer and time, as storage keeps them: a repeat in the batch (the
+    # same reading sent twice, or a record and an anomaly at one instant) is not news.
+    readings = [(r[0], r[1], r[2]) for r in records if r[0] in concerned]
+    readings += [(a[0], a[1], a[2]) for a in anomalies]
+    seen: dict[tuple[str, datetime], EpisodeReading] = {}
+    for customer, at, heart_rate in readings:
+        seen.setdefault((customer, at), EpisodeReading(customer, at, heart_rate))
+    outcome = advance(open_episodes, list(seen.values()), now, rules, bounds)
     save(conn, outcome)
     return outcome
 

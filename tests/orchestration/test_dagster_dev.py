@@ -41,6 +41,8 @@ LOCATION = """{ repositoriesOrError { ... on RepositoryConnection { nodes {
   name location { name } jobs { name } assetNodes { assetKey { path } } } } } }"""
 CONSUMER_RUNS = """{ runsOrError(filter: {pipelineName: "heartbeat_consumer"}) {
   ... on Runs { results { runId status } } } }"""
+UNFINISHED_RUNS = """{ runsOrError(filter: {statuses: [QUEUED, NOT_STARTED, STARTING, STARTED]}) {
+  ... on Runs { results { runId status } } } }"""
 TERMINATE = """mutation($runId: String!) { terminateRun(runId: $runId) { __typename } }"""
 INSTANCE = "{ instance { info } }"
 
@@ -163,7 +165,8 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
         wait_for(schema_ready, 180, "the embedded database's schema", log)
         assert services.current().bootstrap_servers
 
-        # Stopping `dagster dev` does not stop its runs (see DESIGN.md): terminate first.
+        # Stopping `dagster dev` does not stop its runs (see DESIGN.md): terminate first,
+        # the consumer and any scheduled run in flight (no_signal runs every minute).
         for run in started:
             query(TERMINATE, runId=run["runId"])
         wait_for(
@@ -171,12 +174,16 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
                         for r in consumer_runs()),
             120, "the consumer run to stop", log,
         )
+        for run in query(UNFINISHED_RUNS)["runsOrError"]["results"]:
+            query(TERMINATE, runId=run["runId"])
+        wait_for(lambda: not query(UNFINISHED_RUNS)["runsOrError"]["results"], 120,
+                 "every run to finish", log)
     finally:
         spawned.update(_descendants(process.pid))
         with _suppress_lookup():
             os.killpg(process.pid, signal.SIGINT)
         try:
-            process.wait(timeout=60)
+            process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             with _suppress_lookup():
                 os.killpg(process.pid, signal.SIGKILL)

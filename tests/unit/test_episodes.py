@@ -597,8 +597,12 @@ def test_the_batch_split_changes_no_notification_and_no_episode(
     )
 
 
+# Without ties: the writer feeds each customer's readings with distinct times (storage keys
+# a reading on customer and time, and storage.episodes.apply_batch drops a repeat within a
+# batch). With ties a replay is not idempotent: hypothesis found [60, 60, 0, 60, ...] all at
+# one instant, split and replayed, notifying twice.
 @STREAMS
-@given(readings=streams(ties=True), rules=rules_strategy, bounds=bounds_strategy, data=st.data())
+@given(readings=streams(), rules=rules_strategy, bounds=bounds_strategy, data=st.data())
 def test_a_replayed_batch_or_run_of_batches_adds_no_notification(
     readings: list[EpisodeReading],
     rules: Rules,

@@ -24,9 +24,7 @@ def test_a_process_nobody_reaps_counts_as_stopped_once_it_is_a_zombie() -> None:
     )
     try:
         service = int(parent.stdout.readline())
-        started = time.monotonic()
-        stop_process(service, timeout=3)
-        assert time.monotonic() - started < 3
+        stop_process(service, timeout=3)  # used to time out and raise here
         assert psutil.Process(service).status() == psutil.STATUS_ZOMBIE
         assert not process_alive(service, "python")
     finally:

@@ -42,12 +42,12 @@ _COLUMNS = (
 )
 _OPEN_OF_CUSTOMERS = f"""
 SELECT {_COLUMNS} FROM alert_episodes
-WHERE state <> 'resolved' AND customer_id = ANY(%s)
+WHERE state <> 'resolved' AND customer_id = ANY(%b::text[])
 FOR UPDATE
 """
 _BOUNDS = """
 SELECT customer_id, kind, threshold FROM vw_alert_overrides_in_force
-WHERE customer_id = ANY(%s)
+WHERE customer_id = ANY(%b::text[])
 """
 _NEW_IDS = """
 SELECT nextval(pg_get_serial_sequence('alert_episodes', 'episode_id'))
@@ -58,17 +58,17 @@ INSERT INTO alert_episodes (episode_id, customer_id, kind, state, severity, open
     resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at,
     last_reading_at, normal_streak, last_evaluated_at)
 OVERRIDING SYSTEM VALUE
-SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],
-    %s::timestamptz[], %s::timestamptz[], %s::int[], %s::int[], %s::int[], %s::timestamptz[],
-    %s::timestamptz[], %s::int[], %s::timestamptz[])
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+    %b::timestamptz[], %b::timestamptz[], %b::int[], %b::int[], %b::int[], %b::timestamptz[],
+    %b::timestamptz[], %b::int[], %b::timestamptz[])
 """
 _UPDATE = """
 UPDATE alert_episodes e SET state = u.state, opened_at = u.opened_at,
     resolved_at = u.resolved_at, worst_heart_rate = u.worst, readings = u.readings,
     last_reading_at = u.last_reading_at, normal_streak = u.streak,
     last_evaluated_at = u.evaluated_at
-FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[],
-    %s::int[], %s::timestamptz[], %s::int[], %s::timestamptz[])
+FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::int[],
+    %b::int[], %b::timestamptz[], %b::int[], %b::timestamptz[])
     AS u(episode_id, state, opened_at, resolved_at, worst, readings, last_reading_at, streak,
          evaluated_at)
 WHERE e.episode_id = u.episode_id
@@ -84,7 +84,7 @@ _PAYLOAD = """jsonb_build_object(
 _ENQUEUE = f"""
 INSERT INTO alert_outbox (episode_id, customer_id, state, payload)
 SELECT e.episode_id, e.customer_id, t.state, {_PAYLOAD}
-FROM unnest(%(ids)s::bigint[], %(states)s::text[]) WITH ORDINALITY AS t(episode_id, state, n)
+FROM unnest(%(ids)b::bigint[], %(states)b::text[]) WITH ORDINALITY AS t(episode_id, state, n)
 JOIN alert_episodes e USING (episode_id)
 ORDER BY t.n
 ON CONFLICT (episode_id, state) DO NOTHING
@@ -152,7 +152,7 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
         conn.execute(_UPDATE, _columns([_update_values(e) for e in changed], 9))
     dropped = [e.episode_id for e in outcome.dropped if e.episode_id is not None]
     if dropped:
-        conn.execute("DELETE FROM alert_episodes WHERE episode_id = ANY(%s)", (dropped,))
+        conn.execute("DELETE FROM alert_episodes WHERE episode_id = ANY(%b::bigint[])", (dropped,))
     ids: dict[tuple[str, EpisodeKind, datetime], int] = {}
     if new:
         allocated = [row[0] for row in conn.execute(_NEW_IDS, (len(new),))]

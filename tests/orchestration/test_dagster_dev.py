@@ -19,8 +19,8 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
     env["HEARTBEAT_STATE_DIR"] = str(state_dir)
     log = clone.parent / "dagster-dev.log"
     dagster = Path(sys.executable).with_name("dagster")
-    with log.open("wb") as out:
+    with log.open("wb") as out, _sigint_at_default_in_children():
         process = subprocess.Popen(
             [str(dagster), "dev", "--host", "127.0.0.1", "--port", str(port)],
             cwd=clone, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -181,29 +181,16 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
                  "every run to finish", log)
     finally:
         spawned.update(_descendants(process.pid))
-        with _suppress_lookup():
+        with suppress(ProcessLookupError, psutil.Error):
             os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            # Seen in CI twice this session (never on a quiet machine): after SIGINT the
-            # daemon shut down but `dagster dev` itself did not exit. Say what was still
-            # running, then stop it with SIGTERM; fail only if that does not stop it either.
             still = _command_lines([process.pid, *(p.pid for p in _descendants(process.pid))])
-            with _suppress_lookup():
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-                how = "SIGTERM"
-            except subprocess.TimeoutExpired:
-                with _suppress_lookup():
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-                how = "SIGKILL"
-            # Not a failure: the platform is served (asserted above); how `dagster dev`
-            # itself shuts down under load is Dagster's, and this names it for a follow-up.
-            warnings.warn(f"dagster dev needed {how} after SIGINT; running 90 s after "
-                          f"SIGINT: {still}", stacklevel=1)
+            with suppress(ProcessLookupError, psutil.Error):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            pytest.fail(f"dagster dev did not stop within 90 s of SIGINT; still running: {still}")
     # Every process of dagster dev's session ends; the embedded servers run in sessions of
     # their own (they outlive runs by design) and the state_dir fixture stops them.
     _, alive = psutil.wait_procs([p for p in spawned if _session(p) == process.pid], timeout=30)
@@ -213,6 +200,23 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
     # Not asserted: that Dagster removed its temporary home. A scheduled run still finishing
     # at the SIGINT (pipeline_health runs every minute) writes into it after dagster dev
     # removed it (seen once in CI); that cleanup is Dagster's, not the platform's.
+
+
+@contextmanager
+def _sigint_at_default_in_children() -> Iterator[None]:
+    """Start children with SIGINT at its default action, whatever this process inherited.
+
+    A script that starts pytest in the background (as CI runners may) has it ignore SIGINT,
+    and its children inherit that. Dagster then ignores SIGTERM too (`setup_interrupt_handlers`
+    copies SIGINT's disposition to SIGTERM): `dagster dev`, its webserver and code servers
+    stop only on SIGKILL, which is how this test hung in CI. A signal with a handler is reset
+    to its default at exec, so a handler here, for the Popen call, gives children the default.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _command_lines(pids: list[int]) -> list[str]:
@@ -237,11 +241,3 @@ def _session(process: psutil.Process) -> int | None:
         return os.getsid(process.pid)
     except ProcessLookupError:
         return None
-
-
-class _suppress_lookup:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, _value, _tb) -> bool:
-        return kind is not None and issubclass(kind, ProcessLookupError | psutil.Error)

@@ -26,8 +26,8 @@ Decisions the rules leave open, made here:
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
 import operator
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import MappingProxyType

@@ -162,6 +162,7 @@ class WriteResult:
     dead_letters: int
     metrics: int
     refused: int = 0  # messages the database refused, stored as dead letters
+    episode_transitions: int = 0  # alert episodes fired or resolved (one outbox row each)
 
 
 _MARK_PENDING = """
@@ -340,9 +341,10 @@ class BatchWriter:
         self.progress.advance(conn, batch.progress, self.topic_id)
         result, alerts_text, anomalies = self._write_rows(conn, batch)
         if self.episode_rules is not None and (batch.records or anomalies):
-            episodes.apply_batch(
+            outcome = episodes.apply_batch(
                 conn, batch.records, anomalies, datetime.now(UTC), self.episode_rules
             )
+            result = replace(result, episode_transitions=len(outcome.transitions))
         payloads = batch.encode()
         if payloads.minutes:
             conn.execute(

@@ -13,7 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heartbeat_platform import readiness
 from heartbeat_platform.definitions import defs
-from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS
+from heartbeat_platform.defs.asset_keys import (
+    ALERT_EPISODES,
+    ANOMALIES,
+    DEAD_LETTERS,
+    METRICS,
+    RECORDS,
+)
 from heartbeat_platform.local.process import free_port
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.lag import log_end_offsets
@@ -105,15 +111,19 @@ def test_consumer_job_materialises_the_landing_tables_it_wrote_and_serves_metric
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
         metadata = {k: v.value for k, v in materialization.metadata.items()}
-        assert metadata["rows_since_last_report"] > 0  # nothing reported without new rows
-        written[materialization.asset_key] = metadata["rows_written_by_run"]
+        what = "transitions" if materialization.asset_key == ALERT_EPISODES else "rows_written"
+        assert metadata[f"{what}_since_last_report"] > 0  # nothing reported without news
+        written[materialization.asset_key] = metadata[f"{what}_by_run"]
         if materialization.asset_key in (RECORDS, ANOMALIES):
             assert metadata["last_reading_at"] > 0
-    records, anomalies = db.execute(
+    records, anomalies, notifications = db.execute(
         "SELECT (SELECT count(*) FROM heartbeat_records), (SELECT count(*) FROM "
-        "heartbeat_anomalies)"
+        "heartbeat_anomalies), (SELECT count(*) FROM alert_outbox)"
     ).fetchone()
-    assert written == {RECORDS: records, ANOMALIES: anomalies, METRICS: anomalies}
+    assert notifications > 0  # ~80 anomalies among 1,500 readings open episodes
+    assert written == {
+        RECORDS: records, ANOMALIES: anomalies, METRICS: anomalies, ALERT_EPISODES: notifications,
+    }
     assert DEAD_LETTERS not in written  # generated readings are all valid messages
     assert instance.get_latest_materialization_event(RECORDS) is not None
 

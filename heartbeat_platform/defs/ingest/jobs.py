@@ -9,7 +9,8 @@ failed consumer runs, and a retry would fight an operator's termination.
 Progress is reported every `progress_interval_s` seconds, never per message: a log line,
 an observation of the `heartbeat_events` asset whose numbers the UI plots, and, from the
 consumer, a materialisation of each landing table it wrote since the last report (rows
-written, event time of the last reading), which their freshness policies watch.
+written, event time of the last reading), which their freshness policies watch, and of
+`alert_episodes` when episodes fired or resolved (transitions, one notification each).
 
 With HEARTBEAT_METRICS_PORT set, each run also serves Prometheus /metrics, on the first
 free port of METRICS_PORTS from that one (consumer workers and the producer share a host).
@@ -26,9 +27,17 @@ from pydantic import Field
 
 from heartbeat_platform import metrics, readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS, TOPIC
+from heartbeat_platform.defs.asset_keys import (
+    ALERT_EPISODES,
+    ANOMALIES,
+    DEAD_LETTERS,
+    METRICS,
+    RECORDS,
+    TOPIC,
+)
 from heartbeat_platform.defs.resources import KafkaResource
 from heartbeat_platform.domain.alerts import PipelineStats
+from heartbeat_platform.storage.writer import WriteResult
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 
@@ -94,26 +103,33 @@ def _landing_counts(stats: PipelineStats) -> dict[dg.AssetKey, int]:
 
 
 class _LandingReport:
-    """Materialisations of the landing tables that got rows since the previous report."""
+    """Materialisations of the tables the run changed since the previous report: the
+    landing tables (rows written) and `alert_episodes` (transitions)."""
 
     def __init__(self) -> None:
         self.reported: dict[dg.AssetKey, int] = {}
+        self.transitions = 0
+
+    def add(self, result: WriteResult) -> None:
+        self.transitions += result.episode_transitions
 
     def events(
         self, stats: PipelineStats, last_reading_at: datetime | None
     ) -> list[dg.AssetMaterialization]:
         events = []
-        for key, rows in _landing_counts(stats).items():
+        counts = {**_landing_counts(stats), ALERT_EPISODES: self.transitions}
+        for key, count in counts.items():
             before = self.reported.get(key, 0)
-            if rows == before:
+            if count == before:
                 continue
+            what = "transitions" if key == ALERT_EPISODES else "rows_written"
             metadata: dict[str, Any] = {
-                "rows_written_by_run": rows, "rows_since_last_report": rows - before,
+                f"{what}_by_run": count, f"{what}_since_last_report": count - before,
             }
             if last_reading_at is not None and key in (RECORDS, ANOMALIES):
                 metadata["last_reading_at"] = dg.MetadataValue.timestamp(last_reading_at)
             events.append(dg.AssetMaterialization(asset_key=key, metadata=metadata))
-            self.reported[key] = rows
+            self.reported[key] = count
         return events
 
 
@@ -147,10 +163,14 @@ def consume_heartbeats(
         for event in landing.events(consumer.stats, consumer.last_reading_at):
             context.log_event(event)
 
+    def on_batch(result: WriteResult, stats: PipelineStats) -> None:
+        landing.add(result)
+        progress(stats.messages_consumed)
+
     progress = _Every(config.progress_interval_s, report)
     consumer = HeartbeatConsumer(
         kafka.consumer_config(name=f"dagster-{context.run_id[:8]}"),
-        on_batch=lambda _result, stats: progress(stats.messages_consumed),
+        on_batch=on_batch,
         metrics=_serve_metrics(kafka.settings(), context.log),
     )
     try:

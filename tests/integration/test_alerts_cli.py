@@ -4,7 +4,6 @@ exit 0 when done, 1 with one error line (no traceback) when refused."""
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import signal
 import subprocess
@@ -33,19 +32,6 @@ def conn(database_url: str) -> Iterator[psycopg.Connection]:
     migrate(database_url)
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
-
-
-@pytest.fixture
-def cli_env(database_url, services, topic_name, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "HEARTBEAT_LOG_FORMAT"}
-    return {
-        **env,
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap_servers,
-        "KAFKA_TOPIC": topic_name,
-        "HEARTBEAT_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
 
 
 def _refused(done: subprocess.CompletedProcess[str], message: str) -> None:

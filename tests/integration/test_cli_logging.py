@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-
-import pytest
 
 
 def _cli(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess[str]:
@@ -15,19 +12,6 @@ def _cli(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess[st
         [sys.executable, "-m", "heartbeat_platform", *args],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=120,
     )
-
-
-@pytest.fixture
-def cli_env(database_url, services, topic_name, tmp_path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "HEARTBEAT_LOG_FORMAT"}
-    return {
-        **env,
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap_servers,
-        "KAFKA_TOPIC": topic_name,
-        "HEARTBEAT_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
 
 
 def _json_lines(stderr: str) -> list[dict]:

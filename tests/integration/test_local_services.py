@@ -129,18 +129,6 @@ def _cli(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess[st
     )
 
 
-@pytest.fixture
-def cli_env(database_url, services, topic_name, tmp_path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": services.bootstrap_servers,
-        "KAFKA_TOPIC": topic_name,
-        "HEARTBEAT_STATE_DIR": str(tmp_path / "state"),
-        "COLUMNS": "200",
-    }
-
-
 def test_status_reports_schema_topic_and_counts(cli_env, tmp_path) -> None:
     before = _cli("status", "--json", env=cli_env, cwd=tmp_path)
     assert before.returncode == 1  # reachable but not initialised

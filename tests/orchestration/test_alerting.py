@@ -8,10 +8,9 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 import pytest
+from alerting_rows import insert_episode
 
 from heartbeat_platform.definitions import defs
-from heartbeat_platform.domain.episodes import SEVERITY, EpisodeKind
-from heartbeat_platform.storage import episodes
 
 CHECKS = {"episode_states_consistent", "transitions_in_outbox", "nothing_stuck_undelivered"}
 
@@ -21,37 +20,6 @@ def conn(platform_settings, database_url: str):
     """The test's database, schema applied (platform_settings prepared it)."""
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
-
-
-def insert_episode(
-    conn: psycopg.Connection,
-    customer: str,
-    kind: str = "TACHYCARDIA",
-    state: str = "firing",
-    *,
-    opened_ago: timedelta = timedelta(minutes=5),
-    resolved_ago: timedelta | None = None,
-    acknowledged_after: timedelta | None = None,
-    notify: bool = True,
-) -> int:
-    """An episode row (times relative to the database's clock), its transitions queued."""
-    (episode_id,) = conn.execute(
-        """INSERT INTO alert_episodes (customer_id, kind, state, severity, opened_at,
-               resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at,
-               last_reading_at, last_evaluated_at, acknowledged_at, acknowledged_by)
-           VALUES (%(c)s, %(k)s, %(s)s, %(sev)s, now() - %(o)s, now() - %(r)s::interval,
-                   190, 200, 3, now() - %(o)s, now() - %(o)s, now() - %(o)s,
-                   now() - %(o)s + %(a)s::interval,
-                   CASE WHEN %(a)s::interval IS NOT NULL THEN 'alice' END)
-           RETURNING episode_id""",
-        {"c": customer, "k": kind, "s": state, "sev": SEVERITY[EpisodeKind(kind)],
-         "o": opened_ago, "r": resolved_ago, "a": acknowledged_after},
-    ).fetchone()
-    if notify:
-        episodes.enqueue(conn, [episode_id], "firing")
-        if state == "resolved":
-            episodes.enqueue(conn, [episode_id], "resolved")
-    return episode_id
 
 
 def run_alert_stats() -> dg.ExecuteInProcessResult:

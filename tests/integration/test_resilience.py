@@ -42,9 +42,16 @@ class ConsumerProcess:
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.log: list[str] = []
+        self._out: list[str] = []
         self.assigned = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        # Each pipe has one reader: `communicate()` next to this thread would read the same
+        # stderr and take lines away from `log`.
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=lambda: self._out.extend(self.proc.stdout), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         for line in self.proc.stderr:
@@ -60,9 +67,10 @@ class ConsumerProcess:
         self.proc.wait(30)
 
     def finish(self, timeout: float = 180) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(5)
-        return self.proc.returncode, out
+        self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return self.proc.returncode, "".join(self._out)
 
 
 def assert_exactly_once(conn: psycopg.Connection, expected: set) -> None:

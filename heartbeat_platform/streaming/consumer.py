@@ -69,6 +69,7 @@ from heartbeat_platform.streaming.log_decisions import (
     Observation,
     Resume,
     decide,
+    topic_id_to_decide,
 )
 from heartbeat_platform.streaming.offset_commits import OffsetCommitPolicy
 from heartbeat_platform.streaming.topics import topic_id
@@ -79,6 +80,7 @@ _UNKNOWN_WATERMARK = -1001
 _PARTITION_CHECK_EVERY_S = 3600.0
 _LIST_OFFSETS_TIMEOUT_S = 5.0
 _NO_ASSIGNMENT_WARNING_S = 30.0
+_TOPIC_ID_RETRY_WAITS_S = (1.0, 2.0, 4.0)  # the id decides a partition's log: worth 3 retries
 
 
 @dataclass
@@ -240,9 +242,7 @@ class HeartbeatConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle_for_rebalance()
         ids = [tp.partition for tp in partitions]
-        current_id = self._topic_id()
-        self.writer.topic_id = current_id
-        cursors = self._with_database(lambda: self._open_cursors(ids, current_id), "load progress")
+        cursors = self._with_database(lambda: self._open_cursors(ids), "load progress")
         if cursors is None:  # stopping while the database was down
             self._change_assignment(consumer, add=[])
             return
@@ -294,12 +294,22 @@ class HeartbeatConsumer:
         else:
             consumer.assign(add)
 
-    def _open_cursors(self, partitions: list[int], current_id: str | None) -> dict[int, Cursor]:
+    def _open_cursors(self, partitions: list[int]) -> dict[int, Cursor]:
         """Cursors at the stored progress, each with the logs its offsets belong to; a
         partition whose topic was created again starts a new log here (its new log can
         already be longer than the stored offset, which no log-end check would notice)."""
         stored = self.writer.load(partitions)
         known = self.writer.logs(partitions)
+        under_id = any(s.topic_id for s in stored.values()) or any(
+            log.topic_id for logs in known.values() for log in logs
+        )
+        current_id = topic_id_to_decide(
+            self._topic_id, under_id, _TOPIC_ID_RETRY_WAITS_S, self._stop.wait
+        )
+        if current_id is None and under_id and not self._stop.is_set():
+            log.warning("the id of topic %s is not known: a topic created again since the "
+                        "progress was stored is not recognised until the id is", self.config.topic)
+        self.writer.topic_id = current_id
         cursors = {}
         for partition in partitions:
             found = stored.get(partition)

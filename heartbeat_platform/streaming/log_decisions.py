@@ -16,6 +16,7 @@ request (which KIP-207 makes monotonic). A fetch watermark alone only asks for t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -93,6 +94,27 @@ def decide(seen: Observation) -> Action:
         "topic id tells a truncated log from a new one: reading the new log from its start "
         "(repeated readings are recognised; a repeated dead letter may be stored again)",
     )
+
+
+def topic_id_to_decide(
+    ask: Callable[[], str | None], stored_under_id: bool, waits: Iterable[float],
+    wait: Callable[[float], bool],
+) -> str | None:
+    """The topic's id now, asked again after each of `waits` while the broker does not say
+    and progress was stored under an id: without the id a topic created again, whose new
+    log is already longer than the stored offset, looks like the old log, and reading it
+    from the stored offset would skip its first messages. `wait` returns True to give up
+    (stopping). A broker that never gives ids is asked once."""
+    found = ask()
+    if found is not None or not stored_under_id:
+        return found
+    for seconds in waits:
+        if wait(seconds):
+            return None
+        found = ask()
+        if found is not None:
+            return found
+    return None
 
 
 class LogWatch:

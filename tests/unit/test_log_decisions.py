@@ -16,6 +16,7 @@ from heartbeat_platform.streaming.log_decisions import (
     Observation,
     Resume,
     decide,
+    topic_id_to_decide,
 )
 
 ID = "topic-id-A"
@@ -107,3 +108,41 @@ def test_log_watch_keeps_an_out_of_range_report_until_decided() -> None:
     watch.out_of_range({1})
     watch.forget(1)  # revoked
     assert not watch.observe(1, None, ID, 900).out_of_range
+
+
+class ScriptedBroker:
+    """Answers to the topic-id request, in order; records the waits between them."""
+
+    def __init__(self, *answers: str | None):
+        self.answers, self.asked, self.waited = list(answers), 0, []
+
+    def ask(self) -> str | None:
+        self.asked += 1
+        return self.answers.pop(0)
+
+    def wait(self, seconds: float) -> bool:
+        self.waited.append(seconds)
+        return False
+
+
+def test_unanswered_topic_id_is_asked_again_when_progress_was_stored_under_one():
+    broker = ScriptedBroker(None, None, "topic-id-B")
+    assert topic_id_to_decide(broker.ask, True, [1, 2, 4], broker.wait) == "topic-id-B"
+    assert (broker.asked, broker.waited) == (3, [1, 2])
+    # ... and then decides the new log the id shows, which no log-end check would.
+    assert isinstance(decide(seen(topic_id="topic-id-B")), NewLog)
+
+
+def test_topic_id_is_asked_once_when_no_progress_was_stored_under_an_id():
+    broker = ScriptedBroker(None, "topic-id-B")
+    assert topic_id_to_decide(broker.ask, False, [1, 2, 4], broker.wait) is None
+    assert broker.asked == 1
+
+
+def test_topic_id_retries_are_bounded_and_stop_on_request():
+    broker = ScriptedBroker(None, None, None, None)
+    assert topic_id_to_decide(broker.ask, True, [1, 2, 4], broker.wait) is None
+    assert (broker.asked, broker.waited) == (4, [1, 2, 4])
+    stopping = ScriptedBroker(None, "never asked")
+    assert topic_id_to_decide(stopping.ask, True, [1], lambda s: True) is None
+    assert stopping.asked == 1

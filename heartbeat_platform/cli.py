@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperCommand
@@ -158,6 +159,18 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _print_table(table: Table) -> None:
+    """A table that fits the terminal, or, into a pipe or a file (where rich assumes 80
+    columns), whole rows: cut and wrapped cells are no use to grep or a report."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    widest = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    Console(width=max(widest, console.width)).print(table)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -308,7 +321,7 @@ def _print_status(report: dict) -> None:
         )
         if broker["warning"]:
             table.add_row("", f"[yellow]{broker['warning']}[/yellow]", "")
-    console.print(table)
+    _print_table(table)
 
 
 @app.command(cls=_Command)
@@ -527,7 +540,7 @@ def demo(
         table.add_row("throughput", f"{summary.events_per_s:,.0f} events/s over {summary.seconds}s")
         table.add_row("end-to-end latency p50 / p99",
                       f"{summary.latency_p50_ms} ms / {summary.latency_p99_ms} ms")
-        console.print(table)
+        _print_table(table)
     raise typer.Exit(0 if summary.ok else 1)
 
 
@@ -691,7 +704,7 @@ def alerts_list(
             (f"{_at(e.resolved_at)} by {e.resolved_by or 'readings'}" if e.resolved_at else ""),
             _at(e.escalated_at),
         )
-    console.print(table)
+    _print_table(table)
 
 
 @alerts_app.command("ack", cls=_Command)
@@ -825,4 +838,4 @@ def override_list(
         table.add_row(r.customer_id, r.kind,
                       "cleared" if r.threshold is None else str(r.threshold),
                       r.set_by, _at(r.set_at), r.note or "")
-    console.print(table)
+    _print_table(table)

@@ -51,6 +51,13 @@ def test_ack_then_list_shows_who_acknowledged(conn, cli_env, tmp_path) -> None:
     assert (shown["episode_id"], shown["acknowledged_by"], shown["acknowledge_note"]) == (
         episode_id, "alice", "on it"
     )
+    # The table into a pipe (where rich assumes 80 columns): the row whole, on one line.
+    narrow = {k: v for k, v in cli_env.items() if k != "COLUMNS"}
+    table = _cli("alerts", "list", "--open", env=narrow, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    (row,) = [line for line in table.stdout.splitlines() if line.split()[:1] == [str(episode_id)]]
+    assert "CUST_00009" in row and "BRADYCARDIA" in row and "by alice" in row, table.stdout
+    assert shown["acknowledged_at"][:10] in row, table.stdout
 
 
 def test_refusals_exit_1_with_one_line(conn, cli_env, tmp_path) -> None:

@@ -46,7 +46,8 @@ class Settings(BaseSettings):
     heartbeat_state_dir: Path = Path(".heartbeat")
     # The embedded broker keeps every message in memory (no retention): at this much memory
     # (its RSS, ~51 bytes a reading plus ~15 MB) `up` rotates its log once every reading is
-    # stored. 256 MB is about 8 minutes at 10,000 readings/s, weeks at the demo rate.
+    # stored. 256 MB is 8-9 minutes at 10,000 readings/s (7 rotations in the README's
+    # hour-long soak), about a day at the demo's 50 readings/s.
     heartbeat_broker_max_log_mb: int = Field(
         default=256, ge=1, description="embedded broker memory that triggers a log rotation"
     )

@@ -243,6 +243,36 @@ def test_an_unacknowledged_episode_escalates_once_an_acknowledged_one_never(
     assert escalated == ["CUST_00020"]
 
 
+def test_a_notification_refused_past_the_give_up_time_is_given_up_recorded_and_not_sent_again(
+    prepared, receiver, db
+) -> None:
+    """The receiver answers 503 beyond HEARTBEAT_ALERT_GIVE_UP_S: the firing notification is
+    given up (time and last error recorded, logged), never sent again once the receiver is
+    back, and the customer's later transition is not held behind it."""
+    receiver.failing.set()
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    send(prepared, script(start, CUST_00040=[190]))
+    consumer = consumer_process(prepared, receiver, HEARTBEAT_ALERT_GIVE_UP_S="3")
+    try:
+        wait_for(lambda: db.execute(
+            "SELECT count(*) FROM alert_outbox WHERE gave_up_at IS NOT NULL"
+        ).fetchone()[0] == 1, what="the firing notification given up")
+        attempts, error, done = db.execute(
+            "SELECT attempts, last_error, done_at FROM alert_outbox WHERE state = 'firing'"
+        ).fetchone()
+        assert attempts >= 2 and "HTTP 503" in error and done is None, (attempts, error)
+        refused = receiver.refused
+        receiver.failing.clear()
+        send(prepared, script(start + timedelta(seconds=1), CUST_00040=[70, 70, 70]))
+        wait_for(lambda: len(receiver.received) == 1, what="the resolved notification")
+        time.sleep(3)  # more delivery rounds: the given-up row stays given up
+    finally:
+        stop(consumer)
+    (episode_id,) = db.execute("SELECT episode_id FROM alert_episodes").fetchone()
+    assert receiver.keys() == {f"{episode_id}:resolved"}
+    assert receiver.refused == refused
+    assert "gave up notifying CUST_00040" in CONSUMER_LOGS[-1].read_text()
+
 
 def test_prune_deletes_only_episodes_resolved_before_the_cut_with_their_outbox(
     database_url, db

@@ -16,30 +16,33 @@ just over its threshold.
 from __future__ import annotations
 
 import json
-import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
+from grafana_rules import (
+    ALERTING,
+    EXPRESSIONS,
+    PROVISIONING,
+    REDUCERS,
+    alert_rule,
+    alert_rules,
+    evaluate,
+    threshold,
+)
 
 from heartbeat_platform.grafana_queries import QueryContext, expand
 from heartbeat_platform.storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
-PROVISIONING = ROOT / "grafana" / "provisioning"
-ALERTING = PROVISIONING / "alerting"
 READER = "heartbeat_grafana_reader"
-EXPRESSIONS = "__expr__"  # Grafana's datasource uid for server-side expressions
 # Prometheus' model.ParseDuration, which Grafana uses for interval, for and the policy timers.
 DURATION = re.compile(r"0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
 RULE_UID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # Grafana 10.4's rule uid rule
-REDUCERS = {"last": lambda v: v[-1], "max": max, "min": min, "sum": sum,
-            "mean": lambda v: sum(v) / len(v), "count": len}
 THRESHOLDS = {"gt": 1, "lt": 1, "within_range": 2, "outside_range": 2}  # name: params
 RULES = {  # uid: what it watches (issue 10, "Dagster and Grafana")
     "heartbeat-open-critical-episodes": "firing critical episodes",
@@ -57,15 +60,6 @@ def _load(name: str) -> dict:
 
 def _all_files() -> dict[str, dict]:
     return {p.name: yaml.safe_load(p.read_text()) for p in sorted(ALERTING.glob("*.yaml"))}
-
-
-def _rules() -> list[dict]:
-    return [rule for group in _load("heartbeat-rules.yaml")["groups"] for rule in group["rules"]]
-
-
-def _rule(uid: str) -> dict:
-    (rule,) = [r for r in _rules() if r["uid"] == uid]
-    return rule
 
 
 def _datasources() -> dict[str, dict]:
@@ -100,7 +94,7 @@ def test_rule_groups_have_the_required_keys() -> None:
 
 
 def test_the_rules_are_the_ones_asked_for() -> None:
-    rules = _rules()
+    rules = alert_rules()
     uids = [r["uid"] for r in rules]
     assert sorted(uids) == sorted(RULES)
     assert len({r["title"] for r in rules}) == len(rules)  # titles are unique in a folder
@@ -109,7 +103,7 @@ def test_the_rules_are_the_ones_asked_for() -> None:
 
 @pytest.mark.parametrize("uid", sorted(RULES))
 def test_rule_follows_the_10_4_format(uid: str) -> None:
-    rule = _rule(uid)
+    rule = alert_rule(uid)
     for key in ("uid", "title", "condition"):
         assert isinstance(rule[key], str) and rule[key], key
     assert rule["noDataState"] in {"NoData", "Alerting", "OK"}
@@ -212,63 +206,10 @@ def test_notification_policy_routes_every_rule_to_the_contact_point() -> None:
     # each child route catches at least one of our rules (no dead route)
     for child in policy.get("routes", []):
         assert any(all(r["labels"].get(label) == value
-                       for label, _, value in child["object_matchers"]) for r in _rules())
+                       for label, _, value in child["object_matchers"]) for r in alert_rules())
 
 
 # -- the rules against a database ----------------------------------------------------------------
-
-def _numeric(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-
-
-def evaluate(conn: psycopg.Connection, rule: dict, now: datetime) -> tuple[float, bool]:
-    """(the value the condition compares, whether the rule fires), as Grafana computes them:
-    the SQL's numeric column, one series per row (a table without a time column is a set of
-    numbers to Grafana's alerting), reduced by B, compared by C."""
-    queries = {q["refId"]: q for q in rule["data"]}
-    values: dict[str, list[float]] = {}
-    for ref_id, query in queries.items():
-        model = query["model"]
-        if query["datasourceUid"] != EXPRESSIONS:
-            window = query["relativeTimeRange"]
-            ctx = QueryContext(now - timedelta(seconds=window["from"]),
-                               now - timedelta(seconds=window["to"]))
-            cursor = conn.execute(expand(model["rawSql"], ctx))
-            rows = cursor.fetchall()
-            assert [c.name for c in cursor.description] and rows, ref_id
-            assert all(len(row) == 1 and _numeric(row[0]) for row in rows), rows
-            values[ref_id] = [float(row[0]) for row in rows]
-        elif model["type"] == "reduce":
-            series = values[model["expression"]]
-            if model.get("settings", {}).get("mode") == "dropNN":
-                series = [v for v in series if not math.isnan(v)]
-            values[ref_id] = [REDUCERS[model["reducer"]](series)]
-        else:
-            (condition,) = model["conditions"]
-            kind, params = condition["evaluator"]["type"], condition["evaluator"]["params"]
-            values[ref_id] = [float(_compare(kind, params, v))
-                              for v in values[model["expression"]]]
-    (value,) = values[rule["data"][-2]["refId"]]  # what the condition looked at
-    (firing,) = values[rule["condition"]]
-    return value, bool(firing)
-
-
-def _compare(kind: str, params: list[float], value: float) -> bool:
-    """Grafana's threshold functions (pkg/expr/threshold.go)."""
-    compare: dict[str, Callable[[float], bool]] = {
-        "gt": lambda v: v > params[0],
-        "lt": lambda v: v < params[0],
-        "within_range": lambda v: params[0] < v < params[1],
-        "outside_range": lambda v: v < params[0] or v > params[1],
-    }
-    return compare[kind](value)
-
-
-def _threshold(uid: str) -> float:
-    (condition,) = _rule(uid)["data"][-1]["model"]["conditions"]
-    assert condition["evaluator"]["type"] == "gt"
-    return condition["evaluator"]["params"][0]
-
 
 @pytest.fixture
 def alert_db(database_url: str) -> Iterator[psycopg.Connection]:
@@ -326,8 +267,8 @@ def test_reader_can_read_the_alerting_tables(alert_db) -> None:
         assert privileges == (True, False), name
 
 
-def test_open_critical_episodes_rule(alert_db, as_reader) -> None:
-    rule = _rule("heartbeat-open-critical-episodes")
+def test_open_critical_episodesalert_rule(alert_db, as_reader) -> None:
+    rule = alert_rule("heartbeat-open-critical-episodes")
     now = _now(alert_db)
     hour = timedelta(hours=1)
     # quiet: a resolved critical episode, a firing sensor fault, a pending tachycardia
@@ -364,8 +305,8 @@ def _insert_reading(conn: psycopg.Connection, table: str, at: datetime, offset: 
         )
 
 
-def test_pipeline_silent_rule(alert_db, as_reader) -> None:
-    rule = _rule("heartbeat-pipeline-silent")
+def test_pipeline_silentalert_rule(alert_db, as_reader) -> None:
+    rule = alert_rule("heartbeat-pipeline-silent")
     now = _now(alert_db)
     # nothing ever stored: silent
     assert evaluate(as_reader, rule, now) == (1, True)
@@ -397,9 +338,9 @@ def _snapshot(conn: psycopg.Connection, at: datetime, lags: list[float]) -> None
     )
 
 
-def test_consumer_lag_rule(alert_db, as_reader) -> None:
-    rule = _rule("heartbeat-consumer-lag")
-    limit = _threshold(rule["uid"])
+def test_consumer_lagalert_rule(alert_db, as_reader) -> None:
+    rule = alert_rule("heartbeat-consumer-lag")
+    limit = threshold(rule["uid"])
     now = _now(alert_db)
     # no snapshot (Dagster not running): nothing to compare, quiet
     assert evaluate(as_reader, rule, now) == (0, False)
@@ -424,9 +365,9 @@ def _dead_letters(conn: psycopg.Connection, at: datetime, count: int, first: int
     )
 
 
-def test_dead_letter_rate_rule(alert_db, as_reader) -> None:
-    rule = _rule("heartbeat-dead-letter-rate")
-    per_minute = _threshold(rule["uid"])
+def test_dead_letter_ratealert_rule(alert_db, as_reader) -> None:
+    rule = alert_rule("heartbeat-dead-letter-rate")
+    per_minute = threshold(rule["uid"])
     window = 5  # minutes the query counts
     now = _now(alert_db)
     assert evaluate(as_reader, rule, now) == (0, False)
@@ -454,7 +395,7 @@ def _episode_queries() -> dict[str, str]:
     queries = {title: panels[title]["targets"][0]["rawSql"]
                for title in ("Open episodes", "Open episodes by kind",
                              "Episodes opened in the time range")}
-    rule = _rule("heartbeat-open-critical-episodes")
+    rule = alert_rule("heartbeat-open-critical-episodes")
     queries[rule["uid"]] = rule["data"][0]["model"]["rawSql"]
     return queries
 

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 import yaml
 from confluent_kafka import Producer
+from grafana_rules import alert_rules, evaluate
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
@@ -666,6 +667,7 @@ def test_the_pipeline_opened_the_episodes_of_its_anomalies(owner) -> None:
         if c not in ours}
     assert anomalous and episodes == anomalous
 
+
 def test_open_episodes_lists_the_firing_ones_newest_first(reader, owner, context) -> None:
     result = _single("Open episodes", reader, context)
     firing = {episode_id for (episode_id,) in owner.execute(
@@ -717,6 +719,36 @@ def test_episodes_opened_in_the_range_count_open_and_resolved(span, reader, owne
     ).fetchone()
     assert early == ((span == "week"),)
     assert result.rows[0][EPISODE_KINDS.index("BRADYCARDIA")] >= 2  # the open and resolved one
+
+
+def test_alert_rules_answer_on_the_database_the_pipeline_filled(reader, owner) -> None:
+    """The provisioned alert rules, evaluated as Grafana does (tests/grafana_rules.py) as
+    Grafana's role, on the rows the real pipeline wrote: the critical episodes the consumer
+    opened fire the first; each rule's answer is what the tables hold at that moment."""
+    ours = [c for c, *_ in EPISODES]
+    with reader.transaction():  # one now() for the rules and the rows they are held to
+        (now,) = reader.execute("SELECT now()").fetchone()
+        critical = reader.execute(
+            "SELECT customer_id FROM alert_episodes WHERE state = 'firing' "
+            "AND kind IN ('TACHYCARDIA', 'BRADYCARDIA')").fetchall()
+        (latest,) = reader.execute(
+            "SELECT greatest((SELECT max(ingested_at) FROM heartbeat_records), "
+            "(SELECT max(detected_at) FROM heartbeat_anomalies))").fetchone()
+        received = [at for (at,) in reader.execute(
+            "SELECT received_at FROM heartbeat_dead_letters")]
+        snapshots = reader.execute(
+            "SELECT count(*) FROM pipeline_metrics WHERE metric_name = 'health_consumer_lag'"
+        ).fetchone()
+        answers = {rule["uid"]: evaluate(reader, rule, now) for rule in alert_rules()}
+    assert [c for (c,) in critical if c not in ours]  # opened by the consumer, not the fixture
+    assert answers["heartbeat-open-critical-episodes"] == (len(critical), True)
+    silent = latest < now - timedelta(minutes=2)
+    assert answers["heartbeat-pipeline-silent"] == (float(silent), silent)
+    assert len(received) == len(BAD_MESSAGES)
+    per_minute = sum(at > now - timedelta(minutes=5) for at in received) / 5
+    assert answers["heartbeat-dead-letter-rate"] == (per_minute, False)
+    assert snapshots == (0,)  # no Dagster here: nothing to compare, quiet
+    assert answers["heartbeat-consumer-lag"] == (0, False)
 
 
 # -- the SELECT-only role -----------------------------------------------------------------------

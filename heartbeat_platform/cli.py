@@ -332,7 +332,7 @@ def maintain(
 
     For deployments that run `consume` without Dagster: run it every minute or so (cron).
     """
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
     from heartbeat_platform.storage import episodes
     from heartbeat_platform.storage.database import connect, one_row
@@ -346,8 +346,9 @@ def maintain(
         refreshed = refresh_pending(conn, now)
         retention = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
-        episodes_deleted = episodes.prune(
-            conn, now - timedelta(days=settings.heartbeat_alert_retention_days)
+        alert_retention = episodes.retain(
+            conn, now, settings.heartbeat_alert_retention_days,
+            settings.heartbeat_alert_notification_retention_hours,
         )
         open_windows = one_row(
             conn.execute(
@@ -363,7 +364,7 @@ def maintain(
         "retention": retention.as_metadata(),
         "rollup_rows_deleted": deleted,
         "rollup_windows_not_settled": open_windows,
-        "resolved_episodes_deleted": episodes_deleted,
+        **alert_retention,
     }
     if as_json:
         console.print_json(json.dumps(report))
@@ -378,6 +379,10 @@ def maintain(
         f"raw days kept {retention.first_day}..{retention.last_day}; dropped "
         f"{report['retention']['days_dropped'] or 'nothing'}; kept for pending rollups "
         f"{report['retention']['days_kept_for_rollups'] or 'none'}"
+    )
+    console.print(
+        f"alerts: {alert_retention['resolved_episodes_deleted']:,} resolved episodes and "
+        f"{alert_retention['delivered_notifications_deleted']:,} delivered notifications deleted"
     )
 
 
@@ -744,7 +749,11 @@ def alerts_resolve(
 @alerts_app.command("tail", cls=_Command)
 def alerts_tail(
     from_start: Annotated[
-        bool, typer.Option("--from-start", help="First every transition ever queued.")
+        bool, typer.Option(
+            "--from-start",
+            help="First every transition still kept (delivered ones of resolved episodes go "
+            "after HEARTBEAT_ALERT_NOTIFICATION_RETENTION_HOURS).",
+        )
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per transition (with its payload).")

@@ -32,6 +32,7 @@ from heartbeat_platform.domain.episodes import (
     silent_customers,
 )
 from heartbeat_platform.storage.copy_format import AnomalyRow, RecordRow
+from heartbeat_platform.storage.database import one_row
 
 NOTIFY_CHANNEL = "heartbeat_alert_outbox"  # LISTEN here to hear of new outbox rows at commit
 
@@ -190,6 +191,56 @@ def prune(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> in
         deleted += n
         if n < chunk:
             return deleted
+
+
+# One chunk of the outbox in id order (the order rows were queued): delete the delivered or
+# given-up notifications of resolved episodes queued before the cut. Reads exactly `chunk`
+# rows of the primary key and says where it stopped, so a pass never reads past the cut
+# (rows kept in front, of open episodes or still pending, are few: at most one episode per
+# customer and kind is open, and nothing stays pending past the give-up time).
+_PRUNE_NOTIFICATIONS = """
+WITH walk AS (
+    SELECT outbox_id, created_at FROM alert_outbox
+    WHERE outbox_id > %(after)s ORDER BY outbox_id LIMIT %(chunk)s
+), gone AS (
+    DELETE FROM alert_outbox o USING walk w, alert_episodes e
+    WHERE o.outbox_id = w.outbox_id AND w.created_at < %(before)s
+      AND e.episode_id = o.episode_id AND e.state = 'resolved'
+      AND (o.done_at IS NOT NULL OR o.gave_up_at IS NOT NULL)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT max(outbox_id) FROM walk),
+       coalesce((SELECT bool_or(created_at >= %(before)s) FROM walk), true)
+"""
+
+
+def prune_notifications(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> int:
+    """Delete the delivered (or given-up) notifications of resolved episodes queued before
+    `before`; how many. The episode row keeps what they said; the outbox is a delivery
+    queue, at the design rate about two rows a second per ten customers (README, Storage).
+    Chunks of `chunk` rows in queue order, each its own transaction."""
+    deleted, after = 0, 0
+    while True:
+        with conn.transaction():
+            n, last, reached = one_row(conn.execute(
+                _PRUNE_NOTIFICATIONS, {"after": after, "chunk": chunk, "before": before}
+            ))
+        deleted += n
+        if reached or last is None:
+            return deleted
+        after = last
+
+
+def retain(
+    conn: psycopg.Connection, now: datetime, episode_days: int, notification_hours: float
+) -> dict[str, int]:
+    """Alert retention, as `maintain` and the hourly storage job run it: what was deleted."""
+    return {
+        "resolved_episodes_deleted": prune(conn, now - timedelta(days=episode_days)),
+        "delivered_notifications_deleted": prune_notifications(
+            conn, now - timedelta(hours=notification_hours)
+        ),
+    }
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:

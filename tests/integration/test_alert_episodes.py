@@ -303,6 +303,49 @@ def test_prune_deletes_only_episodes_resolved_before_the_cut_with_their_outbox(
     assert left == [("CUST_3", 1), ("CUST_4", 1)]
 
 
+def test_prune_notifications_deletes_only_delivered_ones_of_resolved_episodes_before_the_cut(
+    database_url, db
+) -> None:
+    """The outbox is a delivery queue: a resolved episode's delivered or given-up
+    notifications queued before the cut go, chunk by chunk in queue order; pending ones,
+    those of an open episode and newer ones stay, and so do the episodes."""
+    migrate(database_url)
+    now = datetime.now(UTC)
+    old, new = now - timedelta(hours=50), now - timedelta(hours=1)
+    for customer, episode_state, queued, outcome in [
+        ("CUST_1", "resolved", old, "done"),       # goes (firing and resolved)
+        ("CUST_2", "resolved", old, "gave_up"),    # goes
+        ("CUST_3", "resolved", old, "pending"),    # stays: not delivered yet
+        ("CUST_4", "firing", old, "done"),         # stays: its episode is open
+        ("CUST_5", "resolved", new, "done"),       # stays: after the cut
+    ]:
+        (episode_id,) = db.execute(
+            "INSERT INTO alert_episodes (customer_id, kind, state, severity, opened_at, "
+            "resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at, "
+            "last_reading_at, last_evaluated_at) VALUES (%s, 'TACHYCARDIA', %s, 'critical', "
+            "%s, %s, 190, 190, 1, %s, %s, %s) RETURNING episode_id",
+            (customer, episode_state, queued, queued if episode_state == "resolved" else None,
+             queued, queued, queued),
+        ).fetchone()
+        states = ["firing", "resolved"] if episode_state == "resolved" else ["firing"]
+        for state in states:
+            episodes.enqueue(db, [episode_id], state)
+        db.execute(
+            "UPDATE alert_outbox SET created_at = %s, "
+            "done_at = CASE WHEN %s = 'done' THEN %s END, "
+            "gave_up_at = CASE WHEN %s = 'gave_up' THEN %s END WHERE episode_id = %s",
+            (queued, outcome, queued, outcome, queued, episode_id),
+        )
+    assert episodes.prune_notifications(db, now - timedelta(hours=48), chunk=2) == 4
+    left = db.execute(
+        "SELECT customer_id, state FROM alert_outbox ORDER BY customer_id, state"
+    ).fetchall()
+    assert left == [("CUST_3", "firing"), ("CUST_3", "resolved"), ("CUST_4", "firing"),
+                    ("CUST_5", "firing"), ("CUST_5", "resolved")]
+    assert db.execute("SELECT count(*) FROM alert_episodes").fetchone() == (5,)
+    assert episodes.prune_notifications(db, now - timedelta(hours=48), chunk=2) == 0
+
+
 def test_overrides_and_no_signal_through_the_consumer(prepared, receiver, db) -> None:
     """An athlete's bound (BRADYCARDIA below 35) keeps 38 bpm out of episodes while storage
     still classifies it BRADYCARDIA; an open NO_SIGNAL episode is resolved by the next reading."""

@@ -157,6 +157,7 @@ def test_status_reports_schema_topic_and_counts(cli_env, tmp_path) -> None:
     assert maintain.returncode == 0, maintain.stderr
     done = json.loads(maintain.stdout)
     assert done["rollups"] == {} and done["retention"]["partitions_dropped"] == 0
+    assert (done["resolved_episodes_deleted"], done["delivered_notifications_deleted"]) == (0, 0)
 
 
 def test_status_names_an_unreachable_database(cli_env, tmp_path) -> None:

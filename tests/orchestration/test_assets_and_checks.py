@@ -180,6 +180,8 @@ def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:
     metadata = materialized(result)["raw_partitions"]
     assert metadata["days_dropped"] == [str(old)]
     assert metadata["partitions_dropped"] == 5  # four raw tables and the customer minutes
+    assert (metadata["resolved_episodes_deleted"], metadata["delivered_notifications_deleted"]) \
+        == (0, 0)
     assert db.execute(
         "SELECT to_regclass(%s)", (f"heartbeat_records_p{old:%Y%m%d}",)
     ).fetchone()[0] is None

@@ -1,7 +1,7 @@
 """Storage retention: the day partitions of the raw tables and the rollups' age limit,
 every hour."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -16,8 +16,9 @@ from heartbeat_platform.storage.rollups import delete_expired
     description="Day partitions of the raw tables: creates those of the retention window "
     "and the days ahead, drops the days older than HEARTBEAT_RAW_RETENTION_DAYS whose "
     "rollups are materialised (never one with a pending window), and deletes rollup rows "
-    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS and alert episodes resolved more than "
-    "HEARTBEAT_ALERT_RETENTION_DAYS ago. What it did is this asset's metadata.",
+    "older than HEARTBEAT_ROLLUP_RETENTION_DAYS, alert episodes resolved more than "
+    "HEARTBEAT_ALERT_RETENTION_DAYS ago and their delivered notifications older than "
+    "HEARTBEAT_ALERT_NOTIFICATION_RETENTION_HOURS. What it did is this asset's metadata.",
     deps=[RECORDS, ANOMALIES, DEAD_LETTERS, METRICS, "fleet_minute_stats",
           "customer_daily_bpm_stats"],
     group_name="storage",
@@ -29,14 +30,12 @@ def raw_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
     with postgres.connect() as conn:
         report = apply_retention(conn, settings.retention, now)
         deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
-        episodes_deleted = episodes.prune(
-            conn, now - timedelta(days=settings.heartbeat_alert_retention_days)
+        alert_retention = episodes.retain(
+            conn, now, settings.heartbeat_alert_retention_days,
+            settings.heartbeat_alert_notification_retention_hours,
         )
     return dg.MaterializeResult(
-        metadata={
-            **report.as_metadata(), "rollup_rows_deleted": deleted,
-            "resolved_episodes_deleted": episodes_deleted,
-        }
+        metadata={**report.as_metadata(), "rollup_rows_deleted": deleted, **alert_retention}
     )
 
 

@@ -43,14 +43,18 @@ _COLUMNS = (
     "worst_heart_rate, readings, first_reading_at, last_reading_at, normal_streak, "
     "last_evaluated_at"
 )
+# A batch names up to every customer (10,000 at the design rate). `= ANY(array)` made the
+# planner estimate each element against the column's statistics: ~40 ms of planning per
+# batch for 3 ms of execution. `IN (SELECT unnest(...))` plans in well under a millisecond
+# and joins the open episodes (the partial index alert_episodes_one_open) by hash.
 _OPEN_OF_CUSTOMERS = f"""
 SELECT {_COLUMNS} FROM alert_episodes
-WHERE state <> 'resolved' AND customer_id = ANY(%b::text[])
+WHERE state <> 'resolved' AND customer_id IN (SELECT unnest(%b::text[]))
 FOR UPDATE
 """
 _BOUNDS = """
 SELECT customer_id, kind, threshold FROM vw_alert_overrides_in_force
-WHERE customer_id = ANY(%b::text[])
+WHERE customer_id IN (SELECT unnest(%b::text[]))
 """
 _NEW_IDS = """
 SELECT nextval(pg_get_serial_sequence('alert_episodes', 'episode_id'))

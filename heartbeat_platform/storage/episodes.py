@@ -221,7 +221,7 @@ SELECT (SELECT count(*) FROM gone), (SELECT max(outbox_id) FROM walk),
 def prune_notifications(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> int:
     """Delete the delivered (or given-up) notifications of resolved episodes queued before
     `before`; how many. The episode row keeps what they said; the outbox is a delivery
-    queue, at the design rate about two rows a second per ten customers (README, Storage).
+    queue, at the design rate about one row a second per ten customers (README, Alerts).
     Chunks of `chunk` rows in queue order, each its own transaction."""
     deleted, after = 0, 0
     while True:

@@ -123,8 +123,8 @@ class Settings(BaseSettings):
     heartbeat_alert_retention_days: int = Field(
         default=30, ge=1, description="days resolved episodes (and their notifications) are kept"
     )
-    # The outbox is a delivery queue: ~2 rows per episode, ~1 kB each with its JSON; at the
-    # design rate ~86 million rows a day. Past this, a resolved episode's delivered (or
+    # The outbox is a delivery queue, its biggest table at the design rate (sizes measured
+    # in the README, Alerts: Retention). Past this, a resolved episode's delivered (or
     # given-up) notifications go; the episode row keeps what they said.
     heartbeat_alert_notification_retention_hours: float = Field(
         default=48.0, ge=1.0,

@@ -17,14 +17,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 from confluent_kafka import Producer
-from grafana_rules import alert_rules, evaluate
+from grafana_rules import alert_rules, evaluate, numeric
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
@@ -379,17 +378,13 @@ def run(conn: psycopg.Connection, target: dict, ctx: QueryContext) -> Result:
     return run_sql(conn, target["rawSql"], ctx)
 
 
-def _numeric(value: object) -> bool:
-    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
-
-
 def _check_time_series(result: Result) -> None:
     """Grafana needs a "time" column, numeric values, rows sorted by time."""
     assert result.columns[0] == "time", result.columns
     times = result.column("time")
-    assert all(isinstance(t, datetime) or _numeric(t) for t in times)
+    assert all(isinstance(t, datetime) or numeric(t) for t in times)
     assert times == sorted(times)
-    values = [c for c in result.columns[1:] if all(_numeric(v) for v in result.column(c))]
+    values = [c for c in result.columns[1:] if all(numeric(v) for v in result.column(c))]
     labels = [c for c in result.columns[1:] if c not in values]
     assert values, result.columns
     assert labels in ([], ["metric"]), labels  # long format: one series per metric value
@@ -402,14 +397,14 @@ def _check_table(result: Result) -> None:
 def _check_stat(result: Result) -> None:
     """One row of numbers: one stat each."""
     assert len(result.rows) == 1
-    assert all(_numeric(v) for v in result.rows[0]), result.rows
+    assert all(numeric(v) for v in result.rows[0]), result.rows
 
 
 def _check_pie(result: Result) -> None:
     """A label column and a value column, one slice per row."""
     assert len(result.columns) == 2
     assert all(isinstance(label, str) for label in result.column(result.columns[0]))
-    assert all(_numeric(v) and v > 0 for v in result.column(result.columns[1]))
+    assert all(numeric(v) and v > 0 for v in result.column(result.columns[1]))
 
 
 CHECKS = {"timeseries": _check_time_series, "table": _check_table, "stat": _check_stat,

@@ -17,7 +17,8 @@ batch touched as pending for the rollups (`storage.rollups`).
 A batch the database refuses because of one message's content does not stop the stream:
 the message is found by halving the batch, stored as a dead letter with the database's
 error as the reason, and the rest is written (`storage.db_errors`). A passing conflict or
-timeout is retried a few times first; an outage is the caller's to wait out.
+timeout is retried a few times first, and is never taken for a message's fault: when it
+persists, or meets the search, it is raised like an outage, for the caller to wait out.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ class BatchWriter:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                if failure not in (db_errors.Failure.CONTENT, db_errors.Failure.TRANSIENT):
-                    raise
+                if failure is not db_errors.Failure.CONTENT:
+                    raise  # a conflict or timeout each time says nothing of the content
                 refused = self._find_refused(batch)
                 if not refused:
                     raise  # no single message fails on its own: not a content problem
@@ -322,12 +323,12 @@ class BatchWriter:
             try:
                 with conn.transaction(force_rollback=True):
                     self._write_rows(conn, batch.only(positions))
-            except psycopg.OperationalError as exc:
-                if db_errors.classify(exc) is db_errors.Failure.OUTAGE:
-                    self.close()
-                    raise
-                return exc
             except psycopg.Error as exc:
+                failure = db_errors.classify(exc)
+                if failure is db_errors.Failure.OUTAGE:
+                    self.close()
+                if failure in (db_errors.Failure.OUTAGE, db_errors.Failure.TRANSIENT):
+                    raise  # no verdict on these messages: the caller retries the batch later
                 return exc
             return None
 

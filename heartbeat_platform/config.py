@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     heartbeat_partitions_ahead_days: int = Field(
         default=3, ge=1, le=366, description="day partitions created ahead of today"
     )
+    heartbeat_partition_check_s: float = Field(
+        default=3600.0, gt=0, description="how often a consumer ensures those day partitions"
+    )
     heartbeat_rollup_retention_days: int = Field(
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
     )

@@ -88,6 +88,7 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) 
         "max_message_bytes": settings.heartbeat_max_message_bytes,
         "stats_every": settings.heartbeat_stats_every,
         "retention": settings.retention,
+        "partition_check_every_s": settings.heartbeat_partition_check_s,
         "kafka_overrides": settings.kafka_client_config,
         "alerting": alerting_config(settings),
     }

@@ -39,6 +39,7 @@ class ConsumerConfig:
     queued_max_kbytes: int = 32 * 1024
     kafka_overrides: dict = field(default_factory=dict)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    partition_check_every_s: float = 3600.0  # day partitions ensured at start, then this often
     # alert episodes in each batch's transaction, and their delivery to webhooks (None: off)
     alerting: AlertingConfig | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")

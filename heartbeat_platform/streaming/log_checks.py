@@ -1,0 +1,84 @@
+"""Acting on what the client says about each partition's log (`log_decisions`).
+
+`LogWatch` says which partitions need a decision; the loop asks the broker for their log
+start and end and the topic's id, and `LogChecks.act` applies the decision to the cursors
+and the stored progress, returning where the client must read next. No client here: the
+loop does the asking and the seeking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from heartbeat_platform.streaming.cursors import Cursors, position
+from heartbeat_platform.streaming.log_decisions import (
+    AskBroker,
+    Continue,
+    LogWatch,
+    Observation,
+    Resume,
+    decide,
+)
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A partition whose log needs the broker's answer before reading on."""
+
+    partition: int
+    cached_end: int  # the fetch watermark that made it suspect
+    seen: Observation
+
+
+class LogChecks:
+    def __init__(self, cursors: Cursors):
+        self.cursors = cursors
+        self.watch = LogWatch()
+
+    def survey(self, cached_end: Callable[[int], int]) -> tuple[dict[int, int], list[Suspect]]:
+        """Per assigned partition the lag (log end minus stored progress), and the
+        partitions to ask the broker about. `cached_end`: the client's cached watermark."""
+        lag, suspects = {}, []
+        for partition, cursor in self.cursors.items():
+            high = cached_end(partition)
+            stored = cursor.stored.next_offset if cursor.stored else None
+            if high >= 0:
+                lag[partition] = max(0, high - (stored or 0))
+            seen = self.watch.observe(partition, stored, cursor.topic_id, high)
+            if not isinstance(decide(seen), Continue):
+                suspects.append(Suspect(partition, high, seen))
+        return lag, suspects
+
+    def act(
+        self, suspect: Suspect, listed: tuple[int, int], topic_id: str | None
+    ) -> int | None:
+        """Decide with the broker's answer and apply it; where the client must read next
+        (None: nothing to do). A database error leaves the partition suspect, to be
+        decided again on a later round."""
+        partition = suspect.partition
+        cursor = self.cursors.get(partition)
+        if cursor is None:  # revoked meanwhile
+            return None
+        seen = suspect.seen
+        action = decide(Observation(
+            cursor.stored.next_offset if cursor.stored else None, cursor.topic_id, topic_id,
+            seen.out_of_range, seen.fetched_end, listed,
+        ))
+        if isinstance(action, AskBroker | Continue):  # cannot happen with `listed`
+            return None
+        try:
+            if isinstance(action, Resume):
+                offset = self.cursors.skip_deleted(partition, cursor, action.offset, action.lost)
+            else:
+                self.cursors.new_log(partition, cursor, action, topic_id)
+                offset = position(cursor)
+        except BaseException:
+            self.watch.retry(partition)
+            raise
+        self.watch.decided(partition, suspect.cached_end)
+        return offset
+
+    def retry(self, partition: int) -> None:
+        """The broker did not answer: look again on the next round."""
+        self.watch.retry(partition)

@@ -369,12 +369,17 @@ class HeartbeatConsumer:
         self._partitions_seen.update(ids)
         self._last_activity = time.monotonic()
         self.assigned.set()
+        if not ids:
+            return
         if opened is None:  # sought once the database is back and their progress known
             self._unopened.update(ids)
             consumer.pause(partitions)
             log.warning("assigned partitions %s while the database is unavailable: paused "
                         "until it is back", ids)
             return
+        # librdkafka keeps a partition's pause across unassign and assign: one paused in an
+        # outage, revoked and given back would otherwise never be read again.
+        consumer.resume(partitions)
         self._watch(opened)
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 

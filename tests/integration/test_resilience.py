@@ -3,100 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
 import time
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
 from stored import delivered_positions, landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
-from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress, StaleProgress
-from heartbeat_platform.streaming.producer import HeartbeatProducer
-
-
-class ConsumerProcess:
-    """`heartbeat-platform -v consume` in a subprocess, its log collected line by line."""
-
-    def __init__(self, settings, *args: str):
-        env = {
-            **os.environ,
-            "DATABASE_URL": settings.database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-            "KAFKA_TOPIC": settings.kafka_topic,
-            "KAFKA_GROUP_ID": settings.kafka_group_id,
-            "HEARTBEAT_CONSUME_BATCH_SIZE": str(settings.heartbeat_consume_batch_size),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "heartbeat_platform", "-v", "consume", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.log: list[str] = []
-        self._out: list[str] = []
-        self.assigned = threading.Event()
-        # Each pipe has one reader: `communicate()` next to this thread would read the same
-        # stderr and take lines away from `log`.
-        self._readers = [
-            threading.Thread(target=self._read, daemon=True),
-            threading.Thread(target=lambda: self._out.extend(self.proc.stdout), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.log.append(line)
-            if "assigned at offsets" in line:
-                self.assigned.set()
-
-    def text(self) -> str:
-        return "".join(self.log)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def finish(self, timeout: float = 180) -> tuple[int, str]:
-        self.proc.wait(timeout)
-        for reader in self._readers:
-            reader.join(5)
-        return self.proc.returncode, "".join(self._out)
-
-
-def assert_exactly_once(conn: psycopg.Connection, expected: set) -> None:
-    counts = landed(conn)
-    missing = expected - set(counts)
-    doubled = {k: v for k, v in counts.items() if v > 1}
-    assert not missing, f"{len(missing)} messages missing, e.g. {sorted(missing)[:5]}"
-    assert not doubled, f"doubled: {list(doubled.items())[:5]}"
-    assert set(counts) == expected
-    alerts = conn.execute(
-        "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%'"
-    ).fetchone()[0]
-    assert alerts == conn.execute("SELECT count(*) FROM heartbeat_anomalies").fetchone()[0]
-
-
-def produce_in_background(settings, **run) -> tuple[threading.Thread, list]:
-    reports: list = []
-    endpoints = Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
-
-    def send() -> None:
-        with HeartbeatProducer(readiness.producer_config(settings, endpoints)) as producer:
-            reports.append(producer.run(readiness.generator(settings, run.pop("seed", 1)), **run))
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread, reports
 
 
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(settings_factory, database_url, db):

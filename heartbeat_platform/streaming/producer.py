@@ -75,6 +75,7 @@ from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.metrics import ProducerCollector
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
+from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,8 @@ class HeartbeatProducer:
 
             self._gate = ProduceGate(config.rotation_dir)
             self._log_number = self._gate.log_number()
+        # acks=all and idempotence are what the counts below rest on (`kafka_config.GUARDS`)
+        refuse_broken_guarantees(config.kafka_overrides, "the producer's Kafka overrides")
         self._producer = self._create()
 
     def _create(self) -> Producer:

@@ -204,7 +204,9 @@ class Settings(BaseSettings):
         """Check the client settings when a command starts (a bad file, key or value says
         so now, not as a connection that never comes up); the file's bootstrap.servers
         applies when KAFKA_BOOTSTRAP_SERVERS is unset."""
-        config, bootstrap = client_config(self.kafka_client_properties, self._kafka_variables())
+        config, bootstrap = client_config(
+            self.kafka_client_properties, self._kafka_variables(), self.kafka_group_protocol
+        )
         if self.kafka_bootstrap_servers is None and bootstrap:
             object.__setattr__(self, "kafka_bootstrap_servers", bootstrap)
         if self.kafka_bootstrap_servers is None and needs_security(config):
@@ -229,7 +231,9 @@ class Settings(BaseSettings):
         """librdkafka settings every Kafka client of the platform takes on top of its own
         (producer, consumer, admin, lag probe): KAFKA_CLIENT_PROPERTIES, then the KAFKA_*
         security variables over it. Empty for the embedded broker."""
-        return client_config(self.kafka_client_properties, self._kafka_variables())[0]
+        return client_config(
+            self.kafka_client_properties, self._kafka_variables(), self.kafka_group_protocol
+        )[0]
 
     @property
     def retention(self) -> RetentionPolicy:

@@ -13,6 +13,20 @@ row's update).
 Several consumers may run: a PostgreSQL advisory lock elects one deliverer; the others
 wait and take over when it goes away. The deliverer also escalates episodes firing
 unacknowledged for `escalate_after_s` (once each).
+
+Only what a PostgreSQL crash cannot take back is sent. The consumer commits its batches,
+outbox rows included, with `synchronous_commit = off`: a row is visible (and its NOTIFY
+sent) before its commit is flushed to the WAL, and a crash then loses it; its batch is
+consumed again and the transition re-created under a new episode id, so a receiver
+would get a second alert with another Idempotency-Key. So before sending rows it has not
+sent before, the deliverer commits a transaction of its own synchronously (`make_durable`:
+a transactional WAL message, `pg_logical_emit_message`, so no table is written; any role
+may call it). A synchronous commit returns once the WAL is flushed up to its commit record
+(and, with synchronous replication, on the standby), which lies after the commit record
+of every row this session has read. It costs one WAL flush per round, not per row. Where
+the function is refused, the deliverer waits instead until `pg_current_wal_flush_lsn()`
+passes the insert position read after the rows (the WAL writer flushes asynchronous
+commits within `wal_writer_delay`, 200 ms by default: slower).
 """
 
 from __future__ import annotations
@@ -41,6 +55,13 @@ SENDERS = 4  # concurrent POSTs (to different customers)
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
 ESCALATION_EVERY_S = 5.0
 IDLE_WAIT_S = 0.5  # longest wait for a NOTIFY before looking again (and at the stop flag)
+FLUSH_POLL_S = 0.01  # without pg_logical_emit_message: how often the flush LSN is read
+# A synchronous commit of a transaction that wrote only a WAL message: it flushes the WAL
+# past every commit this session has seen (an XID alone writes no WAL, so no flush).
+_SYNCHRONOUS_FLUSH = (
+    "SELECT set_config('synchronous_commit', 'on', true), "
+    "pg_logical_emit_message(true, 'heartbeat_alert_delivery', '')"
+)
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class AlertDelivery:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connections = _KeptAlive(config.timeout_s)
+        self._wal_message = True  # pg_logical_emit_message allowed (until refused)
         self.delivered = 0
         self.failed_attempts = 0
         self.given_up = 0
@@ -204,9 +226,29 @@ class AlertDelivery:
         if not due:
             soonest = min(r.next_attempt_at for r in rows)
             return max(0.05, (soonest - now).total_seconds())
+        # A row tried before was made durable before its first try.
+        if any(row.attempts == 0 for row in due) and not self.make_durable(conn):
+            return 0.0  # stopping
         attempts = list(pool.map(self._attempt, due))
         self._record(conn, attempts, now)
         return 0.0
+
+    def make_durable(self, conn: psycopg.Connection) -> bool:
+        """Return once every commit this session has seen is flushed to the WAL (False:
+        stopped before that)."""
+        if self._wal_message:
+            try:
+                with conn.transaction():
+                    conn.execute(_SYNCHRONOUS_FLUSH)
+                return True
+            except (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction) as exc:
+                self._wal_message = False
+                log.warning(
+                    "alert delivery: pg_logical_emit_message is refused (%s); waiting for the "
+                    "WAL writer to flush each round instead (up to wal_writer_delay longer)",
+                    str(exc).strip(),
+                )
+        return wait_until_flushed(conn, self._stop)
 
     def _attempt(self, row: OutboxRow) -> Attempt:
         delivered, error = [], None
@@ -300,6 +342,23 @@ class _KeptAlive(threading.local):
             connection.close()
             del self.open[origin]
         return response.status
+
+
+def wait_until_flushed(conn: psycopg.Connection, stop: threading.Event) -> bool:
+    """Wait until the WAL is flushed past everything inserted when this is called (and so
+    past every commit the session has seen); False when `stop` was set first."""
+    target = one_value(conn, "SELECT pg_current_wal_insert_lsn()")
+    while not stop.is_set():
+        if one_value(conn, "SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (target,)):
+            return True
+        stop.wait(FLUSH_POLL_S)
+    return False
+
+
+def one_value(conn: psycopg.Connection, sql: str, params: tuple = ()) -> object:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
 
 
 def episodes_lock(conn: psycopg.Connection) -> bool:

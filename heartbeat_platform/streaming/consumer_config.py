@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
+from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
 
 GROUP_PROTOCOLS = ("classic", "consumer")
 
@@ -49,12 +50,15 @@ def client_settings(c: ConsumerConfig, error_cb: Callable | None = None) -> dict
     """The librdkafka configuration of the consumer, `kafka_overrides` last.
 
     KIP-848 refuses the classic protocol's session, heartbeat and assignor settings (the
-    broker owns them), so they are only set for the classic protocol.
+    broker owns them), so they are only set for the classic protocol. An override that
+    would break a guarantee (offset handling, the group, its protocol: `kafka_config.GUARDS`)
+    raises KafkaConfigError; Settings refuses those keys when it loads them already.
     """
     if c.group_protocol not in GROUP_PROTOCOLS:
         raise ValueError(
             f"group protocol must be one of {GROUP_PROTOCOLS}, got {c.group_protocol!r}"
         )
+    refuse_broken_guarantees(c.kafka_overrides, "the consumer's Kafka overrides", c.group_protocol)
     settings: dict = {
         "bootstrap.servers": c.bootstrap_servers,
         "group.id": c.group_id,

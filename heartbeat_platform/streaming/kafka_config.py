@@ -21,13 +21,28 @@ Java-only keys (librdkafka's CONFIGURATION.md lists what it accepts):
 - `bootstrap.servers` in the file is where to connect (see `Settings`), not a client
   override.
 Every other key is passed to librdkafka as it is; one it does not know is an error.
+
+The file's keys come after the platform's own settings, so a key that would break one of
+the platform's guarantees (README, Guarantees) is refused when the settings are loaded,
+with the file, the key and the reason in one line (`GUARDS`; the value the platform sets
+itself is accepted): acks other than all, idempotence off, a transactional id, delivery
+reports for errors only, a partitioner that ignores the key; the consumer's offset
+handling (auto commit, auto offset store, auto.offset.reset, isolation.level); the
+consumer group and its protocol, which come from variables (KAFKA_GROUP_ID,
+KAFKA_GROUP_PROTOCOL) because the consumer's progress and its other settings depend on
+them; a static member id, which every worker would share; and, with
+KAFKA_GROUP_PROTOCOL=consumer (KIP-848), the classic protocol's session and assignor
+keys, which librdkafka refuses only when the consumer is created. librdkafka's check
+builds an idempotent acks=all producer from the settings, as the platform's producer is,
+so what idempotence forbids (`max.in.flight` above 5, `retries=0`) shows too.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,6 +68,126 @@ _JAAS_OPTION = re.compile(r'([\w.]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;"]+))')
 
 class KafkaConfigError(ValueError):
     """The Kafka client settings cannot work; the message says where and what to write."""
+
+
+def _is_true(value: str) -> bool:
+    return value.strip().lower() in ("true", "t", "1")  # librdkafka's spellings of true
+
+
+def _is_false(value: str) -> bool:
+    return value.strip().lower() in ("false", "f", "0")
+
+
+def _never(value: str) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A librdkafka key the platform relies on: `keeps(value)` is True for a value that
+    keeps the guarantee (the platform's own), `why` says what another value would break."""
+
+    keeps: Callable[[str], bool]
+    why: str
+
+
+GUARDS: dict[str, Guard] = {
+    # the producer
+    "acks": Guard(
+        lambda v: v.strip().lower() in ("all", "-1"),
+        "the producer writes with acks=all (a reading counts as delivered once every "
+        "in-sync replica has it); remove the key",
+    ),
+    "enable.idempotence": Guard(
+        _is_true,
+        "the producer is idempotent (librdkafka's retries through an outage write no "
+        "duplicate and keep each customer's order); remove the key",
+    ),
+    "transactional.id": Guard(
+        _never,
+        "the producer is idempotent, not transactional (it would have to begin a "
+        "transaction for every send); remove the key",
+    ),
+    "delivery.report.only.error": Guard(
+        _is_false,
+        "every message's delivery report is counted (delivered, failed, uncertain); "
+        "remove the key",
+    ),
+    "partitioner": Guard(
+        lambda v: v.strip().lower() != "random",
+        "readings are keyed by customer so that each customer's stay in order on one "
+        "partition, and partitioner=random ignores the key; use a keyed partitioner "
+        "(consistent_random, the default, or murmur2_random as Java clients do)",
+    ),
+    # the consumer
+    "enable.auto.commit": Guard(
+        _is_false,
+        "the consumer commits offsets itself, after the database commit of the batch; "
+        "auto commit would commit offsets of messages not yet stored; remove the key",
+    ),
+    "enable.auto.offset.store": Guard(
+        _is_false,
+        "the consumer stores an offset only once its batch is in the database; remove the key",
+    ),
+    "auto.offset.reset": Guard(
+        lambda v: v.strip().lower() == "error",
+        "an offset out of range (retention deleted unread messages, the log was truncated "
+        "or replaced) must reach the consumer, which decides, counts and logs it; earliest "
+        "or latest would skip or re-read silently; remove the key",
+    ),
+    "isolation.level": Guard(
+        lambda v: v.strip().lower() == "read_committed",
+        "the consumer reads committed messages only (a transactional writer's aborted "
+        "messages are not readings); remove the key",
+    ),
+    "group.id": Guard(
+        _never,
+        "the consumer group is KAFKA_GROUP_ID (its progress in PostgreSQL is kept under "
+        "that name, and a Kafka group of another name would split the partitions with "
+        "consumers that keep progress elsewhere); set KAFKA_GROUP_ID instead",
+    ),
+    "group.protocol": Guard(
+        _never,
+        "the consumer's session and assignor settings depend on the group protocol; set "
+        "KAFKA_GROUP_PROTOCOL instead",
+    ),
+    "group.instance.id": Guard(
+        _never,
+        "this file goes to every consumer worker, and workers sharing one static member "
+        "id fence each other off; remove the key",
+    ),
+}
+# Refused by librdkafka under KIP-848 (group.protocol=consumer): the broker owns them.
+KIP_848_REFUSES = (
+    "session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy",
+    "group.protocol.type",
+)
+# librdkafka's other names for guarded keys (CONFIGURATION.md); "topic." prefixes a
+# topic-level key given globally.
+_ALIASES = {"request.required.acks": "acks", "auto.commit.enable": "enable.auto.commit"}
+
+
+def canonical_key(key: str) -> str:
+    key = key.removeprefix("topic.")
+    return _ALIASES.get(key, key)
+
+
+def refuse_broken_guarantees(
+    config: Mapping[str, object], source: str, group_protocol: str = "classic"
+) -> None:
+    """Raise KafkaConfigError for the first key of `config` that would break a guarantee
+    (`GUARDS`, and `KIP_848_REFUSES` with the consumer group protocol)."""
+    for key, value in config.items():
+        name = canonical_key(key)
+        guard = GUARDS.get(name)
+        if guard is not None and not guard.keeps(str(value)):
+            raise KafkaConfigError(f"{source}: {key}={value} is refused: {guard.why}")
+        if group_protocol == "consumer" and name in KIP_848_REFUSES:
+            raise KafkaConfigError(
+                f"{source}: {key}={value} is refused: with KAFKA_GROUP_PROTOCOL=consumer "
+                "(KIP-848) the broker owns it and librdkafka refuses a consumer that sets it; "
+                "remove the key (the classic protocol takes it)"
+            )
 
 
 def read_properties(path: Path) -> dict[str, str]:
@@ -156,26 +291,34 @@ def _librdkafka_accepts(items: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
+# what the platform's producer always sets: librdkafka checks the rest against them
+_PRODUCER_FIXED = {"acks": "all", "enable.idempotence": "true"}
+
+
 def validate(config: Mapping[str, str], source: str) -> None:
     check_files(config, source)
-    problem = _librdkafka_accepts(tuple(sorted(config.items())))
+    checked = {k: v for k, v in config.items() if canonical_key(k) not in _PRODUCER_FIXED}
+    problem = _librdkafka_accepts(tuple(sorted({**checked, **_PRODUCER_FIXED}.items())))
     if problem:
         raise KafkaConfigError(f"{source}: librdkafka refuses it: {problem}")
 
 
 def client_config(
-    properties_file: Path | None, variables: Mapping[str, str | None]
+    properties_file: Path | None,
+    variables: Mapping[str, str | None],
+    group_protocol: str = "classic",
 ) -> tuple[dict[str, str], str | None]:
     """librdkafka settings from the file, then the variables over it, checked.
 
     `variables` maps librdkafka keys to the values of their environment variables (None:
-    unset). Returns the settings without `bootstrap.servers`, and the file's
-    `bootstrap.servers` (or None).
+    unset); `group_protocol` is the consumer's (KAFKA_GROUP_PROTOCOL). Returns the
+    settings without `bootstrap.servers`, and the file's `bootstrap.servers` (or None).
     """
     from_file: dict[str, str] = {}
     if properties_file is not None:
         source = f"KAFKA_CLIENT_PROPERTIES {properties_file}"
         from_file = translate(read_properties(properties_file), source)
+        refuse_broken_guarantees(from_file, source, group_protocol)
     set_variables = {key: value for key, value in variables.items() if value is not None}
     config = {**from_file, **set_variables}
     bootstrap = config.pop("bootstrap.servers", None)

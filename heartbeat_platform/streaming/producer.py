@@ -48,6 +48,13 @@ rotation of the broker's log (`heartbeat_platform.local.rotation`): when asked, 
 closes its client (a restarted broker refuses the old producer id), acknowledges, waits,
 and starts a new client once the log is open again. Readings are not generated while it
 waits; what it could not deliver before pausing is counted as usual.
+
+A stop (`request_stop`: SIGTERM, Ctrl-C; or an interruption such as Dagster's termination
+raised through `run`) is prompt even while the broker is down: a send blocked on a full
+queue gives up at once, what is queued gets `STOP_FLUSH_S` more to be acknowledged, and
+the rest is purged and counted (failed or uncertain, as above) with one log line. Without
+that, the queue would wait for `message.timeout.ms` (300 s), and a supervisor that kills the
+process first would take those messages with it, uncounted.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.metrics import ProducerCollector
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
+from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,10 @@ LOST_STATE_EPOCH_BUMPS = 5
 # new client takes over and they are purged (a request times out after 60 s anyway).
 FATAL_DRAIN_S = 30.0
 PURGE_SERVE_S = 5.0  # serving the delivery reports of purged messages
+# After a stop request: how long what is queued may still be acknowledged before it is
+# purged and counted. Short: the process is asked to end (a supervisor may kill it soon),
+# and a broker that answers delivers a queue in well under a second.
+STOP_FLUSH_S = 5.0
 
 DELIVERED, FAILED, UNCERTAIN = "delivered", "failed", "uncertain"
 
@@ -210,6 +222,7 @@ class HeartbeatProducer:
         self.report = ProducerReport()
         self._on_undelivered = on_undelivered
         self._stop = threading.Event()
+        self._stop_deadline = 0.0  # monotonic time: after a stop, the flush ends by then
         self._closed = False
         self._troubles = 0  # CONNECTION_TROUBLE errors and fatal errors so far
         self._gate = None
@@ -218,6 +231,8 @@ class HeartbeatProducer:
 
             self._gate = ProduceGate(config.rotation_dir)
             self._log_number = self._gate.log_number()
+        # acks=all and idempotence are what the counts below rest on (`kafka_config.GUARDS`)
+        refuse_broken_guarantees(config.kafka_overrides, "the producer's Kafka overrides")
         self._producer = self._create()
 
     def _create(self) -> Producer:
@@ -266,8 +281,17 @@ class HeartbeatProducer:
                 self._gate.close()
 
     def request_stop(self) -> None:
-        """Stop sending; `run` then flushes what is queued. Safe from a signal handler."""
-        self._stop.set()
+        """Stop sending; `run` then waits up to `STOP_FLUSH_S` for what is queued and purges
+        (and counts) the rest. Safe from a signal handler."""
+        if not self._stop.is_set():
+            self._stop_deadline = time.monotonic() + STOP_FLUSH_S
+            self._stop.set()
+
+    def _bounded(self, timeout: float) -> float:
+        """`timeout`, cut to what is left of the stop's grace once a stop was requested."""
+        if not self._stop.is_set():
+            return timeout
+        return max(0.0, min(timeout, self._stop_deadline - time.monotonic()))
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, events: list[dict]) -> None:
@@ -285,7 +309,9 @@ class HeartbeatProducer:
                 try:
                     produce(topic, value, key, on_delivery=on_delivery)
                     break
-                except BufferError:
+                except BufferError:  # the queue is full (a broker down or slow)
+                    if self._stop.is_set():
+                        return  # stopping: this event and the rest are not sent
                     self._poll(0.05)
                 except KafkaException as exc:
                     self._note_fatal(exc)
@@ -312,46 +338,80 @@ class HeartbeatProducer:
         """
         self.report = ProducerReport()
         started = time.monotonic()
-        chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
         try:
-            while not self._stop.is_set():
-                elapsed = time.monotonic() - started
-                if duration is not None and elapsed >= duration:
-                    break
-                remaining = None if events is None else events - self.report.sent
-                if remaining is not None and remaining <= 0:
-                    break
-                n = chunk if remaining is None else min(chunk, remaining)
-                if rate:
-                    elapsed -= self.report.paused_seconds  # no catching up after a pause
-                    allowed = int(rate * elapsed) - self.report.sent
-                    if allowed <= 0:
-                        time.sleep(max(0.0, min(0.01, (self.report.sent + 1) / rate - elapsed)))
-                        self._poll(0)
-                        self._hold_if_paused()
-                        continue
-                    n = min(n, allowed)
-                self.send(generator.generate_events(n))
-                if progress:
-                    progress(self.report)
+            self._send_until_done(generator, rate, events, duration, progress, started)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # an interruption (Dagster's termination,
+                self.request_stop()             # KeyboardInterrupt): a stop, and a prompt one
+            raise
         finally:
-            self.flush()
+            self._finish()
             self.report.seconds = time.monotonic() - started
         return self.report
+
+    def _send_until_done(
+        self,
+        generator: HeartbeatGenerator,
+        rate: float | None,
+        events: int | None,
+        duration: float | None,
+        progress: Callable[[ProducerReport], None] | None,
+        started: float,
+    ) -> None:
+        chunk = CHUNK if not rate else max(1, min(CHUNK, int(rate / 100)))
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - started
+            if duration is not None and elapsed >= duration:
+                break
+            remaining = None if events is None else events - self.report.sent
+            if remaining is not None and remaining <= 0:
+                break
+            n = chunk if remaining is None else min(chunk, remaining)
+            if rate:
+                elapsed -= self.report.paused_seconds  # no catching up after a pause
+                allowed = int(rate * elapsed) - self.report.sent
+                if allowed <= 0:
+                    time.sleep(max(0.0, min(0.01, (self.report.sent + 1) / rate - elapsed)))
+                    self._poll(0)
+                    self._hold_if_paused()
+                    continue
+                n = min(n, allowed)
+            self.send(generator.generate_events(n))
+            if progress:
+                progress(self.report)
+
+    def _finish(self) -> None:
+        """The end of a run: wait for the delivery reports (`flush`); after a stop, purge
+        what is left once the stop's grace is over, so the run's report counts every
+        message it sent, and say so in one line."""
+        left = self.flush()
+        if not (left and self._stop.is_set()):
+            return
+        failed, uncertain = self._purge(self._producer, "stopping", log_it=False)
+        r = self.report
+        log.error(
+            "stopping: %d messages still without a delivery report %.0f s after the stop "
+            "request were purged: %d failed (never sent), %d uncertain (may be in the topic); "
+            "this run sent %d: %d delivered, %d failed, %d uncertain",
+            left, STOP_FLUSH_S, failed, uncertain, r.sent, r.delivered, r.failed, r.uncertain,
+        )
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for outstanding delivery reports; returns how many are still outstanding.
 
         Nothing is purged here: what is left stays with librdkafka, which keeps retrying.
+        After a stop request it ends when the stop's grace (`STOP_FLUSH_S`) is over.
         """
         deadline = time.monotonic() + timeout
         while True:
-            left = self._serve(self._producer, max(0.0, min(1.0, deadline - time.monotonic())))
+            remaining = self._bounded(deadline - time.monotonic())
+            left = self._serve(self._producer, max(0.0, min(1.0, remaining)))
             if not left:
                 return 0
-            if not self._recover() and time.monotonic() >= deadline:
-                log.warning("%d messages still without a delivery report after %.0fs",
-                            left, timeout)
+            if not self._recover() and self._bounded(deadline - time.monotonic()) <= 0:
+                if not self._stop.is_set():  # a stop's purge says it in its own line
+                    log.warning("%d messages still without a delivery report after %.0fs",
+                                left, timeout)
                 return left
 
     # -- the embedded broker's rotation ----------------------------------------------------
@@ -462,24 +522,26 @@ class HeartbeatProducer:
         log.error("re-creating the Kafka producer: %s", reason)
         old = self._producer
         if fatal is not None:
-            self._serve(old, FATAL_DRAIN_S)  # in-flight requests may still be acknowledged
+            # in-flight requests may still be acknowledged (not past a stop's grace)
+            self._serve(old, self._bounded(FATAL_DRAIN_S))
         self._purge(old, "re-creating the producer")
         old.close()
         self._producer = self._create()
         self.report.recreated += 1
         return True
 
-    def _purge(self, producer: Producer, why: str) -> None:
+    def _purge(self, producer: Producer, why: str, log_it: bool = True) -> tuple[int, int]:
         """Drop what `producer` still holds; each message reports to `_on_delivery`: queued
         ones as failed, in-flight ones (or queued ones produced before connection trouble)
-        as uncertain."""
+        as uncertain. Returns how many of each."""
         waiting = len(producer)
         if not waiting:
-            return
+            return 0, 0
         failed, uncertain = self.report.failed, self.report.uncertain
         producer.purge(in_queue=True, in_flight=True)
         self._serve(producer, PURGE_SERVE_S)
-        log.error(
-            "%s: purged %d messages: %d failed (never sent), %d uncertain (may be in the "
-            "topic)", why, waiting, self.report.failed - failed, self.report.uncertain - uncertain,
-        )
+        failed, uncertain = self.report.failed - failed, self.report.uncertain - uncertain
+        if log_it:
+            log.error("%s: purged %d messages: %d failed (never sent), %d uncertain (may be in "
+                      "the topic)", why, waiting, failed, uncertain)
+        return failed, uncertain

@@ -31,6 +31,7 @@ from heartbeat_platform.streaming.producer import (
     UNCERTAIN,
     HeartbeatProducer,
     ProducerConfig,
+    ProducerReport,
 )
 from heartbeat_platform.streaming.topics import describe_topic, ensure_topic
 
@@ -389,3 +390,96 @@ def test_produce_command_flushes_and_reports_when_terminated(settings_factory) -
     assert found, out
     sent, delivered = (int(g.replace(",", "")) for g in found.groups())
     assert 0 < sent == delivered < 2000 * 120
+
+
+def count_in(undelivered: dict[str, list[bytes]]) -> Callable[[str, Message], None]:
+    """An `on_undelivered` callback that keeps every message (values may repeat)."""
+    return lambda outcome, message: undelivered[outcome].append(message.value())
+
+
+def test_a_stop_during_a_broker_outage_is_prompt_and_counts_every_message(tmp_path) -> None:
+    """The broker is down and the producer's queue is full, so `send` waits for room:
+    `request_stop` ends the run after the stop's short grace, not after message.timeout.ms
+    (300 s), and what was still queued is purged and counted, not left to vanish."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    broker.start()
+    undelivered: dict[str, list[bytes]] = {FAILED: [], UNCERTAIN: []}
+    result: dict[str, object] = {}
+    try:
+        ensure_topic(broker.bootstrap_servers, "readings")
+        # a small queue: full at once when the broker is gone
+        config = ProducerConfig(
+            broker.bootstrap_servers, "readings", {"queue.buffering.max.messages": 1_000}
+        )
+        producer = HeartbeatProducer(config, on_undelivered=count_in(undelivered))
+        try:
+            assert producer.run(HeartbeatGenerator(seed=9), events=500).delivered == 500
+            broker.stop()
+            runner = threading.Thread(
+                target=lambda: result.update(report=producer.run(HeartbeatGenerator(seed=10))),
+                daemon=True,
+            )
+            runner.start()
+            assert wait_until(lambda: producer.report.sent >= 1_000, timeout=30)
+            time.sleep(1)  # the queue is full: send is waiting for room
+            producer.request_stop()
+            runner.join(60)  # well below message.timeout.ms, which the old loop waited for
+            assert not runner.is_alive(), "request_stop did not end the run"
+        finally:
+            producer.close()
+    finally:
+        broker.stop()
+    report = result["report"]
+    assert isinstance(report, ProducerReport)
+    assert report.sent >= 1_000 and report.delivered == 0
+    assert report.sent == report.delivered + report.failed + report.uncertain
+    assert (len(undelivered[FAILED]), len(undelivered[UNCERTAIN])) == (
+        report.failed, report.uncertain)
+
+
+def test_produce_command_terminated_during_a_broker_outage_exits_promptly_with_counts(
+    settings_factory, tmp_path
+) -> None:
+    """SIGTERM to `heartbeat-platform produce` while its broker is down and its queue full
+    (queue size from KAFKA_CLIENT_PROPERTIES): it exits 1 within the stop's grace and its
+    counts add up, the purged messages in them, with one log line saying so."""
+    broker = EmbeddedBroker(tmp_path / "broker")
+    broker.start()
+    try:
+        settings = settings_factory(kafka_bootstrap_servers=broker.bootstrap_servers)
+        readiness.prepare(settings)
+        properties = tmp_path / "client.properties"
+        properties.write_text("queue.buffering.max.messages=1000\n")
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "DATABASE_URL": settings.database_url,
+            "KAFKA_TOPIC": settings.kafka_topic,
+            "KAFKA_CLIENT_PROPERTIES": str(properties),
+            "HEARTBEAT_LOG_FORMAT": "text",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "heartbeat_platform", "produce", "--rate", "0"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(4)  # started and sending
+        broker.stop()
+        time.sleep(2)  # the queue fills
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)  # the old loop waited 300 s
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError("produce did not stop within 60 s of SIGTERM") from None
+    finally:
+        broker.stop()
+    assert proc.returncode == 1, err
+    found = re.search(
+        r"sent ([\d,]+)\s+delivered ([\d,]+)\s+failed ([\d,]+)\s+uncertain ([\d,]+)", out
+    )
+    assert found, out
+    sent, delivered, failed, uncertain = (int(g.replace(",", "")) for g in found.groups())
+    assert sent == delivered + failed + uncertain
+    assert failed + uncertain > 0
+    stop_lines = [line for line in err.splitlines() if "after the stop request were purged" in line]
+    assert len(stop_lines) == 1, err

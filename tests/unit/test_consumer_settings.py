@@ -9,6 +9,7 @@ from heartbeat_platform.streaming.consumer_config import (
     assigns_incrementally,
     client_settings,
 )
+from heartbeat_platform.streaming.kafka_config import KafkaConfigError
 
 
 def config(**fields) -> ConsumerConfig:
@@ -35,9 +36,16 @@ def test_kip_848_leaves_out_what_the_client_refuses() -> None:
 
 def test_overrides_come_last_and_decide_the_assignment_kind() -> None:
     settings = client_settings(config(kafka_overrides={"security.protocol": "SSL",
-                                                       "group.protocol": "consumer"}))
+                                                       "partition.assignment.strategy": "range"}))
     assert settings["security.protocol"] == "SSL"
-    assert assigns_incrementally(settings)
+    assert not assigns_incrementally(settings)
+
+
+def test_the_group_protocol_comes_from_the_settings_not_the_overrides() -> None:
+    """The session and assignor keys are chosen by `group_protocol`: an override of the
+    protocol would make a consumer that KIP-848 refuses."""
+    with pytest.raises(KafkaConfigError, match="group.protocol=consumer is refused"):
+        client_settings(config(kafka_overrides={"group.protocol": "consumer"}))
 
 
 def test_memory_limits_are_explicit() -> None:

@@ -216,3 +216,108 @@ def test_dagster_processes_get_the_same_client_settings(tmp_path: Path, monkeypa
         monkeypatch.setenv(name, value)
     monkeypatch.chdir("/")
     assert load_settings(_env_file=None).kafka_client_config == settings.kafka_client_config
+
+
+# A key of the file that would break a guarantee: (line, KAFKA_GROUP_PROTOCOL, why).
+BREAKS_A_GUARANTEE = [
+    ("auto.offset.reset=earliest", "classic", "must reach the consumer"),
+    ("auto.offset.reset=latest", "classic", "must reach the consumer"),
+    ("topic.auto.offset.reset=smallest", "classic", "must reach the consumer"),
+    ("enable.idempotence=false", "classic", "the producer is idempotent"),
+    ("acks=1", "classic", "acks=all"),
+    ("request.required.acks=0", "classic", "acks=all"),
+    ("transactional.id=heartbeat", "classic", "not transactional"),
+    ("delivery.report.only.error=true", "classic", "every message's delivery report"),
+    ("partitioner=random", "classic", "ignores the key"),
+    ("enable.auto.commit=true", "classic", "after the database commit"),
+    ("enable.auto.commit=1", "classic", "after the database commit"),
+    ("enable.auto.offset.store=true", "classic", "only once its batch is in the database"),
+    ("isolation.level=read_uncommitted", "classic", "committed messages only"),
+    ("group.id=another-group", "classic", "set KAFKA_GROUP_ID instead"),
+    ("group.protocol=consumer", "classic", "set KAFKA_GROUP_PROTOCOL instead"),
+    ("group.instance.id=worker-1", "classic", "fence each other"),
+    ("session.timeout.ms=45000", "consumer", "KIP-848"),
+    ("heartbeat.interval.ms=3000", "consumer", "KIP-848"),
+    ("partition.assignment.strategy=range", "consumer", "KIP-848"),
+]
+
+
+@pytest.mark.parametrize(("line", "protocol", "why"), BREAKS_A_GUARANTEE)
+def test_a_key_that_breaks_a_guarantee_is_refused_in_one_line_naming_file_and_key(
+    tmp_path: Path, line: str, protocol: str, why: str
+) -> None:
+    path = write(tmp_path, f"security.protocol=PLAINTEXT\n{line}\nlinger.ms=5\n")
+    with pytest.raises(KafkaConfigError) as caught:
+        client_config(path, NO_VARIABLES, protocol)
+    message = str(caught.value)
+    assert message.startswith(f"KAFKA_CLIENT_PROPERTIES {path}: {line} is refused: ")
+    assert why in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("line", "protocol", "why"), BREAKS_A_GUARANTEE)
+def test_settings_refuse_it_when_they_are_loaded(
+    tmp_path: Path, line: str, protocol: str, why: str
+) -> None:
+    path = write(tmp_path, f"{line}\n")
+    with pytest.raises(ValidationError, match=f"{line} is refused: .*{why}"):
+        load_settings(_env_file=None, kafka_client_properties=path, kafka_group_protocol=protocol)
+
+
+@pytest.mark.parametrize(
+    ("line", "protocol"),
+    [
+        # the platform's own values, as generated client.properties files often repeat them
+        ("acks=all", "classic"), ("acks=-1", "classic"), ("enable.idempotence=true", "classic"),
+        ("enable.auto.commit=false", "classic"), ("enable.auto.offset.store=false", "classic"),
+        ("auto.offset.reset=error", "classic"), ("isolation.level=read_committed", "classic"),
+        # keyed partitioners keep a customer on one partition
+        ("partitioner=murmur2_random", "classic"), ("partitioner=consistent_random", "classic"),
+        # the classic protocol takes its session settings (Confluent Cloud's files set this)
+        ("session.timeout.ms=45000", "classic"),
+        ("partition.assignment.strategy=range", "classic"),
+        # tuning, not guarantees
+        ("linger.ms=50", "consumer"), ("queue.buffering.max.messages=1000", "consumer"),
+        ("message.timeout.ms=600000", "consumer"), ("client.id=heartbeat", "consumer"),
+        ("group.remote.assignor=uniform", "consumer"),
+    ],
+)
+def test_keys_that_keep_the_guarantees_are_taken(tmp_path: Path, line: str, protocol: str) -> None:
+    path = write(tmp_path, f"{line}\n")
+    key, value = line.split("=")
+    assert client_config(path, NO_VARIABLES, protocol)[0] == {key: value}
+
+
+def test_what_idempotence_forbids_is_refused_by_librdkafka_when_loaded(tmp_path: Path) -> None:
+    """librdkafka checks the settings as the platform's idempotent acks=all producer."""
+    path = write(tmp_path, "max.in.flight=10\n")
+    with pytest.raises(KafkaConfigError, match=r"librdkafka refuses it: .*max.in.flight.* <= 5"):
+        client_config(path, NO_VARIABLES)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"enable.idempotence": False}, {"acks": "1"}, {"transactional.id": "t"},
+     {"partitioner": "random"}],
+)
+def test_the_producer_refuses_such_overrides_before_making_a_client(overrides: dict) -> None:
+    from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerConfig
+
+    with pytest.raises(KafkaConfigError, match="the producer's Kafka overrides: .* is refused"):
+        HeartbeatProducer(ProducerConfig("127.0.0.1:1", "t", overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "protocol"),
+    [
+        ({"enable.auto.commit": True}, "classic"), ({"auto.offset.reset": "earliest"}, "classic"),
+        ({"enable.auto.offset.store": "true"}, "classic"), ({"group.id": "x"}, "classic"),
+        ({"group.protocol": "consumer"}, "classic"), ({"session.timeout.ms": 45000}, "consumer"),
+    ],
+)
+def test_the_consumer_refuses_such_overrides(overrides: dict, protocol: str) -> None:
+    from heartbeat_platform.streaming.consumer_config import ConsumerConfig, client_settings
+
+    config = ConsumerConfig("b:9092", "postgresql://x/y", "t", "g", group_protocol=protocol,
+                            kafka_overrides=overrides)
+    with pytest.raises(KafkaConfigError, match="the consumer's Kafka overrides: .* is refused"):
+        client_settings(config)

@@ -6,6 +6,9 @@ Kafka principal that may create topics. `ready()` is what the pipeline's command
 Dagster's runs call: services up (embedded ones are started), schema current and topic
 present, or an error that says to run `heartbeat-platform init-db`; it changes nothing,
 so they run under a role with only the rights they use (see README, Security).
+`running()` is what the read-only commands call (`status`, `alerts list`, `alerts tail`,
+`alerts override list`): it starts nothing, and an embedded server that is not running is
+an error that says what to run.
 """
 
 from __future__ import annotations
@@ -25,6 +28,24 @@ from heartbeat_platform.storage.partitions import ensure_partitions
 from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.producer import ProducerConfig
 from heartbeat_platform.streaming.topics import ensure_topic, require_topic
+
+
+class ServicesNotRunning(RuntimeError):
+    """A read-only command found an embedded service stopped; it starts nothing."""
+
+
+NOT_RUNNING_HINT = (
+    "start it with `heartbeat-platform up` (or `heartbeat-platform init-db`, which leaves "
+    "it running until `heartbeat-platform down`)"
+)
+
+
+def not_running_message(service: str, settings: Settings) -> str:
+    """One line for a stopped embedded service: what is stopped and what to run."""
+    return (
+        f"the embedded {service} of {settings.heartbeat_state_dir} is not running and this "
+        f"command starts nothing: {NOT_RUNNING_HINT}"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,19 @@ def ready(
         require_topic(
             endpoints.bootstrap_servers, settings.kafka_topic, settings.kafka_client_config
         )
+    return endpoints
+
+
+def running(settings: Settings, *, kafka: bool = False) -> Endpoints:
+    """The endpoints of services already running (PostgreSQL's schema checked), starting
+    nothing: for commands that only read. Raises ServicesNotRunning for an embedded
+    PostgreSQL (or, with `kafka`, broker) that is stopped, SchemaNotReady like ready()."""
+    endpoints = LocalServices(settings).current()
+    if not endpoints.database_url:
+        raise ServicesNotRunning(not_running_message("PostgreSQL", settings))
+    if kafka and not endpoints.bootstrap_servers:
+        raise ServicesNotRunning(not_running_message("broker", settings))
+    check_schema(endpoints.database_url)
     return endpoints
 
 

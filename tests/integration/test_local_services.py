@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import free_port, write_json
 from heartbeat_platform.local.services import LocalServices
@@ -219,3 +220,31 @@ def test_a_bad_client_properties_file_is_a_clear_error(cli_env, tmp_path) -> Non
                   cwd=tmp_path)
     assert result.returncode == 2
     assert str(unknown) in result.stderr and "ssl.protocol" in result.stderr, result.stderr
+
+
+READ_ONLY_COMMANDS = (
+    ["status"], ["alerts", "list"], ["alerts", "list", "--open", "--json"], ["alerts", "tail"],
+    ["alerts", "override", "list"],
+)
+
+
+def test_read_only_commands_start_nothing_and_say_what_to_run(cli_env, tmp_path) -> None:
+    """After `down` (here: a state folder whose embedded services are stopped), a command
+    that only reads exits 1 with one line naming `up`, and leaves nothing running."""
+    state = tmp_path / "stopped"
+    env = {k: v for k, v in cli_env.items()
+           if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env["HEARTBEAT_STATE_DIR"] = str(state)
+    postgres, broker = EmbeddedPostgres(state / "postgres"), EmbeddedBroker(state / "broker")
+    try:
+        for command in READ_ONLY_COMMANDS:
+            result = _cli(*command, env=env, cwd=tmp_path)
+            assert result.returncode == 1, (command, result.stdout, result.stderr)
+            said = result.stdout if command == ["status"] else result.stderr
+            assert "is not running" in said and "heartbeat-platform up" in said, (command, said)
+            if command != ["status"]:
+                assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert not postgres.is_running() and not broker.is_running(), command
+    finally:
+        broker.stop()
+        postgres.stop()

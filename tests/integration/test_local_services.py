@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import psycopg
@@ -248,3 +252,47 @@ def test_read_only_commands_start_nothing_and_say_what_to_run(cli_env, tmp_path)
     finally:
         broker.stop()
         postgres.stop()
+
+
+@pytest.fixture
+def closing_listener() -> Iterator[str]:
+    """A TCP port that takes connections and closes them unanswered (not Kafka, or a TLS
+    listener to a plaintext client)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join()
+    server.close()
+
+
+def test_kafka_failures_are_told_apart(cli_env, services, closing_listener, tmp_path) -> None:
+    """A refused port, a listener that closes a plaintext request, and a TLS client against
+    a plaintext broker each get their own cause; only the second mentions TLS settings."""
+    refused = f"127.0.0.1:{free_port()}"
+    result = _cli("init-db", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": refused}, cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"Kafka at {refused} cannot be reached: {refused}: connection refused" in line
+    assert "TLS" not in line
+
+    def kafka_error(**env: str) -> str:
+        status = _cli("status", "--json", env={**cli_env, **env}, cwd=tmp_path)
+        assert status.returncode == 1, status.stdout
+        return json.loads(status.stdout)["kafka"]["error"]
+
+    assert "connection refused" in kafka_error(KAFKA_BOOTSTRAP_SERVERS=refused)
+    closed = kafka_error(KAFKA_BOOTSTRAP_SERVERS=closing_listener)
+    assert "closed the connection without answering a Kafka request" in closed, closed
+    assert "KAFKA_CLIENT_PROPERTIES" in closed
+    tls = kafka_error(KAFKA_SECURITY_PROTOCOL="SSL")  # the embedded broker speaks plaintext
+    assert "TLS handshake" in tls and "connection refused" not in tls, tls

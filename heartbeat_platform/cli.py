@@ -157,8 +157,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-err = Console(stderr=True)
+# soft_wrap: a line is never cut into several (a pipe or a file gets it whole; a terminal
+# wraps it itself). Tables still fit the width, see _print_table.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_table(table: Table) -> None:
@@ -240,6 +242,7 @@ def run() -> None:
     except (
         MigrationError, BrokerUnavailable, TopicMissing, KafkaConfigError,
         EmbeddedPostgresError, EmbeddedBrokerError, psycopg.OperationalError,
+        readiness.ServicesNotRunning,
     ) as exc:
         _error(str(exc).strip())
         raise SystemExit(1) from None
@@ -657,13 +660,20 @@ _BY = typer.Option("--by", help="Who you are (recorded).")
 
 
 @contextmanager
-def _alerts_db() -> Iterator[psycopg.Connection]:
-    """The schema-checked database (like `maintain`); a refusal is one line and exit 1."""
+def _alerts_db(*, read_only: bool = False) -> Iterator[psycopg.Connection]:
+    """The schema-checked database (like `maintain`); a refusal is one line and exit 1.
+
+    A command that only reads starts nothing: with the embedded PostgreSQL stopped it says
+    what to run instead (as `status` does). One that changes something starts it, like
+    `maintain`."""
     from heartbeat_platform.storage.alert_operations import AlertOperationError
     from heartbeat_platform.storage.database import connect
 
     settings = _settings()
-    database_url = readiness.ready(settings, topic=False).database_url
+    endpoints = (
+        readiness.running(settings) if read_only else readiness.ready(settings, topic=False)
+    )
+    database_url = endpoints.database_url
     with connect(database_url, autocommit=True) as conn:
         try:
             yield conn
@@ -689,7 +699,7 @@ def alerts_list(
     """Episodes, newest first: the open ones, or the latest of all."""
     from heartbeat_platform.storage.alert_operations import list_episodes
 
-    with _alerts_db() as conn:
+    with _alerts_db(read_only=True) as conn:
         found = list_episodes(conn, open_only=open_only, limit=limit)
     if as_json:
         console.print_json(json.dumps([e.as_dict() for e in found]))
@@ -763,7 +773,7 @@ def alerts_tail(
     from heartbeat_platform.storage.alert_operations import OutboxFollower, format_time
 
     stopping: list[bool] = []
-    with _alerts_db() as conn:
+    with _alerts_db(read_only=True) as conn:
         follower = OutboxFollower(conn, after=0 if from_start else None)
         started = f"following alert transitions after outbox id {follower.after} (Ctrl-C stops)"
         if _logs.format is LogFormat.json:
@@ -832,7 +842,7 @@ def override_list(
     """The overrides in force, or one customer's history of changes (newest first)."""
     from heartbeat_platform.storage.alert_operations import override_history, overrides_in_force
 
-    with _alerts_db() as conn:
+    with _alerts_db(read_only=True) as conn:
         rows = overrides_in_force(conn) if history is None else override_history(conn, history)
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in rows]))

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from heartbeat_platform.config import Settings
+from heartbeat_platform.readiness import NOT_RUNNING_HINT, kafka_failures_explained
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.rotation import broker_status
 from heartbeat_platform.local.services import LocalServices
@@ -69,7 +70,7 @@ def _database_status(url: str, settings: Settings) -> dict[str, Any]:
         "storage": {},
     }
     if not url:
-        status["error"] = "embedded PostgreSQL is not running (run `heartbeat-platform init-db`)"
+        status["error"] = f"embedded PostgreSQL is not running: {NOT_RUNNING_HINT}"
         return status
     try:
         status["schema_version"] = schema_version(url)
@@ -111,10 +112,11 @@ def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:
         "partitions": None,
     }
     if not bootstrap:
-        status["error"] = "embedded broker is not running (run `heartbeat-platform init-db`)"
+        status["error"] = f"embedded broker is not running: {NOT_RUNNING_HINT}"
         return status
     try:
-        info = describe_topic(bootstrap, settings.kafka_topic, settings.kafka_client_config)
+        with kafka_failures_explained(bootstrap, settings.kafka_client_config):
+            info = describe_topic(bootstrap, settings.kafka_topic, settings.kafka_client_config)
         status["reachable"] = True
         status["partitions"] = info.partitions if info else None
     except BrokerUnavailable as exc:

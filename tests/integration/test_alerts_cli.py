@@ -41,18 +41,21 @@ def _refused(done: subprocess.CompletedProcess[str], message: str) -> None:
 
 def test_ack_then_list_shows_who_acknowledged(conn, cli_env, tmp_path) -> None:
     episode_id = insert_episode(conn, "CUST_00009", "BRADYCARDIA")
+    # Into a pipe (where rich assumes 80 columns): the 90-odd-character line stays one line.
+    narrow = {k: v for k, v in cli_env.items() if k != "COLUMNS"}
     done = _cli("alerts", "ack", str(episode_id), "--by", "alice", "--note", "on it",
-                env=cli_env, cwd=tmp_path)
+                env=narrow, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"episode {episode_id} (CUST_00009 BRADYCARDIA) acknowledged by alice" in done.stdout
+    (line,) = done.stdout.splitlines()
+    assert line.startswith(f"episode {episode_id} (CUST_00009 BRADYCARDIA) acknowledged by "
+                           "alice at 20"), done.stdout
     listed = _cli("alerts", "list", "--open", "--json", env=cli_env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     (shown,) = json.loads(listed.stdout)
     assert (shown["episode_id"], shown["acknowledged_by"], shown["acknowledge_note"]) == (
         episode_id, "alice", "on it"
     )
-    # The table into a pipe (where rich assumes 80 columns): the row whole, on one line.
-    narrow = {k: v for k, v in cli_env.items() if k != "COLUMNS"}
+    # The table into a pipe: the row whole, on one line.
     table = _cli("alerts", "list", "--open", env=narrow, cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     (row,) = [line for line in table.stdout.splitlines() if line.split()[:1] == [str(episode_id)]]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import free_port, write_json
 from heartbeat_platform.local.services import LocalServices
@@ -219,3 +224,75 @@ def test_a_bad_client_properties_file_is_a_clear_error(cli_env, tmp_path) -> Non
                   cwd=tmp_path)
     assert result.returncode == 2
     assert str(unknown) in result.stderr and "ssl.protocol" in result.stderr, result.stderr
+
+
+READ_ONLY_COMMANDS = (
+    ["status"], ["alerts", "list"], ["alerts", "list", "--open", "--json"], ["alerts", "tail"],
+    ["alerts", "override", "list"],
+)
+
+
+def test_read_only_commands_start_nothing_and_say_what_to_run(cli_env, tmp_path) -> None:
+    """After `down` (here: a state folder whose embedded services are stopped), a command
+    that only reads exits 1 with one line naming `up`, and leaves nothing running."""
+    state = tmp_path / "stopped"
+    env = {k: v for k, v in cli_env.items()
+           if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    env["HEARTBEAT_STATE_DIR"] = str(state)
+    postgres, broker = EmbeddedPostgres(state / "postgres"), EmbeddedBroker(state / "broker")
+    try:
+        for command in READ_ONLY_COMMANDS:
+            result = _cli(*command, env=env, cwd=tmp_path)
+            assert result.returncode == 1, (command, result.stdout, result.stderr)
+            said = result.stdout if command == ["status"] else result.stderr
+            assert "is not running" in said and "heartbeat-platform up" in said, (command, said)
+            if command != ["status"]:
+                assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert not postgres.is_running() and not broker.is_running(), command
+    finally:
+        broker.stop()
+        postgres.stop()
+
+
+@pytest.fixture
+def closing_listener() -> Iterator[str]:
+    """A TCP port that takes connections and closes them unanswered (not Kafka, or a TLS
+    listener to a plaintext client)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    done.set()
+    thread.join()
+    server.close()
+
+
+def test_kafka_failures_are_told_apart(cli_env, services, closing_listener, tmp_path) -> None:
+    """A refused port, a listener that closes a plaintext request, and a TLS client against
+    a plaintext broker each get their own cause; only the second mentions TLS settings."""
+    refused = f"127.0.0.1:{free_port()}"
+    result = _cli("init-db", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": refused}, cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"Kafka at {refused} cannot be reached: {refused}: connection refused" in line
+    assert "TLS" not in line
+
+    def kafka_error(**env: str) -> str:
+        status = _cli("status", "--json", env={**cli_env, **env}, cwd=tmp_path)
+        assert status.returncode == 1, status.stdout
+        return json.loads(status.stdout)["kafka"]["error"]
+
+    assert "connection refused" in kafka_error(KAFKA_BOOTSTRAP_SERVERS=refused)
+    closed = kafka_error(KAFKA_BOOTSTRAP_SERVERS=closing_listener)
+    assert "closed the connection without answering a Kafka request" in closed, closed
+    assert "KAFKA_CLIENT_PROPERTIES" in closed
+    tls = kafka_error(KAFKA_SECURITY_PROTOCOL="SSL")  # the embedded broker speaks plaintext
+    assert "TLS handshake" in tls and "connection refused" not in tls, tls

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from heartbeat_platform.defs.resources import KafkaResource
 from heartbeat_platform.local.process import free_port, port_open, stop_process, wait_until
-from heartbeat_platform.readiness import prepare
+from heartbeat_platform.readiness import kafka_failures_explained, prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 
@@ -169,9 +169,9 @@ def test_a_plaintext_client_fails_clearly_against_tls(tls_env, database_url, tmp
     result = _cli("produce", "--events", "1", env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert time.monotonic() - started < 60
-    assert f"Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} did not answer" in result.stderr, (
-        result.stderr
-    )
+    assert (f"Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']}: the listener closed the connection "
+            "without answering a Kafka request") in result.stderr, result.stderr
+    assert "connected without TLS or SASL" in result.stderr
     assert "KAFKA_CLIENT_PROPERTIES" in result.stderr  # the hint what to set
     assert len(result.stderr.splitlines()) <= 3, result.stderr  # one error, no log flood
 
@@ -180,9 +180,15 @@ def test_a_client_that_does_not_trust_the_broker_s_ca_fails(tls_broker, tmp_path
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     started = time.monotonic()
+    untrusted = {"security.protocol": "SSL", "ssl.ca.location": str(other_ca)}
     with pytest.raises(BrokerUnavailable, match="did not answer"):
-        describe_topic(tls_broker.bootstrap_servers, "any",
-                       {"security.protocol": "SSL", "ssl.ca.location": str(other_ca)})
+        describe_topic(tls_broker.bootstrap_servers, "any", untrusted)
+    # what the commands say (readiness): the handshake, and why, not a connection problem
+    with (
+        pytest.raises(BrokerUnavailable, match="the TLS handshake failed .*certificate verify"),
+        kafka_failures_explained(tls_broker.bootstrap_servers, untrusted),
+    ):
+        describe_topic(tls_broker.bootstrap_servers, "any", untrusted)
     assert time.monotonic() - started < 60
     trusted = {"security.protocol": "SSL", "ssl.ca.location": str(tls_broker.ca_file)}
     assert describe_topic(tls_broker.bootstrap_servers, "any", trusted) is None  # reachable

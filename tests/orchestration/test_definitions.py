@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +19,9 @@ from dagster._core.instance.config import dagster_instance_config
 
 from heartbeat_platform.definitions import defs
 from heartbeat_platform.defs.resources import KafkaResource, PostgresResource
+from heartbeat_platform.defs.serving.rollups import partitions_start
 from heartbeat_platform.defs.serving.views import dashboard
+from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.launcher import write_instance_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -256,3 +258,20 @@ def _queries(node: object):
     elif isinstance(node, list):
         for value in node:
             yield from _queries(value)
+
+
+def test_rollup_partitions_cover_only_the_days_raw_readings_are_kept() -> None:
+    """A rollup partition is rebuilt from its raw rows: the partitions start at the oldest
+    day HEARTBEAT_RAW_RETENTION_DAYS keeps (not a fixed date hundreds of days back, which
+    the UI showed as thousands of "missing" partitions), and end with the current one."""
+    now = datetime.now(UTC)
+    oldest = now.date() - timedelta(days=7)  # the default retention
+    assert partitions_start(RetentionPolicy(raw_retention_days=3), now) == str(
+        now.date() - timedelta(days=3)
+    )
+    for name, per_day in (("fleet_minute_stats", 24), ("customer_hourly_bpm_stats", 24),
+                          ("customer_daily_bpm_stats", 1)):
+        keys = defs.resolve_assets_def(name).partitions_def.get_partition_keys()
+        assert keys[0].startswith(str(oldest)), name
+        assert (oldest - timedelta(days=1)).isoformat() not in " ".join(keys), name
+        assert len(keys) <= 8 * per_day + 1, name  # the kept days, today, and the next one

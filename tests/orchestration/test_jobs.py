@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import dagster as dg
 import pytest
 import requests
+from dagster import DagsterRunStatus
 from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.loader import LoadingContextForTest
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.test_utils import create_run_for_test
 from prometheus_client.parser import text_string_to_metric_families
 
 from heartbeat_platform import readiness
@@ -20,6 +25,9 @@ from heartbeat_platform.defs.asset_keys import (
     METRICS,
     RECORDS,
 )
+from heartbeat_platform.defs.ingest.jobs import CONSUMER_JOB
+from heartbeat_platform.defs.landing.checks import EVALUATORS
+from heartbeat_platform.defs.monitoring.quality import every_five_minutes
 from heartbeat_platform.local.process import free_port
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.lag import log_end_offsets
@@ -135,6 +143,45 @@ def test_consumer_job_materialises_the_landing_tables_it_wrote_and_serves_metric
         if not sample.labels
     }
     assert samples["heartbeat_consumer_messages_total"] == 1_500
+
+
+def test_the_consumer_run_evaluates_the_landing_checks_with_its_materialisations(
+    produce,
+) -> None:
+    """The UI shows a check's result only for the asset's newest materialisation (or one
+    made by the check's own run). The consumer run materialises the landing tables at every
+    report, so it evaluates their checks itself: each check's newest execution is the
+    consumer run's, passed, and Dagster counts it as evaluated for the newest
+    materialisation (the test behind the asset page's checks). Meanwhile the schedule
+    skips; with no consumer alive it runs them."""
+    produce(1_500)
+    with dg.instance_for_test() as instance:  # a schedule's context needs a stored instance
+        _consumer_checks_shown_and_schedule_skips(instance)
+
+
+def _consumer_checks_shown_and_schedule_skips(instance: dg.DagsterInstance) -> None:
+    result = defs.get_job_def("heartbeat_consumer").execute_in_process(
+        run_config=consumer_config(stop_when_idle=1.5, checks_interval_s=0), instance=instance
+    )
+    assert result.success
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(list(EVALUATORS))
+    assert set(latest) == set(EVALUATORS)
+    for key, record in latest.items():
+        assert record.run_id == result.run_id, key
+        assert record.status is AssetCheckExecutionRecordStatus.SUCCEEDED, key
+
+    async def shown_for_latest_materialisation() -> dict:
+        loading = LoadingContextForTest(instance)
+        return {key: await r.targets_latest_materialization(loading) for key, r in latest.items()}
+
+    assert asyncio.run(shown_for_latest_materialisation()) == dict.fromkeys(EVALUATORS, True)
+
+    def schedule_tick():
+        return every_five_minutes(dg.build_schedule_context(instance=instance))
+
+    assert isinstance(schedule_tick(), dg.RunRequest)  # the run above has finished
+    create_run_for_test(instance, job_name=CONSUMER_JOB, status=DagsterRunStatus.STARTED)
+    assert isinstance(schedule_tick(), dg.SkipReason)
 
 
 def test_a_dagster_interrupt_stops_the_consumer_cleanly(platform_settings, produce, db) -> None:

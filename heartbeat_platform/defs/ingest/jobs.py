@@ -11,11 +11,14 @@ an observation of the `heartbeat_events` asset whose numbers the UI plots, and, 
 consumer, a materialisation of each landing table it wrote since the last report (rows
 written, event time of the last reading), which their freshness policies watch, and of
 `alert_episodes` when episodes fired or resolved (transitions, one notification each).
+The consumer run also evaluates the landing tables' checks every `checks_interval_s`
+(five minutes), so the UI shows them with its materialisations (`_LandingChecks`).
 
 With HEARTBEAT_METRICS_PORT set, each run also serves Prometheus /metrics, on the first
 free port of METRICS_PORTS from that one (consumer workers and the producer share a host).
 """
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -35,8 +38,10 @@ from heartbeat_platform.defs.asset_keys import (
     RECORDS,
     TOPIC,
 )
+from heartbeat_platform.defs.landing import checks as landing_checks
 from heartbeat_platform.defs.resources import KafkaResource
 from heartbeat_platform.domain.alerts import PipelineStats
+from heartbeat_platform.storage.database import connect
 from heartbeat_platform.storage.writer import WriteResult
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
@@ -54,6 +59,11 @@ class ConsumerRunConfig(dg.Config):
         "the run is terminated (the supervised consumer).",
     )
     progress_interval_s: float = Field(default=30.0, ge=0, description="Seconds between reports.")
+    checks_interval_s: float | None = Field(
+        default=300.0, ge=0,
+        description="Seconds between evaluations of the landing tables' checks in this run, "
+        "so the UI shows them with the materialisations this run reports (null: never).",
+    )
 
 
 class ProducerRunConfig(dg.Config):
@@ -133,6 +143,60 @@ class _LandingReport:
         return events
 
 
+class _LandingChecks:
+    """The landing tables' checks, evaluated by the consumer run itself.
+
+    The run materialises heartbeat_records and heartbeat_anomalies every report, and the UI
+    shows a check's result only for the asset's newest materialisation, or when the check
+    ran in the run that made it: checks run by another job are "Not evaluated" 30 s later.
+    So the run evaluates them every `interval` seconds, on a thread with a connection of its
+    own (one hour of readings is a read of seconds at the design rate; ingest does not
+    wait for it), and logs the results from the op's thread at the next report.
+    """
+
+    def __init__(self, database_url: str, interval: float | None) -> None:
+        self.database_url, self.interval = database_url, interval
+        self.thread: threading.Thread | None = None
+        self.started_at: float | None = None
+        self.results: list[dg.AssetCheckEvaluation] = []
+        self.error: BaseException | None = None
+
+    def poll(self, context: dg.OpExecutionContext) -> None:
+        """Log finished results; start the next evaluation when one is due."""
+        if self.interval is None:
+            return
+        if self.thread is not None and not self.thread.is_alive():
+            self._log(context)
+        due = self.started_at is None or time.monotonic() - self.started_at >= self.interval
+        if self.thread is None and due:
+            self.started_at = time.monotonic()
+            self.thread = threading.Thread(
+                target=self._evaluate, name="landing-checks", daemon=True
+            )
+            self.thread.start()
+
+    def finish(self, context: dg.OpExecutionContext, wait_s: float = 5.0) -> None:
+        """At the end of the run: log an evaluation that finishes within `wait_s`."""
+        if self.thread is not None:
+            self.thread.join(wait_s)
+            if not self.thread.is_alive():
+                self._log(context)
+
+    def _evaluate(self) -> None:
+        try:
+            with connect(self.database_url, autocommit=True) as conn:
+                self.results = landing_checks.evaluate(conn)
+        except Exception as exc:  # noqa: BLE001 - reported on the op's thread
+            self.error = exc
+
+    def _log(self, context: dg.OpExecutionContext) -> None:
+        if self.error is not None:
+            context.log.warning(f"landing checks not evaluated: {self.error}")
+        for evaluation in self.results:
+            context.log_event(evaluation)
+        self.thread, self.results, self.error = None, [], None
+
+
 def _serve_metrics(settings: Settings, log: dg.DagsterLogManager) -> CollectorRegistry | None:
     """A registry served on the first free port from HEARTBEAT_METRICS_PORT, or None."""
     base = settings.heartbeat_metrics_port
@@ -162,21 +226,23 @@ def consume_heartbeats(
         context.log_event(dg.AssetObservation(asset_key=TOPIC, metadata=metadata))
         for event in landing.events(consumer.stats, consumer.last_reading_at):
             context.log_event(event)
+        checks.poll(context)
 
     def on_batch(result: WriteResult, stats: PipelineStats) -> None:
         landing.add(result)
         progress(stats.messages_consumed)
 
     progress = _Every(config.progress_interval_s, report)
+    consumer_config = kafka.consumer_config(name=f"dagster-{context.run_id[:8]}")
+    checks = _LandingChecks(consumer_config.database_url, config.checks_interval_s)
     consumer = HeartbeatConsumer(
-        kafka.consumer_config(name=f"dagster-{context.run_id[:8]}"),
-        on_batch=on_batch,
-        metrics=_serve_metrics(kafka.settings(), context.log),
+        consumer_config, on_batch=on_batch, metrics=_serve_metrics(kafka.settings(), context.log),
     )
     try:
         consumer.run(stop_when_idle=config.stop_when_idle)
     finally:
         progress(consumer.stats.messages_consumed, force=True)
+        checks.finish(context)
         context.log.info("consumer stopped; Kafka client and database connection closed")
 
 

@@ -14,9 +14,11 @@ Severities are chosen by what a failure means downstream:
   data) and a stale latest reading (the producer may simply be stopped).
 """
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import dagster as dg
+import psycopg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
@@ -30,6 +32,9 @@ ANOMALY_SHARE_WINDOW = CHECK_WINDOW
 ANOMALY_SHARE_MIN_READINGS = 500  # fewer readings than this say nothing about the share
 FRESHNESS_LIMIT = timedelta(minutes=10)
 SAMPLE_ROWS = 5
+# Each check's body on a connection, by check key (filled below): the @asset_check runs it
+# in the data_quality job, the consumer run in its own (see `evaluate`).
+EVALUATORS: dict[dg.AssetCheckKey, Callable[[psycopg.Connection], dg.AssetCheckResult]] = {}
 
 
 @dg.asset_check(
@@ -40,11 +45,15 @@ SAMPLE_ROWS = 5
 )
 def anomaly_type_matches_heart_rate(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        groups = conn.execute(
-            "SELECT heart_rate, anomaly_type, count(*) FROM heartbeat_anomalies "
-            "WHERE event_timestamp > now() - %s GROUP BY 1, 2",
-            (CHECK_WINDOW,),
-        ).fetchall()
+        return _anomaly_type_matches_heart_rate(conn)
+
+
+def _anomaly_type_matches_heart_rate(conn: psycopg.Connection) -> dg.AssetCheckResult:
+    groups = conn.execute(
+        "SELECT heart_rate, anomaly_type, count(*) FROM heartbeat_anomalies "
+        "WHERE event_timestamp > now() - %s GROUP BY 1, 2",
+        (CHECK_WINDOW,),
+    ).fetchall()
     wrong = [
         (bpm, stored, classify_heart_rate(bpm).value, n)
         for bpm, stored, n in groups
@@ -78,11 +87,15 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
     )
     def check(postgres: PostgresResource) -> dg.AssetCheckResult:
         with postgres.connect() as conn:
-            bad = one_row(conn.execute(query, (CHECK_WINDOW,)))[0]
+            return evaluate(conn)
+
+    def evaluate(conn: psycopg.Connection) -> dg.AssetCheckResult:
+        bad = one_row(conn.execute(query, (CHECK_WINDOW,)))[0]
         return dg.AssetCheckResult(
             passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR, metadata={"bad_rows": bad}
         )
 
+    EVALUATORS[dg.AssetCheckKey(asset, "required_values_present")] = evaluate
     return check
 
 
@@ -95,13 +108,17 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
 )
 def no_duplicate_readings(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        (both,) = one_row(conn.execute(
-            """SELECT count(*) FROM heartbeat_anomalies a
-               JOIN heartbeat_records r USING (customer_id, event_timestamp)
-               WHERE a.event_timestamp > now() - %(w)s
-                 AND r.event_timestamp > now() - %(w)s""",
-            {"w": CHECK_WINDOW},
-        ))
+        return _no_duplicate_readings(conn)
+
+
+def _no_duplicate_readings(conn: psycopg.Connection) -> dg.AssetCheckResult:
+    (both,) = one_row(conn.execute(
+        """SELECT count(*) FROM heartbeat_anomalies a
+           JOIN heartbeat_records r USING (customer_id, event_timestamp)
+           WHERE a.event_timestamp > now() - %(w)s
+             AND r.event_timestamp > now() - %(w)s""",
+        {"w": CHECK_WINDOW},
+    ))
     return dg.AssetCheckResult(
         passed=both == 0,
         severity=dg.AssetCheckSeverity.WARN,
@@ -117,13 +134,17 @@ def no_duplicate_readings(postgres: PostgresResource) -> dg.AssetCheckResult:
 )
 def anomaly_share_within_bounds(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        records, anomalies = one_row(conn.execute(
-            """SELECT (SELECT count(*) FROM heartbeat_records
-                        WHERE event_timestamp > now() - %(w)s),
-                      (SELECT count(*) FROM heartbeat_anomalies
-                        WHERE event_timestamp > now() - %(w)s)""",
-            {"w": ANOMALY_SHARE_WINDOW},
-        ))
+        return _anomaly_share_within_bounds(conn)
+
+
+def _anomaly_share_within_bounds(conn: psycopg.Connection) -> dg.AssetCheckResult:
+    records, anomalies = one_row(conn.execute(
+        """SELECT (SELECT count(*) FROM heartbeat_records
+                    WHERE event_timestamp > now() - %(w)s),
+                  (SELECT count(*) FROM heartbeat_anomalies
+                    WHERE event_timestamp > now() - %(w)s)""",
+        {"w": ANOMALY_SHARE_WINDOW},
+    ))
     readings = records + anomalies
     share = anomalies / readings if readings else 0.0
     low, high = ANOMALY_SHARE_BOUNDS
@@ -141,11 +162,15 @@ def anomaly_share_within_bounds(postgres: PostgresResource) -> dg.AssetCheckResu
 )
 def latest_reading_is_fresh(postgres: PostgresResource) -> dg.AssetCheckResult:
     with postgres.connect() as conn:
-        age = one_row(conn.execute(  # a bounded read: only the window that would pass
-            "SELECT now() - max(event_timestamp) FROM heartbeat_records "
-            "WHERE event_timestamp > now() - %s",
-            (FRESHNESS_LIMIT,),
-        ))[0]
+        return _latest_reading_is_fresh(conn)
+
+
+def _latest_reading_is_fresh(conn: psycopg.Connection) -> dg.AssetCheckResult:
+    age = one_row(conn.execute(  # a bounded read: only the window that would pass
+        "SELECT now() - max(event_timestamp) FROM heartbeat_records "
+        "WHERE event_timestamp > now() - %s",
+        (FRESHNESS_LIMIT,),
+    ))[0]
     return dg.AssetCheckResult(
         passed=age is not None,
         severity=dg.AssetCheckSeverity.WARN,
@@ -169,3 +194,23 @@ blocking_checks = [
 all_checks = [
     *blocking_checks, no_duplicate_readings, anomaly_share_within_bounds, latest_reading_is_fresh,
 ]
+EVALUATORS.update({
+    dg.AssetCheckKey(ANOMALIES, "anomaly_type_matches_heart_rate"):
+        _anomaly_type_matches_heart_rate,
+    dg.AssetCheckKey(ANOMALIES, "no_duplicate_readings"): _no_duplicate_readings,
+    dg.AssetCheckKey(ANOMALIES, "anomaly_share_within_bounds"): _anomaly_share_within_bounds,
+    dg.AssetCheckKey(RECORDS, "latest_reading_is_fresh"): _latest_reading_is_fresh,
+})
+
+
+def evaluate(conn: psycopg.Connection) -> list[dg.AssetCheckEvaluation]:
+    """Every landing check on `conn`, as the events a run logs for checks it evaluates
+    outside their own job: what the consumer run reports with its materialisations."""
+    evaluations = []
+    for key, check in EVALUATORS.items():
+        result = check(conn)
+        evaluations.append(dg.AssetCheckEvaluation(
+            asset_key=key.asset_key, check_name=key.name, passed=result.passed,
+            metadata=result.metadata, severity=result.severity,
+        ))
+    return evaluations

@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from psycopg import sql
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from heartbeat_platform.config import load_settings
 from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
+from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage.rollups import Rollup, pending_runs, refresh
 
 PREVIEW_ROWS = 10
@@ -24,7 +26,26 @@ def _markdown_table(columns: Sequence[str], rows: Sequence[Sequence[object]]) ->
     return "\n".join(lines)
 
 
-ROLLUPS_START = "2026-01-01"  # first partition offered for backfills (rollups are UTC)
+def partitions_start(retention: RetentionPolicy, now: datetime) -> str:
+    """The first rollup partition offered: the oldest UTC day whose raw readings the
+    platform keeps (HEARTBEAT_RAW_RETENTION_DAYS), when the code location loads.
+
+    A partition is recomputed from its raw rows, so an older one has nothing to be built
+    from (a backfill there would keep the rows as they are, see storage.rollups); offering
+    it would only show hundreds of hours as "missing" in the UI. The start moves on each
+    time the definitions load (each `up`, each code location reload): a location that
+    stays loaded for days shows those days' partitions too, materialised or not."""
+    return retention.days_to_create(now)[0].isoformat()
+
+
+def _retention() -> RetentionPolicy:
+    try:
+        return load_settings().retention
+    except ValidationError:  # the runs report the bad setting; the definitions still load
+        return RetentionPolicy()
+
+
+ROLLUPS_START = partitions_start(_retention(), datetime.now(UTC))
 
 
 class RollupConfig(dg.Config):

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
         "cooperative-sticky"
     )
     kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
+    # Copies of each partition when `init-db` creates the topic. Unset: min(3, brokers in
+    # the cluster); -1: the broker's default.replication.factor. And how many of them an
+    # acks=all write needs: unset means 2 when there are 3 or more copies (one broker may
+    # fail without stopping producers or losing a write), else the broker's default.
+    heartbeat_topic_replication_factor: int | None = Field(
+        default=None, ge=-1, description="copies of each partition (unset: min(3, brokers))"
+    )
+    heartbeat_topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1,
+        description="copies an acks=all write needs (unset: 2 with 3+ copies, else broker's)",
+    )
     heartbeat_state_dir: Path = Path(".heartbeat")
     # The embedded broker keeps every message in memory (no retention): at this much memory
     # (its RSS, ~51 bytes a reading plus ~15 MB) `up` rotates its log once every reading is
@@ -138,6 +149,7 @@ class Settings(BaseSettings):
         "database_url", "kafka_bootstrap_servers", "kafka_client_properties",
         "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
         "kafka_sasl_password", "kafka_ssl_ca_location",
+        "heartbeat_topic_replication_factor", "heartbeat_topic_min_insync_replicas",
         mode="before",
     )
     @classmethod
@@ -145,6 +157,13 @@ class Settings(BaseSettings):
         """`DATABASE_URL=` in a .env file means "use the embedded service", not an empty URL."""
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("heartbeat_topic_replication_factor")
+    @classmethod
+    def _replication_factor(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("a topic needs at least 1 copy (or -1: the broker's default)")
         return value
 
     @field_validator("heartbeat_alert_min_readings")

@@ -19,6 +19,10 @@ from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.services import Endpoints
 
+# Apache Kafka 4.4 (one node, and a 3-node cluster) for the tests that prove the guarantees
+# on it: tests/apache_kafka_fixtures.py
+pytest_plugins = ["apache_kafka_fixtures"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,45 @@ class TopicMissing(RuntimeError):
 class TopicInfo:
     name: str
     partitions: int
+
+
+@dataclass(frozen=True)
+class TopicLayout:
+    """How a topic is laid out on the cluster: partitions, copies of each, and how many
+    copies an acks=all write needs (None: the broker did not say, or had no override)."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    min_insync_replicas: int | None
+
+    def describe(self) -> str:
+        isr = ("broker default" if self.min_insync_replicas is None
+               else str(self.min_insync_replicas))
+        return (f"{self.partitions} partitions, replication factor {self.replication_factor}, "
+                f"min.insync.replicas {isr}")
+
+
+# A topic gets min(3, brokers) copies; with 3 (or more) an acks=all write needs 2 of them,
+# so one broker can fail, or be restarted, without stopping producers or losing a write.
+DEFAULT_MAX_REPLICATION = 3
+DEFAULT_MIN_INSYNC_WITH_3 = 2
+
+
+def planned_replication(
+    brokers: int, replication_factor: int | None, min_insync_replicas: int | None
+) -> tuple[int, int | None]:
+    """(replication factor, min.insync.replicas or None for the broker's) to create with.
+
+    None means automatic: min(3, brokers) copies, and min.insync.replicas 2 when there are
+    3 or more copies (left to the broker's default, 1 on a stock broker, below 3). An
+    explicit -1 replication factor is the broker's `default.replication.factor`.
+    """
+    factor = (min(DEFAULT_MAX_REPLICATION, max(brokers, 1))
+              if replication_factor is None else replication_factor)
+    if min_insync_replicas is None and factor >= 3:
+        min_insync_replicas = DEFAULT_MIN_INSYNC_WITH_3
+    return factor, min_insync_replicas
 
 
 def admin_client(bootstrap_servers: str, overrides: dict | None = None) -> AdminClient:
@@ -103,22 +142,31 @@ def ensure_topic(
     partitions: int = 3,
     retention_ms: int = 86_400_000,
     overrides: dict | None = None,
+    replication_factor: int | None = None,
+    min_insync_replicas: int | None = None,
 ) -> bool:
     """Create the topic if missing; True when this call created it.
+
+    Copies: `replication_factor` (None: min(3, brokers in the cluster); -1: the broker's
+    default) and `min_insync_replicas` (None: 2 when the topic has 3 or more copies, else
+    the broker's default), see `planned_replication`.
 
     An existing topic is left as it is; a partition count other than asked is logged, since
     adding partitions would move customers to other partitions and break their ordering.
     """
     admin = admin_client(bootstrap_servers, overrides)  # must outlive the future
+    brokers = 1
+    if replication_factor is None:
+        try:
+            brokers = len(admin.list_topics(timeout=ADMIN_TIMEOUT_S).brokers)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer") from exc
+    factor, min_insync = planned_replication(brokers, replication_factor, min_insync_replicas)
+    config = {"retention.ms": str(retention_ms)}
+    if min_insync is not None:
+        config["min.insync.replicas"] = str(min_insync)
     future = admin.create_topics(
-        [
-            NewTopic(
-                topic,
-                num_partitions=partitions,
-                replication_factor=-1,  # the broker's default: 1 locally, 3 on a real cluster
-                config={"retention.ms": str(retention_ms)},
-            )
-        ],
+        [NewTopic(topic, num_partitions=partitions, replication_factor=factor, config=config)],
         request_timeout=ADMIN_TIMEOUT_S,
     )[topic]
     try:
@@ -138,5 +186,33 @@ def ensure_topic(
         return False
     except TimeoutError as exc:
         raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer in time") from exc
-    log.info("created topic %s with %d partitions", topic, partitions)
+    log.info("created topic %s with %d partitions, replication factor %d, "
+             "min.insync.replicas %s", topic, partitions, factor, min_insync or "default")
     return True
+
+
+def topic_layout(
+    bootstrap_servers: str, topic: str, overrides: dict | None = None
+) -> TopicLayout | None:
+    """The topic's partitions, replication factor (the fewest copies of any partition) and
+    min.insync.replicas as the broker reports them; None when the topic does not exist."""
+    admin = admin_client(bootstrap_servers, overrides)
+    try:
+        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer") from exc
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    factor = min((len(p.replicas) for p in found.partitions.values()), default=0)
+    min_insync: int | None = None
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        configs = admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)[
+            resource].result(timeout=ADMIN_TIMEOUT_S)
+        entry = configs.get("min.insync.replicas")
+        if entry is not None and entry.value is not None:
+            min_insync = int(entry.value)
+    except (KafkaException, TimeoutError, ValueError) as exc:
+        log.info("could not read min.insync.replicas of topic %s: %s", topic, exc)
+    return TopicLayout(topic, len(found.partitions), factor, min_insync)

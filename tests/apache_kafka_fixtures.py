@@ -1,0 +1,93 @@
+"""Apache Kafka 4.4 for the tests: a single KRaft node and a 3-node cluster on loopback.
+
+`apache_kafka` is one combined broker+controller node for the whole session. `kafka_cluster`
+is three combined broker+controller nodes (one controller quorum: any one node may be
+killed) shared by a test module; before and after each test every node is running again,
+so a test may kill, pause and restart nodes freely (`KafkaCluster.kill`, `.restart`,
+`.leader_of`, `.wait_for_leader`, `.paused`, `.elect_preferred_leaders`).
+
+The jars come from Maven Central once (heartbeat_platform/local/apache_kafka.py) and are
+reused from ~/.cache/heartbeat-platform/kafka-4.4.0. Without java (or, until the jars are
+cached, mvn) these tests skip with one line saying what to install; under CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from heartbeat_platform.local.apache_kafka import (
+    KAFKA_VERSION,
+    KafkaCluster,
+    ensure_jars,
+    missing_tools,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"apache_kafka: runs against Apache Kafka {KAFKA_VERSION} (java, mvn)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        if "apache_kafka" in names or "kafka_cluster" in names:
+            item.add_marker(pytest.mark.apache_kafka)
+
+
+def _require_java_and_jars() -> None:
+    missing = missing_tools()
+    if missing:
+        message = (
+            f"Apache Kafka {KAFKA_VERSION} tests need {' and '.join(missing)}: "
+            "apt-get install openjdk-17-jre-headless maven (as .ci/run does)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    ensure_jars()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One Apache Kafka node (broker and controller), started once per session."""
+    _require_java_and_jars()
+    node = KafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def _kafka_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    _require_java_and_jars()
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-cluster"), size=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _heal(cluster: KafkaCluster) -> None:
+    """Every node running and answering again (a paused one resumed, a killed one started)."""
+    for node_id, node in cluster.nodes.items():
+        node.resume()
+        if not node.running:
+            cluster.restart(node_id)
+    cluster.wait_ready()
+
+
+@pytest.fixture
+def kafka_cluster(_kafka_cluster_nodes: KafkaCluster) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka nodes, each a broker and a controller; all running at the start
+    and healed again at the end of each test."""
+    _heal(_kafka_cluster_nodes)
+    yield _kafka_cluster_nodes
+    _heal(_kafka_cluster_nodes)

@@ -1,0 +1,190 @@
+"""The guarantees on the broker users run: Apache Kafka 4.4 (KRaft), one node and three.
+
+Every test makes its fault happen on the real broker (a node killed with -9, the leader of
+a partition killed mid-stream) and counts every acknowledged reading against the rows in
+PostgreSQL: none missing, none doubled. The brokers come from tests/apache_kafka_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from stored import delivered_positions, landed
+from test_kafka_correctness import consumer, produce
+from test_resilience import ConsumerProcess, assert_exactly_once, produce_in_background
+
+from heartbeat_platform import readiness
+from heartbeat_platform.local.apache_kafka import KafkaCluster
+from heartbeat_platform.local.services import Endpoints
+from heartbeat_platform.streaming.producer import HeartbeatProducer
+from heartbeat_platform.streaming.topics import topic_layout
+
+
+def on(kafka: KafkaCluster, settings_factory, database_url: str, **overrides):
+    """The test's settings, pointed at this Apache Kafka instead of the embedded broker."""
+    return settings_factory(database_url=database_url,
+                            kafka_bootstrap_servers=kafka.bootstrap_servers, **overrides)
+
+
+def wait_stored(db, expected: int, timeout: float = 180) -> int:
+    """Rows in the three tables, once they reach `expected` (or the time is up)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = sum(landed(db).values())
+        if stored >= expected or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.5)
+
+
+def stop(consumer_process: ConsumerProcess) -> None:
+    """SIGTERM: the consumer finishes its batch, commits and exits 0."""
+    consumer_process.proc.send_signal(signal.SIGTERM)
+    code, _ = consumer_process.finish(120)
+    assert code == 0, consumer_process.text()
+
+
+class Producing:
+    """The platform's producer (acks=all, idempotent) in a thread until `stop()`."""
+
+    def __init__(self, settings, rate: float, seed: int):
+        endpoints = Endpoints(settings.database_url, settings.kafka_bootstrap_servers)
+        self.producer = HeartbeatProducer(readiness.producer_config(settings, endpoints))
+        self.reports: list = []
+        self.thread = threading.Thread(target=self._run, args=(settings, rate, seed),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, settings, rate: float, seed: int) -> None:
+        with self.producer:
+            self.reports.append(self.producer.run(readiness.generator(settings, seed),
+                                                  rate=rate))
+
+    def stop(self, timeout: float = 300):
+        self.producer.request_stop()
+        self.thread.join(timeout)
+        assert self.reports, "the producer did not finish"
+        return self.reports[0]
+
+
+def test_the_pipeline_end_to_end_on_one_node(apache_kafka, settings_factory, database_url, db):
+    settings = on(apache_kafka, settings_factory, database_url)
+    report = produce(settings, 20_000, seed=19)  # acks=all, idempotent: every one delivered
+    stats = consumer(settings).run(stop_when_idle=2).stats
+    assert stats.messages_consumed == 20_000
+    assert_exactly_once(db, delivered_positions([report]))
+
+
+def test_a_node_killed_and_restarted_mid_stream_keeps_its_log_and_loses_nothing(
+    apache_kafka, settings_factory, database_url, db
+):
+    """kill -9 of the only broker while producing and consuming: the producer retries until
+    it is back, the log survives the restart (unlike the embedded broker's), and the
+    consumer goes on from where the database says, without a new log epoch."""
+    settings = on(apache_kafka, settings_factory, database_url, heartbeat_consume_batch_size=500)
+    readiness.prepare(settings)
+    running = ConsumerProcess(settings)
+    assert running.assigned.wait(60), running.text()
+    producing, produced = produce_in_background(settings, rate=2_000, events=16_000, seed=4)
+    time.sleep(2)
+    apache_kafka.kill(1)
+    time.sleep(2)
+    apache_kafka.restart(1)
+    producing.join(300)
+    report = produced[0]
+    assert (report.delivered, report.failed, report.uncertain) == (16_000, 0, 0)
+    assert wait_stored(db, 16_000) == 16_000, running.text()
+    stop(running)
+    assert_exactly_once(db, delivered_positions(produced))
+    # one log per partition: the restart did not look like a reset log
+    assert db.execute("SELECT count(*) FROM kafka_logs").fetchone()[0] == 3
+
+
+def test_killing_the_leader_of_a_partition_three_times_mid_stream_loses_nothing(
+    kafka_cluster, settings_factory, database_url, db
+):
+    """RF 3, min.insync.replicas 2, acks=all: the leader of partition 0 is killed with -9
+    three times while readings are produced and consumed, and restarted each time."""
+    settings = on(kafka_cluster, settings_factory, database_url, heartbeat_consume_batch_size=500)
+    readiness.prepare(settings)
+    topic = settings.kafka_topic
+    layout = topic_layout(kafka_cluster.bootstrap_servers, topic)
+    assert layout is not None
+    assert (layout.replication_factor, layout.min_insync_replicas) == (3, 2)
+    kafka_cluster.wait_in_sync(topic)
+    running = ConsumerProcess(settings)
+    assert running.assigned.wait(60), running.text()
+    producing = Producing(settings, rate=1_500, seed=7)
+    killed = []
+    for _ in range(3):
+        time.sleep(2)  # readings flow through this leader first
+        leader = kafka_cluster.wait_for_leader(topic, 0)
+        kafka_cluster.kill(leader)
+        killed.append(leader)
+        kafka_cluster.wait_for_leader(topic, 0, not_on=leader)
+        kafka_cluster.restart(leader)
+        kafka_cluster.wait_in_sync(topic)
+    time.sleep(1)
+    report = producing.stop()
+    assert report.delivered > 10_000 and (report.failed, report.uncertain) == (0, 0), report
+    assert wait_stored(db, report.delivered) == report.delivered, running.text()
+    stop(running)
+    assert_exactly_once(db, delivered_positions([report]))
+    assert len(killed) == 3
+
+
+def _init_db(env: dict[str, str], tmp_path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "heartbeat_platform", "init-db"],
+        env={**env, **extra}, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_init_db_gives_the_topic_three_copies_and_min_insync_2_on_three_brokers(
+    kafka_cluster, cli_env, tmp_path
+):
+    done = _init_db(cli_env, tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_cluster.bootstrap_servers)
+    assert done.returncode == 0, done.stderr
+    topic = cli_env["KAFKA_TOPIC"]
+    assert (f"topic {topic} created: 3 partitions, replication factor 3, "
+            "min.insync.replicas 2") in done.stdout
+    partitions = kafka_cluster.partitions(topic)
+    assert sorted(partitions) == [0, 1, 2]
+    assert all(sorted(replicas) == [1, 2, 3] for _, replicas, _ in partitions.values())
+    layout = topic_layout(kafka_cluster.bootstrap_servers, topic)
+    assert layout is not None and layout.min_insync_replicas == 2
+
+    again = _init_db(cli_env, tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_cluster.bootstrap_servers)
+    assert again.returncode == 0, again.stderr
+    assert f"topic {topic} exists: 3 partitions, replication factor 3" in again.stdout
+
+
+def test_init_db_takes_the_copies_from_the_settings(kafka_cluster, cli_env, tmp_path):
+    done = _init_db(cli_env, tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_cluster.bootstrap_servers,
+                    HEARTBEAT_TOPIC_REPLICATION_FACTOR="2",
+                    HEARTBEAT_TOPIC_MIN_INSYNC_REPLICAS="1")
+    assert done.returncode == 0, done.stderr
+    topic = cli_env["KAFKA_TOPIC"]
+    assert "replication factor 2, min.insync.replicas 1" in done.stdout
+    assert all(len(replicas) == 2 for _, replicas, _ in kafka_cluster.partitions(topic).values())
+
+
+def test_init_db_on_one_node_gives_one_copy_and_the_brokers_min_insync(
+    apache_kafka, cli_env, tmp_path
+):
+    done = _init_db(cli_env, tmp_path, KAFKA_BOOTSTRAP_SERVERS=apache_kafka.bootstrap_servers)
+    assert done.returncode == 0, done.stderr
+    topic = cli_env["KAFKA_TOPIC"]
+    # nothing set on the topic: a stock broker's min.insync.replicas is 1
+    assert (f"topic {topic} created: 3 partitions, replication factor 1, "
+            "min.insync.replicas 1") in done.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "heartbeat_platform", "status", "--json"],
+        env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": apache_kafka.bootstrap_servers},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert json.loads(status.stdout)["ok"] is True, status.stdout

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 
 from heartbeat_platform.config import Settings
-from heartbeat_platform.readiness import NOT_RUNNING_HINT, kafka_failures_explained
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.rotation import broker_status
 from heartbeat_platform.local.services import LocalServices
+from heartbeat_platform.readiness import NOT_RUNNING_HINT, kafka_failures_explained
 from heartbeat_platform.storage.database import connect, describe, one_row
 from heartbeat_platform.storage.migrations import schema_version
 from heartbeat_platform.storage.partitions import DAY_PARTITIONED, partition_days

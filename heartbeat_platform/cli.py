@@ -34,7 +34,6 @@ from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.status import collect_status
 from heartbeat_platform.storage.database import describe
 from heartbeat_platform.storage.migrations import MigrationError
-from heartbeat_platform.streaming import topics
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.kafka_config import KafkaConfigError
 from heartbeat_platform.streaming.producer import HeartbeatProducer
@@ -259,30 +258,16 @@ def init_db() -> None:
     """Start or reuse the services, apply pending schema migrations, create the topic."""
     settings = _settings()
     services = LocalServices(settings)
-    # The topic first, with the copies the settings ask for (prepare() would create it
-    # with the automatic ones); prepare() then finds it and applies the schema.
-    bootstrap = services.start().bootstrap_servers
-    created = topics.ensure_topic(
-        bootstrap,
-        settings.kafka_topic,
-        partitions=settings.kafka_partitions,
-        retention_ms=settings.kafka_retention_ms,
-        overrides=settings.kafka_client_config,
-        replication_factor=settings.heartbeat_topic_replication_factor,
-        min_insync_replicas=settings.heartbeat_topic_min_insync_replicas,
-    )
     prepared = readiness.prepare(settings, services)
     for name in services.started:
         console.print(f"started embedded {name} (stop it with `heartbeat-platform down`)")
     applied = ", ".join(prepared.migrations_applied)
-    layout = topics.topic_layout(
-        prepared.endpoints.bootstrap_servers, settings.kafka_topic, settings.kafka_client_config
-    )
+    layout = prepared.topic_layout
     console.print(
         f"PostgreSQL {describe(prepared.endpoints.database_url)}: schema "
         f"{'applied ' + applied if applied else 'up to date'}\n"
         f"Kafka {prepared.endpoints.bootstrap_servers}: topic {settings.kafka_topic} "
-        f"{'created' if created or prepared.topic_created else 'exists'}"
+        f"{'created' if prepared.topic_created else 'exists'}"
         + (f": {layout.describe()}" if layout else "")
     )
 

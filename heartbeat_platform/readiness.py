@@ -35,7 +35,13 @@ from heartbeat_platform.storage.migrations import check_schema, migrate
 from heartbeat_platform.storage.partitions import ensure_partitions
 from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.producer import ProducerConfig
-from heartbeat_platform.streaming.topics import BrokerUnavailable, ensure_topic, require_topic
+from heartbeat_platform.streaming.topics import (
+    BrokerUnavailable,
+    TopicLayout,
+    ensure_topic,
+    require_topic,
+    topic_layout,
+)
 
 
 class ServicesNotRunning(RuntimeError):
@@ -61,6 +67,7 @@ class Prepared:
     endpoints: Endpoints
     migrations_applied: list[str]
     topic_created: bool
+    topic_layout: TopicLayout | None = None
 
 
 def prepare(settings: Settings, services: LocalServices | None = None) -> Prepared:
@@ -76,8 +83,13 @@ def prepare(settings: Settings, services: LocalServices | None = None) -> Prepar
             partitions=settings.kafka_partitions,
             retention_ms=settings.kafka_retention_ms,
             overrides=settings.kafka_client_config,
+            replication_factor=settings.heartbeat_topic_replication_factor,
+            min_insync_replicas=settings.heartbeat_topic_min_insync_replicas,
         )
-    return Prepared(endpoints, applied, created)
+        layout = topic_layout(
+            endpoints.bootstrap_servers, settings.kafka_topic, settings.kafka_client_config
+        )
+    return Prepared(endpoints, applied, created, layout)
 
 
 def ready(

@@ -459,7 +459,10 @@ class HeartbeatConsumer:
             return
         offsets = [TopicPartition(self.config.topic, p, offset) for p, offset in due.items()]
         try:
-            self._client.commit(offsets=offsets, asynchronous=not force)
+            if force:  # at the end: wait for it
+                self._client.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._client.commit(offsets=offsets, asynchronous=True)
         except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
             self._log_rate_limited("commit", "could not commit offsets to Kafka: %s", exc)
 

@@ -87,15 +87,15 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
     )
     def check(postgres: PostgresResource) -> dg.AssetCheckResult:
         with postgres.connect() as conn:
-            return evaluate(conn)
+            return count_bad_rows(conn)
 
-    def evaluate(conn: psycopg.Connection) -> dg.AssetCheckResult:
+    def count_bad_rows(conn: psycopg.Connection) -> dg.AssetCheckResult:
         bad = one_row(conn.execute(query, (CHECK_WINDOW,)))[0]
         return dg.AssetCheckResult(
             passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR, metadata={"bad_rows": bad}
         )
 
-    EVALUATORS[dg.AssetCheckKey(asset, "required_values_present")] = evaluate
+    EVALUATORS[dg.AssetCheckKey(asset, "required_values_present")] = count_bad_rows
     return check
 
 

@@ -1,8 +1,10 @@
 """Prometheus metrics of the consumer and the producer, served on /metrics.
 
-Counters and gauges are read from the running objects when Prometheus scrapes (custom
-collectors), so the hot path pays nothing for them; only the histograms (batch size,
-write time, end-to-end delay of a sample of readings) are observed once per batch.
+Counters and gauges are read when Prometheus scrapes (custom collectors) from what the
+running loop publishes: the consumer a `ConsumerSnapshot` each round, the producer its
+delivery counts. The hot path pays nothing for them; only the histograms (batch size,
+write time, end-to-end delay of a sample of readings) are observed once per batch. This
+module imports nothing of the streaming package: the loops call it, not the reverse.
 Off unless a port is given (`HEARTBEAT_METRICS_PORT`, `--metrics-port`); loopback by
 default (`HEARTBEAT_METRICS_HOST`), because the numbers describe a fleet's health data.
 """
@@ -10,18 +12,19 @@ default (`HEARTBEAT_METRICS_HOST`), because the numbers describe a fleet's healt
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from heartbeat_platform.domain.alerts import PipelineStats
+
 if TYPE_CHECKING:
     from heartbeat_platform.storage.writer import Batch, WriteResult
-    from heartbeat_platform.streaming.consumer import HeartbeatConsumer
-    from heartbeat_platform.streaming.producer import HeartbeatProducer
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,31 @@ def dead_letter_class(reason: str) -> str:
     return "invalid"
 
 
-class ConsumerMetrics:
-    """What a consumer reports: per-batch histograms here, the rest read at scrape time."""
+@dataclass(frozen=True)
+class ConsumerSnapshot:
+    """What the consumer's loop publishes once a round, for the scrape thread to read."""
 
-    def __init__(self, registry: CollectorRegistry):
+    stats: PipelineStats = field(default_factory=PipelineStats)  # of the committed batches
+    lag: dict[int, int] = field(default_factory=dict)  # per assigned partition
+    database_unavailable: bool = False
+    kafka_errors: int = 0  # errors the Kafka client reported (it retries)
+
+
+class DeliveryCounts(Protocol):
+    """A producer's delivery counts (`ProducerReport`)."""
+
+    sent: int
+    delivered: int
+    failed: int
+    uncertain: int
+    recreated: int
+
+
+class ConsumerMetrics:
+    """What a consumer reports: per-batch histograms and dead-letter classes here, the rest
+    read from its latest snapshot at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, snapshot: Callable[[], ConsumerSnapshot]):
         self.batch_messages = Histogram(
             "heartbeat_consumer_batch_messages", "Messages per committed batch",
             buckets=(1, 10, 100, 500, 1_000, 5_000, 10_000, 20_000, 50_000), registry=registry,
@@ -58,6 +82,7 @@ class ConsumerMetrics:
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60), registry=registry,
         )
         self.dead_letters: dict[str, int] = dict.fromkeys(DEAD_LETTER_CLASSES, 0)
+        registry.register(ConsumerCollector(snapshot, self.dead_letters))
 
     def batch_committed(self, batch: Batch, result: WriteResult, write_seconds: float) -> None:
         self.batch_messages.observe(batch.message_count)
@@ -73,11 +98,13 @@ class ConsumerMetrics:
 class ConsumerCollector(Collector):
     """Counters and gauges of a running consumer, read when Prometheus asks."""
 
-    def __init__(self, consumer: HeartbeatConsumer):
-        self.consumer = consumer
+    def __init__(self, snapshot: Callable[[], ConsumerSnapshot], dead_letters: dict[str, int]):
+        self.snapshot = snapshot
+        self.dead_letters = dead_letters
 
     def collect(self) -> Iterator:
-        consumer, stats = self.consumer, self.consumer.stats
+        now = self.snapshot()
+        stats = now.stats
         yield CounterMetricFamily("heartbeat_consumer_messages",
                                   "Messages committed to PostgreSQL", stats.messages_consumed)
         yield _labelled(CounterMetricFamily, "heartbeat_consumer_rows",
@@ -91,26 +118,26 @@ class ConsumerCollector(Collector):
         yield CounterMetricFamily("heartbeat_consumer_duplicates",
                                   "Readings already stored, dropped", stats.duplicates_dropped)
         yield _labelled(CounterMetricFamily, "heartbeat_consumer_dead_letters",
-                        "Dead letters by reason class", "reason", consumer.metrics.dead_letters)
+                        "Dead letters by reason class", "reason", dict(self.dead_letters))
         yield _labelled(GaugeMetricFamily, "heartbeat_consumer_lag_messages",
                         "Log end minus the progress stored in PostgreSQL, per assigned partition",
-                        "partition", consumer.lag())
+                        "partition", now.lag)
         yield GaugeMetricFamily("heartbeat_consumer_database_unavailable",
                                 "1 while the consumer waits for PostgreSQL to come back",
-                                1.0 if consumer.database_unavailable else 0.0)
+                                1.0 if now.database_unavailable else 0.0)
         yield CounterMetricFamily("heartbeat_consumer_kafka_errors",
                                   "Errors the Kafka client reported (it retries)",
-                                  consumer.kafka_errors)
+                                  now.kafka_errors)
 
 
 class ProducerCollector(Collector):
     """Delivery counts of a running producer, read when Prometheus asks."""
 
-    def __init__(self, producer: HeartbeatProducer):
-        self.producer = producer
+    def __init__(self, report: Callable[[], DeliveryCounts]):
+        self.report = report
 
     def collect(self) -> Iterator:
-        report = self.producer.report
+        report = self.report()
         yield _labelled(CounterMetricFamily, "heartbeat_producer_messages",
                         "Messages by delivery outcome", "outcome", {
                             "sent": report.sent, "delivered": report.delivered,

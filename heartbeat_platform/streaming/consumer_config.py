@@ -93,3 +93,13 @@ def assigns_incrementally(settings: dict) -> bool:
     if str(settings.get("group.protocol", "classic")).lower() == "consumer":
         return True
     return "cooperative-sticky" in str(settings.get("partition.assignment.strategy", ""))
+
+
+def no_assignment_hint(settings: dict) -> str:
+    """Why a member may get no partitions: silence is what a broker without KIP-848 gives
+    a `consumer`-protocol member."""
+    if settings.get("group.protocol") == "consumer":
+        return ("; group.protocol=consumer needs KIP-848 on the broker (Apache Kafka 4.0+; "
+                "the embedded broker has none): with an older broker set "
+                "KAFKA_GROUP_PROTOCOL=classic")
+    return " (the group may have more members than the topic has partitions)"

@@ -218,7 +218,7 @@ class HeartbeatProducer:
         """`metrics`: a Prometheus registry to report to (see `heartbeat_platform.metrics`)."""
         self.config = config
         if metrics is not None:
-            metrics.register(ProducerCollector(self))
+            metrics.register(ProducerCollector(lambda: self.report))
         self.report = ProducerReport()
         self._on_undelivered = on_undelivered
         self._stop = threading.Event()

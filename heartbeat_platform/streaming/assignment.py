@@ -1,0 +1,95 @@
+"""The Kafka client's side of the consumer: its assignment, positions, pauses and commits.
+
+Eager assignment (`assign`/`unassign` of everything) and incremental assignment
+(cooperative-sticky, KIP-848: `incremental_assign`/`incremental_unassign` of what moved)
+differ only here. A seek to a partition that is not fetching yet fails in librdkafka; such
+a partition is assigned again at the offset instead, and paused again when it must be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+UNKNOWN_WATERMARK = -1001
+LIST_OFFSETS_TIMEOUT_S = 5.0
+
+
+class Assignment:
+    def __init__(
+        self, client: Consumer, topic: str, incremental: bool,
+        positions: Callable[[], dict[int, int]],
+    ):
+        """`positions`: where every assigned partition is to be read from (an eager
+        re-assignment gives all of them)."""
+        self.client = client
+        self.topic = topic
+        self.incremental = incremental
+        self._positions = positions
+
+    def _tps(self, offsets: dict[int, int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p, offset) for p, offset in offsets.items()]
+
+    def add(self, partitions: list[TopicPartition]) -> None:
+        """Take the partitions the group gave (at the offsets they carry)."""
+        if not self.incremental:
+            self.client.assign(partitions)
+        elif partitions:
+            self.client.incremental_assign(partitions)
+
+    def remove(self, partitions: list[TopicPartition]) -> None:
+        if self.incremental:
+            self.client.incremental_unassign(partitions)
+        else:
+            self.client.unassign()
+
+    def seek(self, offsets: dict[int, int], paused: bool) -> None:
+        """Read each partition next from its offset; `paused`: keep them paused."""
+        failed = {}
+        for tp in self._tps(offsets):
+            try:
+                self.client.seek(tp)
+            except KafkaException:  # not fetching yet: assign it again at that offset
+                failed[tp.partition] = tp.offset
+        if not failed:
+            return
+        if self.incremental:
+            moved = self._tps(failed)
+            self.client.incremental_unassign([TopicPartition(self.topic, p) for p in failed])
+            self.client.incremental_assign(moved)
+        else:
+            moved = self._tps(self._positions())
+            self.client.assign(moved)
+        if paused:
+            self.client.pause(moved)
+
+    def pause_all(self) -> None:
+        self.client.pause(self.client.assignment())
+
+    def resume(self, partitions: list[TopicPartition] | None = None) -> None:
+        """Resume `partitions` (all assigned ones when None)."""
+        self.client.resume(self.client.assignment() if partitions is None else partitions)
+
+    def cached_end(self, partition: int) -> int:
+        """The log end the latest fetch response carried (UNKNOWN_WATERMARK: none yet)."""
+        try:
+            return self.client.get_watermark_offsets(
+                TopicPartition(self.topic, partition), cached=True
+            )[1]
+        except KafkaException:
+            return UNKNOWN_WATERMARK
+
+    def listed_offsets(self, partition: int) -> tuple[int, int]:
+        """The log's start and end, asked of the broker now; raises KafkaException."""
+        low, high = self.client.get_watermark_offsets(
+            TopicPartition(self.topic, partition), timeout=LIST_OFFSETS_TIMEOUT_S
+        )
+        return low, high
+
+    def commit(self, offsets: dict[int, int], wait: bool) -> None:
+        """Commit offsets to Kafka (for lag tools); `wait` for the broker's answer."""
+        if wait:
+            self.client.commit(offsets=self._tps(offsets), asynchronous=False)
+        else:
+            self.client.commit(offsets=self._tps(offsets), asynchronous=True)

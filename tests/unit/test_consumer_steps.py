@@ -1,0 +1,97 @@
+"""The consumer's steps one at a time, over the doubles of test_consumer_loop: landing a
+batch (and giving it up when the database goes away), the client's positions, quiet logs."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from confluent_kafka import KafkaException, TopicPartition
+from test_consumer_loop import TOPIC, Broker, Client, Database, Message
+
+from heartbeat_platform.domain.alerts import AlertManager
+from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.storage.progress import PartitionProgress
+from heartbeat_platform.streaming.assignment import Assignment
+from heartbeat_platform.streaming.batch_builder import BatchBuilder
+from heartbeat_platform.streaming.cursors import Cursors
+from heartbeat_platform.streaming.landing import Landing
+from heartbeat_platform.streaming.outage import DatabaseUnavailable
+from heartbeat_platform.streaming.quiet_log import QuietLog
+
+
+def landing_over(database: Database) -> tuple[Landing, Cursors, list]:
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    cursors.open([0, 1, 2])
+    observed: list = []
+    landing = Landing(database, cursors, 100, "test",
+                      lambda batch, result, seconds: observed.append(result))
+    return landing, cursors, observed
+
+
+def built_from(broker: Broker, cursors: Cursors, first: int, last: int):
+    messages = [Message(p, o, broker.logs[p][o])
+                for p in broker.logs for o in range(first, last)]
+    builder = BatchBuilder(AlertManager(), RetentionPolicy())
+    return builder.build(messages, cursors, datetime.now(UTC))
+
+
+def test_batches_lost_with_the_database_put_the_cursors_back_where_the_table_stands():
+    broker, database = Broker(), Database()
+    broker.produce(300)
+    landing, cursors, observed = landing_over(database)
+    assert landing.take(built_from(broker, cursors, 0, 50))  # in flight
+    assert landing.settle() and len(observed) == 1  # committed: 150 rows
+    database.down = True
+    assert landing.take(built_from(broker, cursors, 50, 70))  # in flight, will fail
+    with pytest.raises(DatabaseUnavailable):
+        landing.take(built_from(broker, cursors, 70, 100))  # its settle finds the failure
+    assert {p: c.next_offset for p, c in cursors.items()} == {0: 100, 1: 100, 2: 100}
+    landing.abandon()
+    assert {p: c.next_offset for p, c in cursors.items()} == {0: 50, 1: 50, 2: 50}
+    assert len(database.rows) == 150 and len(observed) == 1
+    landing.close()
+
+
+def test_progress_another_consumer_moved_is_reloaded_not_overwritten():
+    broker, database = Broker(), Database()
+    broker.produce(300)
+    landing, cursors, _ = landing_over(database)
+    database.progress[1] = PartitionProgress(0, 80)  # another member wrote 0..79 of partition 1
+    assert landing.take(built_from(broker, cursors, 0, 40))
+    assert landing.settle() is False  # its write was refused by the compare-and-set
+    assert cursors[1].next_offset == 80 and cursors[0].next_offset == 0
+    assert not database.rows
+    landing.close()
+
+
+class NotFetchingYet(Client):
+    """librdkafka refuses a seek of a partition it has not started fetching."""
+
+    def seek(self, tp) -> None:
+        raise KafkaException("Local: Erroneous state")
+
+
+@pytest.mark.parametrize("incremental", [True, False])
+def test_a_seek_the_client_refuses_assigns_the_partition_again_at_that_offset(incremental):
+    client = NotFetchingYet(Broker(), {})
+    client.pending.clear()
+    client.assign([TopicPartition(TOPIC, p, 0) for p in (0, 1, 2)])
+    assignment = Assignment(client, TOPIC, incremental, lambda: {0: 5, 1: 7, 2: 9})
+    assignment.seek({1: 7}, paused=True)
+    assert client.position[1] == 7
+    if incremental:
+        assert client.paused == {1} and client.position == {0: 0, 1: 7, 2: 0}
+    else:  # eager: everything assigned again, each at its own position
+        assert client.paused == {0, 1, 2} and client.position == {0: 5, 1: 7, 2: 9}
+
+
+def test_a_repeated_warning_is_logged_once_per_interval(caplog):
+    quiet = QuietLog(logging.getLogger("test.quiet"), every_s=60)
+    with caplog.at_level(logging.WARNING, "test.quiet"):
+        for _ in range(5):
+            quiet.warning("commit", "could not commit: %s", "broker away")
+        quiet.warning("other", "another key: %s", "logged")
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not commit: broker away", "another key: logged"]

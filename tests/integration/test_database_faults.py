@@ -27,6 +27,7 @@ from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress
 from heartbeat_platform.streaming.topics import ensure_topic
 
+UNAVAILABLE = "database unavailable"  # what the consumer logs when it meets an outage
 KILL = pytest.mark.parametrize("kill", [False, True], ids=["consumer-runs", "consumer-killed"])
 
 
@@ -91,15 +92,34 @@ class Case:
 
     def outage(self) -> None:
         """The database goes away; with `kill`, the consumer dies during it."""
+        self.noticed = self.consumer.text().count(UNAVAILABLE)
         self.server.stop()
         assert self.consumer.proc.poll() is None, self.consumer.text()
 
     def back(self) -> None:
+        """The database comes back, once the consumer has met the outage (on a loaded
+        machine a rebalance can outlast a fixed wait, and the case would test nothing)."""
+        deadline = time.monotonic() + 60
+        while self.consumer.text().count(UNAVAILABLE) == self.noticed:
+            assert time.monotonic() < deadline, "the consumer never met the outage"
+            time.sleep(0.1)
         if self.kill:
             self.consumer.kill()
         self.server.start()  # same port: a running consumer reconnects by itself
         if self.kill:
-            self.start_consumer()
+            self.answers()
+            self.start_consumer()  # a fresh one, now that PostgreSQL answers again
+
+    def answers(self, timeout: float = 60) -> None:
+        """Wait until PostgreSQL takes a connection (a loaded machine can be slow to)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(self.settings.database_url, connect_timeout=5).close()
+                return
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline, "PostgreSQL did not come back"
+                time.sleep(0.5)
 
     def finish(self) -> None:
         """Wait until everything delivered is stored, stop the consumer, count."""
@@ -110,7 +130,7 @@ class Case:
         assert code == 0, self.consumer.text()
         with psycopg.connect(self.settings.database_url, autocommit=True) as conn:
             assert_exactly_once(conn, expected)
-        assert "database unavailable" in "".join(c.text() for c in self.consumers)
+        assert UNAVAILABLE in "".join(c.text() for c in self.consumers)
 
 
 @pytest.fixture

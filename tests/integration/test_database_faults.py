@@ -101,7 +101,7 @@ class Case:
         machine a rebalance can outlast a fixed wait, and the case would test nothing)."""
         deadline = time.monotonic() + 60
         while self.consumer.text().count(UNAVAILABLE) == self.noticed:
-            assert time.monotonic() < deadline, "the consumer never met the outage"
+            assert time.monotonic() < deadline, "never met the outage:\n" + self.consumer.text()
             time.sleep(0.1)
         if self.kill:
             self.consumer.kill()

@@ -1,9 +1,10 @@
-"""Running the pipeline in integration tests: a consumer process, a producer thread, and the
-exactly-once count of what they did."""
+"""Running the pipeline in integration tests: consumer and producer processes, a producer
+thread, and the exactly-once count of what they did."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from heartbeat_platform.streaming.producer import HeartbeatProducer
 class ConsumerProcess:
     """`heartbeat-platform -v consume` in a subprocess, its log collected line by line."""
 
+    command = "consume"
+
     def __init__(self, settings, *args: str, env: dict[str, str] | None = None):
         env = {
             **os.environ,
@@ -31,12 +34,14 @@ class ConsumerProcess:
             "HEARTBEAT_CONSUME_BATCH_SIZE": str(settings.heartbeat_consume_batch_size),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "heartbeat_platform", "-v", "consume", *args],
+            [sys.executable, "-m", "heartbeat_platform", "-v", self.command, *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.log: list[str] = []
         self._out: list[str] = []
         self.assigned = threading.Event()
+        self.metrics_port: int | None = None  # with --metrics-port: the port it bound
+        self.serving_metrics = threading.Event()
         # Each pipe has one reader: `communicate()` next to this thread would read the same
         # stderr and take lines away from `log`.
         self._readers = [
@@ -51,9 +56,17 @@ class ConsumerProcess:
             self.log.append(line)
             if "assigned at offsets" in line:
                 self.assigned.set()
+            served = _METRICS_ADDRESS.search(line)
+            if served and not self.serving_metrics.is_set():
+                self.metrics_port = int(served.group(1))
+                self.serving_metrics.set()
 
     def text(self) -> str:
         return "".join(self.log)
+
+    def stop(self) -> None:
+        """SIGTERM: a clean stop (flush, commit), as Ctrl-C or Dagster's termination asks."""
+        self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -64,6 +77,15 @@ class ConsumerProcess:
         for reader in self._readers:
             reader.join(5)
         return self.proc.returncode, "".join(self._out)
+
+
+class ProducerProcess(ConsumerProcess):
+    """`heartbeat-platform -v produce` in a subprocess (until stop() without limits)."""
+
+    command = "produce"
+
+
+_METRICS_ADDRESS = re.compile(r"^metrics: http://[^\s]+:(\d+)/metrics$")
 
 
 def assert_exactly_once(conn: psycopg.Connection, expected: set) -> None:

@@ -1,7 +1,8 @@
 """The dashboard's Prometheus panels, checked against a real /metrics endpoint.
 
-There is no Prometheus binary here, so this test does the part of Prometheus that can go
-wrong on our side: it runs a real producer and consumer, each serving its own /metrics
+A real Prometheus evaluates these expressions in test_prometheus.py (each must return
+series); this test checks what Prometheus would accept silently and a panel would show
+wrongly: it runs a real producer and consumer, each serving its own /metrics
 (as two Dagster runs do in compose), scrapes both over HTTP, and checks every PromQL
 expression of the "Pipeline metrics (Prometheus)" row against what was exposed: each
 metric exists with that exact name, rate()/increase() read only counters,

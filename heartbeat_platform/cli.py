@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from heartbeat_platform import metrics, readiness
 from heartbeat_platform.config import Settings, load_settings
@@ -119,6 +119,25 @@ class _Command(TyperCommand):
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         return super().parse_args(ctx, _take_logging_options(ctx, args))
 
+    def get_params(self, ctx: typer.Context) -> list:  # type: ignore[override]
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    """The app and its command groups: their flags shown as flags, like the commands'."""
+
+    def get_params(self, ctx: typer.Context) -> list:  # type: ignore[override]
+        return _flags_take_no_value(super().get_params(ctx))
+
+
+def _flags_take_no_value(params: list) -> list:
+    """Typer's rich help shows a flag (--open, --json, --help) as `--open <bool>`, which reads
+    as "takes a value" (and `--open true` is refused): an empty metavar shows it bare."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
 
 def _take_logging_options(ctx: typer.Context, args: list[str]) -> list[str]:
     """Apply the logging options found among a command's arguments; the others stay."""
@@ -151,6 +170,7 @@ def _take_logging_options(ctx: typer.Context, args: list[str]) -> list[str]:
 
 
 app = typer.Typer(
+    cls=_Group,
     help="Real-time heart-rate monitoring on Kafka, PostgreSQL, Dagster and Grafana.\n\n"
     "The logging options go before or after the command: heartbeat-platform consume -v",
     no_args_is_help=True,
@@ -641,11 +661,13 @@ def up(
 # --- alerts: what a person does with episodes (storage/alert_operations.py) ---------------
 
 alerts_app = typer.Typer(
+    cls=_Group,
     help="Episodes and their notifications: list, acknowledge, resolve, follow, and "
     "per-customer alert bounds. A refused operation exits 1 with one line saying why.",
     no_args_is_help=True,
 )
 override_app = typer.Typer(
+    cls=_Group,
     help="Per-customer alert bounds (an athlete resting at 38 bpm); every change is kept.",
     no_args_is_help=True,
 )

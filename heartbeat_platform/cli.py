@@ -316,14 +316,15 @@ def _print_status(report: dict) -> None:
     storage = db.get("storage") or {}
     for name, count in db["row_counts"].items():
         size = storage.get("tables", {}).get(name, {}).get("bytes", 0)
-        table.add_row(f"  {name}", f"~{count:,} rows", f"{size / 2**20:,.1f} MiB")
+        table.add_row(f"  {name}", _rows(count), f"{size / 2**20:,.1f} MiB")
     if storage:
         table.add_row(
             "  raw days kept", f"{storage['first_day']} .. {storage['last_day']}",
             f"retention {storage['raw_retention_days']} days",
         )
+        frontier = storage["fleet_minutes_rolled_up_until"]
         table.add_row(
-            "  rollups up to", str(storage["fleet_minutes_rolled_up_until"]),
+            "  rollups", f"up to {frontier}" if frontier else "none yet",
             f"{storage['rollup_windows_pending']} windows pending",
         )
     table.add_row(
@@ -347,6 +348,13 @@ def _print_status(report: dict) -> None:
         if broker["warning"]:
             table.add_row("", f"[yellow]{broker['warning']}[/yellow]", "")
     _print_table(table)
+
+
+def _rows(count: dict) -> str:
+    """"1,327 rows" (counted), "~2,400,000 rows" (the planner's estimate), or why neither."""
+    if count["rows"] is None:
+        return f"? rows ({count['how']})"
+    return f"{'~' if count['how'] == 'estimate' else ''}{count['rows']:,} rows"
 
 
 @app.command(cls=_Command)

@@ -14,9 +14,10 @@ Stages:
 - baselines, measured in the same run for ratios: binary COPY of the same rows, encoded
   as the writer does, into the same indexed table (PostgreSQL's ceiling), and validate +
   classify without I/O;
-- growth (only with `history` > 0; DESIGN.md "Running for months"): N readings of history
-  are loaded with SQL (INSERT ... SELECT over generate_series: Kafka would take hours),
-  ending where this run started, and their rollups computed as a running platform would
+- growth (only with `history` > 0; README "With history: does it keep its speed?"): N
+  readings of history are loaded with SQL (INSERT ... SELECT over generate_series: Kafka
+  would take hours), ending where this run started, and their rollups computed as a
+  running platform would
   have; then the same number of events is consumed again into the database that now holds
   history (the ratio to the empty-table rate above is the number that matters), the
   rollups are brought up to date, every Grafana panel and template variable is timed
@@ -261,7 +262,7 @@ def _parse_baseline(events: int, settings: Settings) -> float:
 
 
 # -- growth: the same work on a database that holds history --------------------------------
-DESIGN_RATE = 10_000  # readings a second: 10,000 customers, one reading each (DESIGN.md)
+DESIGN_RATE = 10_000  # readings a second: 10,000 customers, one each (README "Performance")
 HISTORY_CHUNK = 1_000_000  # readings per INSERT ... SELECT (one transaction, one log line)
 QUERY_RUNS = 5  # each dashboard query runs this often; the median is reported
 QUERY_RANGES = {"6h": timedelta(hours=6), "7d": timedelta(days=7)}

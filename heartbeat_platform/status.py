@@ -1,16 +1,20 @@
 """What `heartbeat-platform status` reports: reachability, schema, topic, storage, and
 the embedded broker's memory, log size and rotations.
 
-Row counts are the planner's estimates summed over the day partitions (exact counts would
-read every stored reading: minutes at the design rate), with each table's size, the days
-kept and how far the rollups are behind.
+Row counts: a small table is counted exactly; a large one is the planner's estimate summed
+over its day partitions (an exact count would read every stored reading: minutes at the
+design rate), and "not analysed yet" when PostgreSQL has no estimate for a large partition
+(a new one, before autovacuum's first ANALYZE): never a made-up ~0. With each table's size,
+the days kept and how far the rollups are behind.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from heartbeat_platform.config import Settings
 from heartbeat_platform.local.broker import EmbeddedBroker
@@ -22,17 +26,20 @@ from heartbeat_platform.storage.migrations import schema_version
 from heartbeat_platform.storage.partitions import DAY_PARTITIONED, partition_days
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 
-_TABLES = """
-SELECT parent.relname,
-       coalesce(sum(greatest(child.reltuples, 0)), 0)::bigint,
-       coalesce(sum(pg_total_relation_size(child.oid)), 0)::bigint,
-       count(child.oid)
+# Each day partition: the planner's statistics (reltuples -1, or relpages 0, until ANALYZE:
+# creating its indexes sets reltuples to 0), its heap now (what a count reads), its size with
+# indexes and TOAST.
+_PARTITIONS = """
+SELECT parent.relname, child.relname, child.reltuples::bigint, child.relpages,
+       pg_relation_size(child.oid), pg_total_relation_size(child.oid)
 FROM pg_class parent
-LEFT JOIN pg_inherits ON pg_inherits.inhparent = parent.oid
-LEFT JOIN pg_class child ON child.oid = pg_inherits.inhrelid
+JOIN pg_inherits ON pg_inherits.inhparent = parent.oid
+JOIN pg_class child ON child.oid = pg_inherits.inhrelid
 WHERE parent.relnamespace = current_schema()::regnamespace AND parent.relname = ANY(%s)
-GROUP BY parent.relname
 """
+_PAGE = 8192
+# A table whose heap is at most this big is counted exactly (a fraction of a second).
+EXACT_COUNT_MAX_BYTES = 32 * 2**20
 _ROLLUPS = """
 SELECT (SELECT max(minute) + interval '1 minute' FROM fleet_minute_stats),
        (SELECT max(hour) + interval '1 hour' FROM customer_hourly_bpm_stats),
@@ -84,11 +91,14 @@ def _database_status(url: str, settings: Settings) -> dict[str, Any]:
 
 
 def _storage(conn: psycopg.Connection, settings: Settings) -> tuple[dict, dict]:
-    """Estimated rows per raw table, and what is kept where (bounded catalog reads)."""
+    """Rows per raw table, and what is kept where (catalog reads, and counts of small tables)."""
+    partitions: dict[str, list[Partition]] = {table: [] for table in DAY_PARTITIONED}
+    for parent, *partition in conn.execute(_PARTITIONS, (list(DAY_PARTITIONED),)):
+        partitions[parent].append(Partition(*partition))
     counts, tables = {}, {}
-    for name, rows, size, partitions in conn.execute(_TABLES, (list(DAY_PARTITIONED),)):
-        counts[name] = rows
-        tables[name] = {"bytes": size, "partitions": partitions}
+    for name, parts in partitions.items():
+        counts[name] = row_count(conn, name, parts)
+        tables[name] = {"bytes": sum(p.total_bytes for p in parts), "partitions": len(parts)}
     days = partition_days(conn)["heartbeat_records"]
     minute_frontier, hour_frontier, pending = one_row(conn.execute(_ROLLUPS))
     return counts, {
@@ -101,6 +111,43 @@ def _storage(conn: psycopg.Connection, settings: Settings) -> tuple[dict, dict]:
         "customer_hours_rolled_up_until": hour_frontier.isoformat() if hour_frontier else None,
         "rollup_windows_pending": pending,
     }
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    reltuples: int  # the planner's rows at its last ANALYZE (or index build); -1: none
+    relpages: int  # the heap's pages then; 0: no density known
+    heap_bytes: int  # the heap now
+    total_bytes: int
+
+
+def row_count(conn: psycopg.Connection, table: str, partitions: list[Partition]) -> dict[str, Any]:
+    """{"rows": n, "how": "exact" | "estimate" | "not analysed yet"} for a partitioned table
+    (rows None when not analysed).
+
+    A small table is counted. A large one sums its partitions' estimates: the rows per page
+    PostgreSQL last measured times the pages the partition has now (as the planner does, so a
+    stale estimate still grows with the table); a partition with no measure yet is counted
+    when small, and when large makes the total unknown."""
+    if sum(p.heap_bytes for p in partitions) <= EXACT_COUNT_MAX_BYTES:
+        return {"rows": _count(conn, table), "how": "exact"}
+    rows = 0
+    for p in partitions:
+        if p.reltuples >= 0 and p.relpages > 0:
+            rows += round(p.reltuples / p.relpages * (p.heap_bytes / _PAGE))
+        elif p.heap_bytes == 0:
+            continue  # empty
+        elif p.heap_bytes <= EXACT_COUNT_MAX_BYTES:
+            rows += _count(conn, p.name)
+        else:
+            return {"rows": None, "how": "not analysed yet"}
+    return {"rows": rows, "how": "estimate"}
+
+
+def _count(conn: psycopg.Connection, table: str) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+    return int(one_row(conn.execute(query))[0])
 
 
 def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:

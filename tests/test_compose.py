@@ -203,7 +203,7 @@ def test_dagster_loads_the_definitions_and_its_own_database(stack: dict) -> None
         service = stack[name]
         env = service["environment"]
         dagster_url = urlsplit(env[url_variable])
-        assert dagster_url.scheme == "postgresql+psycopg2", name  # see DESIGN.md
+        assert dagster_url.scheme == "postgresql+psycopg2", name  # README "Configuration"
         assert dagster_url.hostname == "postgres"
         assert dagster_url.path != platform_db  # its own database
         assert service["configs"] == [

@@ -161,9 +161,6 @@ class AlertDelivery:
         self._thread: threading.Thread | None = None
         self._connections = _KeptAlive(config.timeout_s)
         self._wal_message = True  # pg_logical_emit_message allowed (until refused)
-        self.delivered = 0
-        self.failed_attempts = 0
-        self.given_up = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -277,12 +274,9 @@ class AlertDelivery:
                     [a.error for a in failed],
                     [now + timedelta(seconds=backoff(n)) for n in tries], give_up,
                 ))
-        self.delivered += len(delivered)
-        self.failed_attempts += len(failed)
         for attempt, n, gave_up in zip(failed, tries, give_up, strict=True):
             row = attempt.row
             if gave_up:
-                self.given_up += 1
                 log.error("gave up notifying %s of episode %d (%s) after %d tries: %s",
                           row.customer_id, row.episode_id, row.state, n, attempt.error)
             elif n == 1 or n % 10 == 0:

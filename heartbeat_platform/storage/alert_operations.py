@@ -137,13 +137,6 @@ def list_episodes(
     return [EpisodeView(*row) for row in conn.execute(query, (limit,))]
 
 
-def get_episode(conn: psycopg.Connection, episode_id: int) -> EpisodeView:
-    row = conn.execute(f"{_SELECT_EPISODES} WHERE episode_id = %s", (episode_id,)).fetchone()
-    if row is None:
-        raise UnknownEpisode(f"no episode {episode_id}")
-    return EpisodeView(*row)
-
-
 def acknowledge(
     conn: psycopg.Connection, episode_id: int, by: str, note: str | None = None
 ) -> EpisodeView:

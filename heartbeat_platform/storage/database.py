@@ -25,7 +25,9 @@ def one_row(cursor: psycopg.Cursor[TupleRow]) -> TupleRow:
 
 
 def sqlalchemy_url(database_url: str, driver: str = "psycopg") -> str:
-    """The same URL for SQLAlchemy; Dagster's storage needs driver='psycopg2' (see DESIGN.md)."""
+    """The same URL for SQLAlchemy. Dagster's storage needs driver='psycopg2': for a plain
+    postgresql:// SQLAlchemy 2.1 picks psycopg 3, which dagster-postgres does not support
+    (README "Configuration", DAGSTER_POSTGRES_URL)."""
     _, _, rest = database_url.partition("://")
     return f"postgresql+{driver}://{rest}"
 

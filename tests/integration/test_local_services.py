@@ -5,17 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
+from heartbeat_platform import status
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import free_port, write_json
@@ -151,7 +154,7 @@ def test_status_reports_schema_topic_and_counts(cli_env, tmp_path) -> None:
     assert report["ok"] is True
     assert report["database"]["source"] == "configured"
     assert report["database"]["schema_version"] >= 2
-    assert report["database"]["row_counts"]["heartbeat_records"] == 0
+    assert report["database"]["row_counts"]["heartbeat_records"] == {"rows": 0, "how": "exact"}
     storage = report["database"]["storage"]
     # init-db created the day partitions: 7 days back, today, 3 ahead (the defaults)
     assert storage["tables"]["heartbeat_records"]["partitions"] == 11
@@ -163,6 +166,55 @@ def test_status_reports_schema_topic_and_counts(cli_env, tmp_path) -> None:
     done = json.loads(maintain.stdout)
     assert done["rollups"] == {} and done["retention"]["partitions_dropped"] == 0
     assert (done["resolved_episodes_deleted"], done["delivered_notifications_deleted"]) == (0, 0)
+
+
+def _insert_records(database_url: str, n: int) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
+            "kafka_partition, kafka_offset) VALUES (%s, %s, 75, 0, %s)",
+            [(f"CUST_{i + 1:05d}", now - timedelta(seconds=i), i) for i in range(n)],
+        )
+
+
+def test_status_counts_rows_nobody_has_analysed_yet(cli_env, database_url, tmp_path) -> None:
+    """Rows just written to new partitions have no planner estimate (reltuples -1): status
+    counts a small table instead of printing "~0 rows", and says there are no rollups yet."""
+    assert _cli("init-db", env=cli_env, cwd=tmp_path).returncode == 0
+    _insert_records(database_url, 1327)
+
+    report = json.loads(_cli("status", "--json", env=cli_env, cwd=tmp_path).stdout)
+    counts = report["database"]["row_counts"]
+    assert counts["heartbeat_records"] == {"rows": 1327, "how": "exact"}
+    assert counts["heartbeat_anomalies"] == {"rows": 0, "how": "exact"}
+    assert report["database"]["storage"]["fleet_minutes_rolled_up_until"] is None
+
+    text = _cli("status", env=cli_env, cwd=tmp_path)
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert re.search(r"heartbeat_records +1,327 rows", text.stdout), text.stdout
+    assert re.search(r"rollups +none yet", text.stdout), text.stdout
+    assert "~0 rows" not in text.stdout and "None" not in text.stdout
+
+
+def test_a_large_table_is_estimated_or_said_to_be_not_analysed(
+    settings_factory, database_url, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the exact-count size the planner's estimate is used; a partition it has never
+    analysed makes the count unknown, not zero."""
+    settings = settings_factory(database_url=database_url)
+    migrate(database_url)
+    _insert_records(database_url, 500)
+    monkeypatch.setattr(status, "EXACT_COUNT_MAX_BYTES", 0)  # every table counts as large
+
+    counts = status.collect_status(settings)["database"]["row_counts"]
+    assert counts["heartbeat_records"] == {"rows": None, "how": "not analysed yet"}
+    assert counts["heartbeat_anomalies"] == {"rows": 0, "how": "exact"}  # an empty heap
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ANALYZE heartbeat_records")
+    counts = status.collect_status(settings)["database"]["row_counts"]
+    assert counts["heartbeat_records"] == {"rows": 500, "how": "estimate"}
 
 
 def test_status_names_an_unreachable_database(cli_env, tmp_path) -> None:

@@ -166,8 +166,8 @@ def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir
         wait_for(schema_ready, 180, "the embedded database's schema", log)
         assert services.current().bootstrap_servers
 
-        # Stopping `dagster dev` does not stop its runs (see DESIGN.md): terminate first,
-        # the consumer and any scheduled run in flight (no_signal runs every minute).
+        # Stopping `dagster dev` does not stop its runs (README "The control room"): terminate
+        # first the consumer and any scheduled run in flight (no_signal runs every minute).
         for run in started:
             query(TERMINATE, runId=run["runId"])
         wait_for(

@@ -8,13 +8,16 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 import pytest
-from dagster import DagsterRunStatus
+from dagster import DagsterEventType, DagsterRunStatus
+from dagster._core.events import DagsterEvent, StepSuccessData
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._core.test_utils import create_run_for_test
 
 from heartbeat_platform.config import load_settings
 from heartbeat_platform.defs.resources import OrchestrationSettings
 from heartbeat_platform.launcher import (
+    RunsStopped,
+    StopReport,
     child_environment,
     dagster_storage_url,
     fail_orphaned_runs,
@@ -86,11 +89,55 @@ def test_runs_whose_code_server_is_gone_are_failed_at_start(tmp_path: Path) -> N
     assert instance.get_run_by_id(alive.run_id).status is DagsterRunStatus.STARTED
 
 
+def _step_event(instance: dg.DagsterInstance, run, kind: DagsterEventType, data=None) -> None:
+    event = DagsterEvent(kind.value, job_name=run.job_name, step_key="op",
+                         event_specific_data=data)
+    instance.report_dagster_event(event, run_id=run.run_id)
+
+
 def test_stop_runs_cancels_queued_runs_and_reports_what_is_left() -> None:
-    """Runs not started yet are canceled outright; one that cannot be reached is left over."""
+    """Runs not started yet are canceled outright; one that cannot be reached is left over:
+    as `timed_out` when it was inside a step, as `idle` when it was starting or between
+    steps (its next step's processes still booting)."""
     instance = dg.DagsterInstance.ephemeral()
     queued = _run(instance, DagsterRunStatus.NOT_STARTED)
     stuck = _run(instance, DagsterRunStatus.STARTED)  # no code server to ask
-    left = stop_runs(instance, timeout=3)
+    _step_event(instance, stuck, DagsterEventType.STEP_START)
+    starting = _run(instance, DagsterRunStatus.STARTING)
+    between = _run(instance, DagsterRunStatus.STARTED)
+    _step_event(instance, between, DagsterEventType.STEP_START)
+    _step_event(instance, between, DagsterEventType.STEP_SUCCESS, StepSuccessData(1.0))
+    stopped = stop_runs(instance, timeout=3)
     assert instance.get_run_by_id(queued.run_id).status is DagsterRunStatus.CANCELED
-    assert [run.run_id for run in left] == [stuck.run_id]
+    assert stopped.canceled == [queued.run_id]
+    assert [run.run_id for run in stopped.timed_out] == [stuck.run_id]
+    assert {run.run_id for run in stopped.idle} == {starting.run_id, between.run_id}
+    assert stopped.terminated == []
+
+
+@pytest.mark.timeout(300)  # a guard, not a measurement: waiting would mean the hour below
+def test_stop_runs_does_not_wait_for_runs_with_no_step_running() -> None:
+    """A run still booting is asked to stop but not waited for (it has done nothing yet):
+    with no run inside a step, stop_runs returns without using its timeout."""
+    instance = dg.DagsterInstance.ephemeral()
+    starting = _run(instance, DagsterRunStatus.STARTED)  # launched, its op not begun
+    stopped = stop_runs(instance, timeout=3600)
+    assert [run.run_id for run in stopped.idle] == [starting.run_id]
+    assert stopped.timed_out == []
+
+
+def test_the_final_line_says_what_was_stopped_and_how_long_it_took() -> None:
+    report = StopReport(began=100.0)
+    assert report.line(now=101.0) is None  # nothing stopped (e.g. the port was in use)
+    report.runs = RunsStopped(terminated=["a", "b"], canceled=["c"])
+    report.services = ["broker", "postgres"]
+    assert report.line(now=106.24) == (
+        "stopped Dagster (2 runs terminated, 1 queued run canceled), the embedded PostgreSQL "
+        "and broker in 6.2 s"
+    )
+    assert StopReport(began=0.0, runs=RunsStopped()).line(now=3.0) == (
+        "stopped Dagster (no runs in progress) in 3.0 s"
+    )
+    assert StopReport(began=0.0, services=["postgres"]).line(now=0.4) == (
+        "stopped the embedded PostgreSQL in 0.4 s"
+    )

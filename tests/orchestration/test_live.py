@@ -8,6 +8,7 @@ Slow (a few minutes on two cores): waits are generous, nothing is timed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -170,9 +171,14 @@ def test_up_supervises_the_consumer_shows_lineage_and_stops_clean(tmp_path: Path
             page.screenshot(path=ARTIFACTS / "dagster-asset-lineage.png")
             browser.close()
 
-        # Ctrl-C: runs, Dagster and the services it started all stop
+        # Ctrl-C: runs, Dagster and the services it started all stop, and one line says so
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=300) == 0, log.read_text()
+        final = log.read_text().splitlines()[-1]
+        assert re.fullmatch(
+            r"stopped Dagster \((no runs in progress|\d+ .+)\), the embedded PostgreSQL "
+            r"and broker in \d+\.\d s", final
+        ), log.read_text()
         assert processes_of(state) == []
         assert not port_open("127.0.0.1", port)
     finally:

@@ -1,10 +1,11 @@
-"""The command's own options: --version, the JSON log formatter, a bad --log-level."""
+"""The command's own options: --version, --help, the JSON log formatter, a bad --log-level."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -26,6 +27,18 @@ def test_version_prints_the_installed_version() -> None:
     done = _cli("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"heartbeat-platform {version('heartbeat-platform')}\n"
+
+
+@pytest.mark.parametrize("command", [[], ["alerts"], ["alerts", "list"], ["up"], ["status"]])
+def test_help_shows_a_flag_as_taking_no_value(command: list[str]) -> None:
+    """`--open <bool>` read as "takes a value", and `--open true` is refused."""
+    done = _cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "--help " in done.stdout
+    assert "<bool>" not in done.stdout
+    if command == ["alerts", "list"]:
+        assert re.search(r"--open +Only open episodes", done.stdout), done.stdout
+        assert re.search(r"--limit +<int", done.stdout), done.stdout  # a value, still shown
 
 
 def test_an_unknown_log_level_after_the_command_is_a_usage_error() -> None:

@@ -2,8 +2,8 @@
 
 The log end comes from a short-lived consumer's cached watermarks after a poll, not from a
 broker watermark query: the embedded broker under-reports the latter after batched
-writes (see DESIGN.md), while the watermarks carried by fetch responses are right on
-both it and real Kafka.
+writes (README, "The embedded broker: what it keeps"), while the watermarks carried by
+fetch responses are right on both it and real Kafka.
 """
 
 from __future__ import annotations

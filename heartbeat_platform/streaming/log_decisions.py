@@ -1,7 +1,7 @@
 """Is the stored offset still right for the broker's log? A pure decision, no client in it.
 
 What a consumer sees is ambiguous on Apache Kafka, and the wrong reading loses or doubles
-data (DESIGN.md, "Apache Kafka semantics"):
+data (README, "Guarantees: what survives what"):
 - a fetch response right after a leader change can carry a high watermark below the
   previous one: the log did not shrink, nothing is to be done;
 - an unclean leader election truncates a log under the same topic id: offsets below the

@@ -319,6 +319,12 @@ QUICK_PROPERTIES = {
     "broker.session.timeout.ms": "3000",
     "replica.lag.time.max.ms": "5000",
     "controlled.shutdown.enable": "true",
+    # KIP-848 groups (group.protocol=consumer): the broker owns the session; a member
+    # killed with -9 gives its partitions up after 6 s instead of 45 s
+    "group.consumer.min.session.timeout.ms": "6000",
+    "group.consumer.session.timeout.ms": "6000",
+    "group.consumer.min.heartbeat.interval.ms": "500",
+    "group.consumer.heartbeat.interval.ms": "1000",
 }
 
 

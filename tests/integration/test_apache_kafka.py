@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
+import pytest
+from confluent_kafka import ConsumerGroupType
+from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
 from stored import delivered_positions, landed
 from test_kafka_correctness import consumer, produce
-from test_resilience import ConsumerProcess, assert_exactly_once, produce_in_background
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.apache_kafka import KafkaCluster
@@ -46,6 +48,22 @@ def stop(consumer_process: ConsumerProcess) -> None:
     consumer_process.proc.send_signal(signal.SIGTERM)
     code, _ = consumer_process.finish(120)
     assert code == 0, consumer_process.text()
+
+
+@pytest.fixture
+def consumers():
+    """Starts `ConsumerProcess`es; any still running when the test ends is killed, so a
+    failed test leaves no consumer behind to reconnect to the next test's broker."""
+    started: list[ConsumerProcess] = []
+
+    def start(settings, *args: str, **kwargs) -> ConsumerProcess:
+        started.append(ConsumerProcess(settings, *args, **kwargs))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.kill()
 
 
 class Producing:
@@ -112,7 +130,7 @@ def test_killing_the_leader_of_a_partition_three_times_mid_stream_loses_nothing(
     settings = on(kafka_cluster, settings_factory, database_url, heartbeat_consume_batch_size=500)
     readiness.prepare(settings)
     topic = settings.kafka_topic
-    layout = topic_layout(kafka_cluster.bootstrap_servers, topic)
+    layout = topic_layout(kafka_cluster.bootstrap_servers, topic, wait_s=10)
     assert layout is not None
     assert (layout.replication_factor, layout.min_insync_replicas) == (3, 2)
     kafka_cluster.wait_in_sync(topic)
@@ -155,7 +173,7 @@ def test_init_db_gives_the_topic_three_copies_and_min_insync_2_on_three_brokers(
     partitions = kafka_cluster.partitions(topic)
     assert sorted(partitions) == [0, 1, 2]
     assert all(sorted(replicas) == [1, 2, 3] for _, replicas, _ in partitions.values())
-    layout = topic_layout(kafka_cluster.bootstrap_servers, topic)
+    layout = topic_layout(kafka_cluster.bootstrap_servers, topic, wait_s=10)
     assert layout is not None and layout.min_insync_replicas == 2
 
     again = _init_db(cli_env, tmp_path, KAFKA_BOOTSTRAP_SERVERS=kafka_cluster.bootstrap_servers)
@@ -188,3 +206,51 @@ def test_init_db_on_one_node_gives_one_copy_and_the_brokers_min_insync(
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert json.loads(status.stdout)["ok"] is True, status.stdout
+
+
+def described_group(kafka: KafkaCluster, group_id: str, members: int, timeout: float = 60):
+    """The group as the broker describes it, once it has `members` members (or the time is
+    up: the caller asserts)."""
+    admin = kafka.admin()  # held in a variable: a client collected mid-call never answers
+    deadline = time.monotonic() + timeout
+    while True:
+        group = admin.describe_consumer_groups([group_id], request_timeout=10)[group_id].result()
+        if len(group.members) == members or time.monotonic() > deadline:
+            return group
+        time.sleep(0.5)
+
+
+def test_kip_848_consumers_joining_leaving_and_killed_store_every_reading_once(
+    apache_kafka, settings_factory, database_url, db, consumers
+):
+    """group.protocol=consumer (the broker assigns, incrementally): a second and a third
+    consumer join mid-stream, one is killed with -9, one leaves, a fourth joins."""
+    settings = on(apache_kafka, settings_factory, database_url, heartbeat_consume_batch_size=500,
+                  kafka_group_protocol="consumer")
+    readiness.prepare(settings)
+    kip_848 = {"KAFKA_GROUP_PROTOCOL": "consumer"}
+    first = consumers(settings, env=kip_848)
+    assert first.assigned.wait(60), first.text()
+    producing = Producing(settings, rate=2_000, seed=848)
+    try:
+        time.sleep(2)
+        second, third = consumers(settings, env=kip_848), consumers(settings, env=kip_848)
+        assert second.assigned.wait(60), second.text()
+        assert third.assigned.wait(60), third.text()
+        time.sleep(2)
+        second.kill()  # its partitions move once the broker ends its session (6 s)
+        time.sleep(2)
+        stop(third)  # leaves the group
+        fourth = consumers(settings, env=kip_848)
+        assert fourth.assigned.wait(60), fourth.text()
+        group = described_group(apache_kafka, settings.kafka_group_id, members=2)
+        assert group.type == ConsumerGroupType.CONSUMER  # KIP-848, not the classic protocol
+        assert len(group.members) == 2, group.members  # first and fourth: second's session ended
+        time.sleep(3)
+    finally:
+        report = producing.stop()
+    assert report.delivered > 5_000 and (report.failed, report.uncertain) == (0, 0), report
+    assert wait_stored(db, report.delivered) == report.delivered, first.text() + fourth.text()
+    stop(first)
+    stop(fourth)
+    assert_exactly_once(db, delivered_positions([report]))

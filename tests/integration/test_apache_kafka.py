@@ -8,6 +8,8 @@ PostgreSQL: none missing, none doubled. The brokers come from tests/apache_kafka
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import ConsumerGroupType
+from confluent_kafka import Consumer, ConsumerGroupType, KafkaError, Producer, TopicPartition
 from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
 from stored import delivered_positions, landed
 from test_kafka_correctness import consumer, produce
@@ -254,3 +256,124 @@ def test_kip_848_consumers_joining_leaving_and_killed_store_every_reading_once(
     stop(first)
     stop(fourth)
     assert_exactly_once(db, delivered_positions([report]))
+
+
+def wait_isr(kafka: KafkaCluster, topic: str, isr: list[int], timeout: float = 60) -> None:
+    """Until every partition of the topic has exactly these in-sync replicas."""
+    deadline = time.monotonic() + timeout
+    partitions: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            partitions = kafka.partitions(topic)
+        except Exception:  # a broker just killed: ask again
+            partitions = {}
+        if partitions and all(sorted(i) == isr for _, _, i in partitions.values()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{topic}: ISRs not {isr} after {timeout:.0f} s: {partitions}")
+
+
+def log_size(kafka: KafkaCluster, topic: str) -> int:
+    """Messages in the topic's log: from each partition's start to its high watermark."""
+    reader = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "log-size"})
+    try:
+        total = 0
+        for p in kafka.partitions(topic):
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        reader.close()
+
+
+def produce_once_with_acks_all(bootstrap_servers: str, topic: str) -> KafkaError | None:
+    """One message, acks=all, not retried: the broker's own answer to it."""
+    probe = Producer({"bootstrap.servers": bootstrap_servers, "acks": "all", "retries": 0,
+                      "enable.idempotence": False, "message.timeout.ms": 30_000})
+    answers: list = []
+    probe.produce(topic, b"probe", b"probe", partition=0,
+                  on_delivery=lambda error, _: answers.append(error))
+    probe.flush(40)
+    assert answers, "no delivery report for the probe"
+    return answers[0]
+
+
+PRODUCED = re.compile(r"sent ([\d,]+)\s+delivered ([\d,]+)\s+failed ([\d,]+)\s+uncertain ([\d,]+)")
+
+
+def test_two_of_three_brokers_down_refuse_acks_all_and_the_producer_counts_stay_honest(
+    kafka_brokers, settings_factory, database_url, db, consumers, tmp_path
+):
+    """RF 3, min.insync.replicas 2, acks=all, two brokers killed with -9: the last one
+    refuses every write (NOT_ENOUGH_REPLICAS). A producer that goes on through the outage
+    delivers all once they are back, and counts delivered exactly what the log holds;
+    `heartbeat-platform produce` stopped with SIGTERM during the outage exits with its
+    counts, and its topic's log holds its delivered and at most its uncertain ones."""
+    settings = on(kafka_brokers, settings_factory, database_url, heartbeat_consume_batch_size=500)
+    stopped = on(kafka_brokers, settings_factory, database_url,
+                 kafka_topic=settings.kafka_topic + "-stopped")
+    for each in (settings, stopped):
+        readiness.prepare(each)
+        layout = topic_layout(kafka_brokers.bootstrap_servers, each.kafka_topic, wait_s=10)
+        assert layout is not None
+        assert (layout.replication_factor, layout.min_insync_replicas) == (3, 2)
+        kafka_brokers.wait_in_sync(each.kafka_topic)
+    running = consumers(settings)
+    assert running.assigned.wait(60), running.text()
+    producing = Producing(settings, rate=1_000, seed=22)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_platform", "produce", "--rate", "500", "--seed", "23"],
+        env={**os.environ, "DATABASE_URL": database_url, "HEARTBEAT_LOG_FORMAT": "text",
+             "KAFKA_BOOTSTRAP_SERVERS": kafka_brokers.bootstrap_servers,
+             "KAFKA_TOPIC": stopped.kafka_topic, "COLUMNS": "200"},
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while log_size(kafka_brokers, stopped.kafka_topic) == 0 or not landed(db):
+            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+            time.sleep(0.3)
+        kafka_brokers.kill(2)
+        kafka_brokers.kill(3)
+        for each in (settings, stopped):  # the controller fenced them: one copy left
+            wait_isr(kafka_brokers, each.kafka_topic, [1])
+        refused = produce_once_with_acks_all(kafka_brokers.node(1).bootstrap_servers,
+                                             settings.kafka_topic)
+        assert refused is not None and refused.code() == KafkaError.NOT_ENOUGH_REPLICAS, refused
+        assert cli.poll() is None, cli.communicate()
+        cli.send_signal(signal.SIGTERM)  # during the outage, its queue waiting for replicas
+        try:
+            out, err = cli.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            cli.kill()
+            raise AssertionError("produce did not exit within 60 s of SIGTERM") from None
+        for node_id in (2, 3):
+            kafka_brokers.node(node_id).start()
+        kafka_brokers.wait_ready(node_ids=[2, 3])
+        for each in (settings, stopped):
+            kafka_brokers.wait_in_sync(each.kafka_topic)
+        live = producing.producer.report
+        deadline = time.monotonic() + 60
+        while live.sent - live.delivered > 1_000 and time.monotonic() < deadline:
+            time.sleep(0.3)  # the outage's backlog delivered
+    finally:
+        report = producing.stop()
+    # the producer that went on: everything delivered once the brokers were back, and the
+    # log holds exactly what it counted delivered, each stored once
+    assert (report.failed, report.uncertain) == (0, 0), report
+    assert report.delivered == report.sent > 5_000, report
+    assert log_size(kafka_brokers, settings.kafka_topic) == report.delivered
+    assert wait_stored(db, report.delivered) == report.delivered, running.text()
+    stop(running)
+    assert_exactly_once(db, delivered_positions([report]))
+    # the producer stopped during the outage: counts printed, exit 1 (some undelivered),
+    # none counted delivered or failed that the log contradicts
+    assert cli.returncode == 1, err
+    found = PRODUCED.search(out)
+    assert found, out + err
+    sent, delivered, failed, uncertain = (int(g.replace(",", "")) for g in found.groups())
+    assert sent == delivered + failed + uncertain and failed + uncertain > 0, out
+    in_log = log_size(kafka_brokers, stopped.kafka_topic)
+    print(f"went on: {report}\nstopped: {out.strip()}, its log holds {in_log}")
+    assert delivered <= in_log <= delivered + uncertain, (out, in_log)
+

@@ -58,7 +58,9 @@ def _require_java_and_jars() -> None:
 def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """One Apache Kafka node (broker and controller), started once per session."""
     _require_java_and_jars()
-    node = KafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1)
+    # retention checked every second (stock: 5 min), for tests that make it delete
+    node = KafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1,
+                        properties={"log.retention.check.interval.ms": "1000"})
     try:
         node.start()
         yield node

@@ -19,7 +19,13 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupType, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
 from stored import delivered_positions, landed
 from test_kafka_correctness import consumer, produce
@@ -377,6 +383,64 @@ def test_two_of_three_brokers_down_refuse_acks_all_and_the_producer_counts_stay_
     assert sent == delivered + failed + uncertain and failed + uncertain > 0, out
     in_log = log_size(kafka_brokers, stopped.kafka_topic)
     print(f"went on: {report}\nstopped: {out.strip()}, its log holds {in_log}")
+    assert delivered <= in_log <= delivered + uncertain, (out, in_log)
+
+
+
+def test_produce_stopped_while_its_leader_waits_for_dead_followers_counts_no_written_one_failed(
+    kafka_brokers, settings_factory, database_url, tmp_path
+):
+    """Broker 1 leads every partition and is the only broker the producer talks to; its
+    two followers are killed with -9 while acks=all writes wait for them, so the client
+    sees no connection trouble at all. Writes the leader appended stay in its log (and
+    are read once the followers are back); `produce` stopped with SIGTERM during the
+    outage must not count any of them failed ("certainly not in the topic")."""
+    settings = on(kafka_brokers, settings_factory, database_url)
+    topic = settings.kafka_topic
+    admin = kafka_brokers.admin()
+    created = admin.create_topics([NewTopic(
+        topic, num_partitions=3, replica_assignment=[[1, 2, 3], [1, 3, 2], [1, 2, 3]],
+        config={"min.insync.replicas": "2"})], request_timeout=30)[topic]
+    created.result(timeout=30)
+    readiness.prepare(settings)  # the schema; the topic is left as created
+    kafka_brokers.wait_in_sync(topic)
+    assert {leader for leader, _, _ in kafka_brokers.partitions(topic).values()} == {1}
+    # the broker answers a write that waits for replicas after the request's timeout
+    # (REQUEST_TIMED_OUT, retriable: librdkafka queues it again without a callback)
+    properties = tmp_path / "client.properties"
+    properties.write_text("request.timeout.ms=5000\n")
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_platform", "produce", "--rate", "1000", "--seed", "5"],
+        env={**os.environ, "DATABASE_URL": database_url, "HEARTBEAT_LOG_FORMAT": "text",
+             "KAFKA_BOOTSTRAP_SERVERS": kafka_brokers.node(1).bootstrap_servers,
+             "KAFKA_TOPIC": topic, "COLUMNS": "200", "KAFKA_CLIENT_PROPERTIES": str(properties)},
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while log_size(kafka_brokers, topic) == 0:
+            assert cli.poll() is None and time.monotonic() < deadline, cli.communicate()
+            time.sleep(0.3)
+        kafka_brokers.kill(2)
+        kafka_brokers.kill(3)
+        wait_isr(kafka_brokers, topic, [1])
+        time.sleep(8)  # past the request timeout: the waiting writes were answered
+        assert cli.poll() is None, cli.communicate()
+        cli.send_signal(signal.SIGTERM)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    for node_id in (2, 3):
+        kafka_brokers.node(node_id).start()
+    kafka_brokers.wait_ready(node_ids=[2, 3])
+    kafka_brokers.wait_in_sync(topic)
+    found = PRODUCED.search(out)
+    assert found, out + err
+    sent, delivered, failed, uncertain = (int(g.replace(",", "")) for g in found.groups())
+    in_log = log_size(kafka_brokers, topic)
+    print(f"stopped: {out.strip()}, its log holds {in_log}")
+    assert sent == delivered + failed + uncertain and failed + uncertain > 0, out
     assert delivered <= in_log <= delivered + uncertain, (out, in_log)
 
 

@@ -4,7 +4,9 @@
 is three combined broker+controller nodes (one controller quorum: any one node may be
 killed) shared by a test module; before and after each test every node is running again,
 so a test may kill, pause and restart nodes freely (`KafkaCluster.kill`, `.restart`,
-`.leader_of`, `.wait_for_leader`, `.paused`, `.elect_preferred_leaders`).
+`.leader_of`, `.wait_for_leader`, `.paused`, `.elect_preferred_leaders`). `kafka_brokers`
+is three broker-only nodes and a dedicated controller, started for one test, where two
+brokers may be down at once.
 
 The jars come from Maven Central once (heartbeat_platform/local/apache_kafka.py) and are
 reused from ~/.cache/heartbeat-platform/kafka-4.4.0. Without java (or, until the jars are
@@ -35,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if "apache_kafka" in names or "kafka_cluster" in names:
+        if {"apache_kafka", "kafka_cluster", "kafka_brokers"} & set(names):
             item.add_marker(pytest.mark.apache_kafka)
 
 
@@ -56,7 +58,9 @@ def _require_java_and_jars() -> None:
 def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """One Apache Kafka node (broker and controller), started once per session."""
     _require_java_and_jars()
-    node = KafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1)
+    # retention checked every second (stock: 5 min), for tests that make it delete
+    node = KafkaCluster(tmp_path_factory.mktemp("apache-kafka"), size=1,
+                        properties={"log.retention.check.interval.ms": "1000"})
     try:
         node.start()
         yield node
@@ -82,6 +86,21 @@ def _heal(cluster: KafkaCluster) -> None:
         if not node.running:
             cluster.restart(node_id)
     cluster.wait_ready()
+
+
+@pytest.fixture
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three broker-only Apache Kafka nodes and a dedicated controller, for one test: two
+    brokers may be down at once while the controller still fences them and shrinks the
+    ISRs (what `kafka_cluster`'s combined nodes cannot survive: a lost quorum)."""
+    _require_java_and_jars()
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-brokers"), size=3,
+                           dedicated_controller=True)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -34,14 +34,20 @@ The client is re-created only on evidence that waiting cannot end well:
   2.16.0). A new client asks for a new producer id.
 
 A purged queued message is not always one never sent: a message put back in the queue to
-be retried after a send whose answer never came is "possibly persisted" to librdkafka,
-yet purged as `_PURGE_QUEUE`. Such retries follow a broken connection or a request
-timeout (`error_cb` codes `CONNECTION_TROUBLE`) or a fatal error, so a message produced
-before one of those counts as uncertain. Not covered: a retry after a retriable answer
-from the broker (REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS_AFTER_APPEND), which reaches no
-callback. The producer purges only after a fatal error, on a refused producer id (where
-librdkafka has checked that the refused batches were never retried), and in `close`
-after its flush timeout.
+be retried is "possibly persisted" to librdkafka, yet purged as `_PURGE_QUEUE`. Retries
+follow a broken connection or a request timeout (`error_cb` codes `CONNECTION_TROUBLE`)
+or a fatal error, so a message produced before one of those counts as uncertain. They also
+follow a retriable answer from the broker that reaches no callback: REQUEST_TIMED_OUT from
+a leader that appended the write and then waited for followers that died (proven on
+Apache Kafka 4.4: such a write stays in the leader's log and is read once they are back).
+For those the statistics decide (`transmitted`): per partition, librdkafka counts every
+message it put in a request (`txmsgs`, retries included), and with idempotence it sends a
+partition's messages in order, so only the first `txmsgs` messages of a partition can
+have been sent. After a purge the producer waits for the next statistics and counts a
+purged queued message as uncertain when fewer messages of its partition reported before
+it than were transmitted. Without statistics (`statistics.interval.ms` 0) that check is
+off. The producer purges only after a fatal error, on a refused producer id, in `close`
+after its flush timeout, and after a stop's grace.
 
 On the embedded broker (`ProducerConfig.rotation_dir` set) the producer takes part in the
 rotation of the broker's log (`heartbeat_platform.local.rotation`): when asked, it flushes,
@@ -126,17 +132,44 @@ CONNECTION_TROUBLE = frozenset({
 })
 
 
-def delivery_outcome(error_code: int | None, trouble_since_sent: bool = False) -> str:
+def delivery_outcome(
+    error_code: int | None, trouble_since_sent: bool = False, maybe_sent: bool = False
+) -> str:
     """DELIVERED, FAILED (certainly not written) or UNCERTAIN (may be in the topic).
 
     `trouble_since_sent`: a connection broke, a request timed out or a fatal error came
     after the message was produced, so it may have been sent and queued again for a retry.
+    `maybe_sent`: the statistics say it may have been in a request (see `transmitted`), so
+    purged from the queue it may be a retry.
     """
     if error_code is None:
         return DELIVERED
+    if error_code == KafkaError._PURGE_QUEUE and maybe_sent:
+        return UNCERTAIN
     if error_code in NEVER_WRITTEN and not trouble_since_sent:
         return FAILED
     return UNCERTAIN
+
+
+def transmitted(stats_json: str, topic: str) -> dict[int, int]:
+    """partition -> messages librdkafka put in produce requests to it (`txmsgs`: every
+    transmission, retries included), from its statistics."""
+    partitions = ((orjson.loads(stats_json).get("topics") or {}).get(topic) or {}).get(
+        "partitions") or {}
+    return {int(p): int(v.get("txmsgs", 0)) for p, v in partitions.items() if int(p) >= 0}
+
+
+def maybe_sent(partition: int | None, reported_before: int, sent: dict[int, int] | None) -> bool:
+    """Whether a message purged from the queue may have been in a request: `reported_before`
+    messages of its partition had their delivery report before it, `sent` is `transmitted`
+    as of after the purge (None: no statistics came, so it may have been). With idempotence a
+    partition's messages are sent in order, so a message at index i was never sent when i is
+    at least the number of transmissions."""
+    if partition is None or partition < 0:
+        return False  # never given a partition: never in a request
+    if sent is None:
+        return True
+    return reported_before < sent.get(partition, 0)
 
 
 def producer_identity(stats_json: str) -> tuple[int, int] | None:
@@ -239,6 +272,11 @@ class HeartbeatProducer:
         self._fatal: KafkaError | None = None
         self._identity: tuple[int, int] | None = None  # as of the last statistics
         self._bumps = 0  # epoch bumps since the last delivery report
+        self._transmitted: dict[int, int] = {}  # `transmitted`, as of the last statistics
+        self._stats_seen = 0  # statistics callbacks of this client
+        self._reported: dict[int, int] = {}  # partition -> delivery reports of this client
+        # during a purge: the purged queued messages, counted once fresh statistics came
+        self._deferred: list[tuple[int, KafkaError, Message, int | None, int]] | None = None
         return Producer(
             {
                 "bootstrap.servers": self.config.bootstrap_servers,
@@ -451,8 +489,21 @@ class HeartbeatProducer:
     def _on_delivery(self, ticket: int, error: KafkaError | None, message: Message) -> None:
         """`ticket`: `self._troubles` when the message was produced."""
         self._bumps, self._identity = 0, None  # a report: bumps so far prove nothing
+        partition = message.partition()
+        before = 0
+        if partition is not None and partition >= 0:
+            before = self._reported.get(partition, 0)
+            self._reported[partition] = before + 1
+        if (self._deferred is not None and error is not None
+                and error.code() == KafkaError._PURGE_QUEUE):
+            self._deferred.append((ticket, error, message, partition, before))
+            return
+        self._count(ticket, error, message)
+
+    def _count(self, ticket: int, error: KafkaError | None, message: Message,
+               sent: bool = False) -> None:
         if error is not None:
-            outcome = delivery_outcome(error.code(), self._troubles > ticket)
+            outcome = delivery_outcome(error.code(), self._troubles > ticket, sent)
             if outcome == FAILED:
                 self.report.failed += 1
             else:
@@ -472,6 +523,8 @@ class HeartbeatProducer:
             span[0] = offset
 
     def _on_stats(self, stats_json: str) -> None:
+        self._transmitted = transmitted(stats_json, self.config.topic)
+        self._stats_seen += 1
         identity = producer_identity(stats_json)
         self._bumps += epoch_bumps(self._identity, identity)
         self._identity = identity
@@ -530,16 +583,43 @@ class HeartbeatProducer:
         self.report.recreated += 1
         return True
 
+    def _stats_interval_ms(self) -> int:
+        return int(self.config.kafka_overrides.get("statistics.interval.ms", STATS_INTERVAL_MS))
+
+    def _transmitted_after_purge(self, producer: Producer) -> dict[int, int] | None:
+        """`transmitted` from the first statistics after a purge (nothing is sent after
+        it, so they count every transmission); None when none came in time or statistics
+        are off."""
+        interval = self._stats_interval_ms()
+        if interval <= 0:
+            return None
+        seen, deadline = self._stats_seen, time.monotonic() + 2 * interval / 1000 + 1
+        try:
+            while self._stats_seen == seen and time.monotonic() < deadline:
+                producer.poll(0.1)
+        except KafkaException as exc:
+            self._note_fatal(exc)
+        return dict(self._transmitted) if self._stats_seen != seen else None
+
     def _purge(self, producer: Producer, why: str, log_it: bool = True) -> tuple[int, int]:
         """Drop what `producer` still holds; each message reports to `_on_delivery`: queued
-        ones as failed, in-flight ones (or queued ones produced before connection trouble)
-        as uncertain. Returns how many of each."""
+        ones as failed, in-flight ones, and queued ones that may be retries (produced before
+        connection trouble, or within what the statistics say was transmitted: counted once
+        the next statistics came, `maybe_sent`) as uncertain. Returns how many of each."""
         waiting = len(producer)
         if not waiting:
             return 0, 0
         failed, uncertain = self.report.failed, self.report.uncertain
-        producer.purge(in_queue=True, in_flight=True)
-        self._serve(producer, PURGE_SERVE_S)
+        self._deferred = []
+        try:
+            producer.purge(in_queue=True, in_flight=True)
+            self._serve(producer, PURGE_SERVE_S)
+            sent = self._transmitted_after_purge(producer)
+        finally:
+            deferred, self._deferred = self._deferred or [], None
+        for ticket, error, message, partition, before in deferred:
+            may = self._stats_interval_ms() > 0 and maybe_sent(partition, before, sent)
+            self._count(ticket, error, message, may)
         failed, uncertain = self.report.failed - failed, self.report.uncertain - uncertain
         if log_it:
             log.error("%s: purged %d messages: %d failed (never sent), %d uncertain (may be in "

@@ -10,6 +10,7 @@ SASL; `Settings.kafka_client_config`), merged over the admin client's own.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
@@ -186,24 +187,37 @@ def ensure_topic(
         return False
     except TimeoutError as exc:
         raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer in time") from exc
+    # On a cluster the other brokers learn of the topic a moment later: return once the
+    # metadata shows it, so a `require_topic` right after (consume after init-db) finds it.
+    topic_layout(bootstrap_servers, topic, overrides, wait_s=ADMIN_TIMEOUT_S)
     log.info("created topic %s with %d partitions, replication factor %d, "
              "min.insync.replicas %s", topic, partitions, factor, min_insync or "default")
     return True
 
 
 def topic_layout(
-    bootstrap_servers: str, topic: str, overrides: dict | None = None
+    bootstrap_servers: str, topic: str, overrides: dict | None = None, wait_s: float = 0.0
 ) -> TopicLayout | None:
     """The topic's partitions, replication factor (the fewest copies of any partition) and
-    min.insync.replicas as the broker reports them; None when the topic does not exist."""
+    min.insync.replicas as the broker reports them; None when the topic does not exist.
+
+    `wait_s`: how long to wait for a topic just created to show up. On a cluster the broker
+    that answers may not have the new topic in its metadata yet (Apache Kafka spreads it
+    to the brokers after CreateTopics returns).
+    """
     admin = admin_client(bootstrap_servers, overrides)
-    try:
-        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
-    except KafkaException as exc:
-        raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer") from exc
-    found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
-        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise BrokerUnavailable(f"Kafka at {bootstrap_servers} did not answer") from exc
+        found = metadata.topics.get(topic)
+        if found is not None and found.error is None and found.partitions:
+            break
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
     factor = min((len(p.replicas) for p in found.partitions.values()), default=0)
     min_insync: int | None = None
     resource = ConfigResource(ResourceType.TOPIC, topic)

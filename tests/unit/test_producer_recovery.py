@@ -15,8 +15,10 @@ from heartbeat_platform.streaming.producer import (
     UNCERTAIN,
     delivery_outcome,
     epoch_bumps,
+    maybe_sent,
     producer_identity,
     recreate_reason,
+    transmitted,
 )
 
 
@@ -60,6 +62,41 @@ def test_after_connection_trouble_a_queued_message_may_be_a_retry(
     code: int | None, outcome: str
 ) -> None:
     assert delivery_outcome(code, trouble_since_sent=True) == outcome
+
+
+def test_a_purged_queued_message_that_may_have_been_sent_is_uncertain() -> None:
+    """A retry after a retriable broker answer (REQUEST_TIMED_OUT) reaches no callback;
+    the statistics say it may have been in a request."""
+    assert delivery_outcome(KafkaError._PURGE_QUEUE, maybe_sent=True) == UNCERTAIN
+    assert delivery_outcome(KafkaError._PURGE_QUEUE, maybe_sent=False) == FAILED
+    # a broker's refusal of the message itself stays a refusal
+    assert delivery_outcome(KafkaError.MSG_SIZE_TOO_LARGE, maybe_sent=True) == FAILED
+
+
+def test_txmsgs_per_partition_come_from_the_statistics() -> None:
+    stats_json = json.dumps({"topics": {
+        "t": {"partitions": {"-1": {"txmsgs": 0}, "0": {"txmsgs": 120}, "2": {"txmsgs": 7}}},
+        "other": {"partitions": {"0": {"txmsgs": 999}}}}})
+    assert transmitted(stats_json, "t") == {0: 120, 2: 7}
+    assert transmitted(stats_json, "missing") == {}
+    assert transmitted(json.dumps({"name": "p"}), "t") == {}
+
+
+@pytest.mark.parametrize(
+    ("partition", "before", "sent", "expected"),
+    [
+        (0, 119, {0: 120}, True),  # the 120th message of partition 0: it was transmitted
+        (0, 120, {0: 120}, False),  # past every transmission: never in a request
+        (1, 0, {0: 120}, False),  # nothing ever transmitted to partition 1
+        (0, 500, None, True),  # no statistics after the purge: it may have been
+        (-1, 0, None, False),  # never given a partition
+        (None, 0, None, False),
+    ],
+)
+def test_a_message_may_have_been_sent_only_within_the_transmissions_of_its_partition(
+    partition: int | None, before: int, sent: dict[int, int] | None, expected: bool
+) -> None:
+    assert maybe_sent(partition, before, sent) is expected
 
 
 def stats(producer_id: int, epoch: int) -> str:

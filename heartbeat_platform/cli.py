@@ -280,7 +280,7 @@ def init_db() -> None:
     """Start or reuse the services, apply pending schema migrations, create the topic."""
     settings = _settings()
     services = LocalServices(settings)
-    prepared = readiness.prepare(settings, services)
+    prepared = readiness.prepare(settings, services, describe_topic=True)
     for name in services.started:
         console.print(f"started embedded {name} (stop it with `heartbeat-platform down`)")
     applied = ", ".join(prepared.migrations_applied)

@@ -70,7 +70,11 @@ class Prepared:
     topic_layout: TopicLayout | None = None
 
 
-def prepare(settings: Settings, services: LocalServices | None = None) -> Prepared:
+def prepare(
+    settings: Settings, services: LocalServices | None = None, *, describe_topic: bool = False
+) -> Prepared:
+    """`describe_topic`: also read back the topic's layout (what `init-db` prints); the
+    other callers skip that round trip to the broker."""
     services = services or LocalServices(settings)
     endpoints = services.start()
     applied = migrate(endpoints.database_url)
@@ -88,7 +92,7 @@ def prepare(settings: Settings, services: LocalServices | None = None) -> Prepar
         )
         layout = topic_layout(
             endpoints.bootstrap_servers, settings.kafka_topic, settings.kafka_client_config
-        )
+        ) if describe_topic else None
     return Prepared(endpoints, applied, created, layout)
 
 

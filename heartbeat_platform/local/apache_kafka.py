@@ -1,7 +1,7 @@
 """Apache Kafka 4.4 on this machine: the broker's jars from Maven Central, KRaft nodes on
 loopback ports, started, stopped, killed and restarted on the same ports and storage.
 
-The tests prove the guarantees on it (tests/apache_kafka_fixtures.py); `up --broker kafka`
+The tests prove the guarantees on it (tests/support/apache_kafka.py); `up --broker kafka`
 is meant to use it too. Nothing is built: `apache_kafka_pom.xml` (next to this file) names
 `org.apache.kafka:kafka_2.13` 4.4.0 and friends, and Maven copies them with their runtime
 dependencies into a cache folder outside the repository, once:

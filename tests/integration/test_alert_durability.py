@@ -21,12 +21,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from alerting_rows import insert_episode
 
 from heartbeat_platform.alerting.delivery import AlertDelivery, AlertingConfig, OutboxRow
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import wait_until
 from heartbeat_platform.storage.migrations import migrate
+from tests.support.alerting_rows import insert_episode
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from alerting_rows import insert_episode
 
 from heartbeat_platform.domain.episodes import AlertBounds
 from heartbeat_platform.storage import alert_operations as ops
 from heartbeat_platform.storage import episodes
 from heartbeat_platform.storage.migrations import migrate
+from tests.support.alerting_rows import insert_episode
 
 
 @pytest.fixture

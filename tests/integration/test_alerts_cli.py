@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from alerting_rows import insert_episode
 
 from heartbeat_platform.storage import episodes
 from heartbeat_platform.storage.migrations import migrate
+from tests.support.alerting_rows import insert_episode
 
 LINE_TIMEOUT_S = 120  # a bound for a hung process, not a measurement
 

@@ -26,15 +26,15 @@ from confluent_kafka.admin import (
     NewTopic,
     ResourceType,
 )
-from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
-from stored import delivered_positions, landed
-from test_kafka_correctness import consumer, produce
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.apache_kafka import KafkaCluster
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 from heartbeat_platform.streaming.topics import topic_layout
+from tests.integration.test_kafka_correctness import consumer, produce
+from tests.support.pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
+from tests.support.stored import delivered_positions, landed
 
 
 def on(kafka: KafkaCluster, settings_factory, database_url: str, **overrides):

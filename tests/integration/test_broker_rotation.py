@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from stored import landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.domain.broker_rotation import (
@@ -35,6 +34,7 @@ from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.lag import log_end_offsets
 from heartbeat_platform.streaming.producer import HeartbeatProducer, ProducerReport
 from heartbeat_platform.streaming.topics import describe_topic
+from tests.support.stored import landed
 
 WAIT_S = 240  # generous: two shared cores; no test asserts a duration
 

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
-from stored import delivered_positions, landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.broker import EmbeddedBroker
@@ -26,6 +24,8 @@ from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress
 from heartbeat_platform.streaming.topics import ensure_topic
+from tests.support.pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
+from tests.support.stored import delivered_positions, landed
 
 UNAVAILABLE = "database unavailable"  # what the consumer logs when it meets an outage
 KILL = pytest.mark.parametrize("kill", [False, True], ids=["consumer-runs", "consumer-killed"])

@@ -24,7 +24,10 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from grafana_rules import (
+
+from heartbeat_platform.grafana_queries import QueryContext, expand
+from heartbeat_platform.storage.migrations import migrate
+from tests.support.grafana_rules import (
     ALERTING,
     EXPRESSIONS,
     PROVISIONING,
@@ -34,9 +37,6 @@ from grafana_rules import (
     evaluate,
     threshold,
 )
-
-from heartbeat_platform.grafana_queries import QueryContext, expand
-from heartbeat_platform.storage.migrations import migrate
 
 ROOT = Path(__file__).resolve().parents[2]
 READER = "heartbeat_grafana_reader"

@@ -23,7 +23,6 @@ import psycopg
 import pytest
 import yaml
 from confluent_kafka import Producer
-from grafana_rules import alert_rules, evaluate, numeric
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
@@ -38,6 +37,7 @@ from heartbeat_platform.storage.migrations import migrate, sql_dir
 from heartbeat_platform.storage.rollups import refresh_pending
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
+from tests.support.grafana_rules import alert_rules, evaluate, numeric
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import ConsumerGroupState, Producer
 from confluent_kafka.admin import AdminClient
-from stored import delivered_positions, landed, landed_by_topic
-from test_resilience import ConsumerProcess, assert_exactly_once, produce_in_background
 
 from heartbeat_platform import readiness
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
+from tests.support.pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
+from tests.support.stored import delivered_positions, landed, landed_by_topic
 
 ALERT_ROWS = "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%'"
 

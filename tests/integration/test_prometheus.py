@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline import ConsumerProcess, ProducerProcess
-from test_prometheus_panels import prometheus_targets
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
 from heartbeat_platform.local.process import free_port, wait_until
+from tests.integration.test_prometheus_panels import prometheus_targets
+from tests.support.pipeline import ConsumerProcess, ProducerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_CONFIG = ROOT / "prometheus" / "prometheus.yml"

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
-from stored import delivered_positions, landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.broker import EmbeddedBroker
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress, StaleProgress
+from tests.support.pipeline import ConsumerProcess, assert_exactly_once, produce_in_background
+from tests.support.stored import delivered_positions, landed
 
 
 def test_kill_9_at_random_moments_loses_and_doubles_nothing(settings_factory, database_url, db):

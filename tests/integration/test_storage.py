@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
-from test_schema import VIEW_COLUMNS  # the views' contract, one list for both files
 
 from heartbeat_platform import readiness
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
@@ -46,6 +45,7 @@ from heartbeat_platform.storage.rollups import (
 )
 from heartbeat_platform.storage.writer import Batch, BatchWriter, PartitionProgress
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
+from tests.integration.test_schema import VIEW_COLUMNS  # the views' contract, for both files
 
 DAY = timedelta(days=1)
 MICROSECOND = timedelta(microseconds=1)

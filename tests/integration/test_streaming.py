@@ -9,12 +9,12 @@ import orjson
 import psycopg
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import Producer, TopicPartition
-from stored import landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.domain.events import classify_heart_rate
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
+from tests.support.stored import landed
 
 ALERT_ROWS = "SELECT count(*) FROM pipeline_metrics WHERE metric_name LIKE 'alert\\_%'"
 

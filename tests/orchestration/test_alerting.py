@@ -8,9 +8,9 @@ from datetime import timedelta
 import dagster as dg
 import psycopg
 import pytest
-from alerting_rows import insert_episode
 
 from heartbeat_platform.definitions import defs
+from tests.support.alerting_rows import insert_episode
 
 CHECKS = {"episode_states_consistent", "transitions_in_outbox", "nothing_stuck_undelivered"}
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
-from test_consumer_loop import TOPIC, Broker, Client, Database, Message
 
 from heartbeat_platform.domain.alerts import AlertManager
 from heartbeat_platform.domain.retention import RetentionPolicy
@@ -19,6 +18,7 @@ from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.outage import DatabaseUnavailable
 from heartbeat_platform.streaming.quiet_log import QuietLog
+from tests.unit.test_consumer_loop import TOPIC, Broker, Client, Database, Message
 
 
 def landing_over(database: Database) -> tuple[Landing, Cursors, list]:

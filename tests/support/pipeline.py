@@ -11,11 +11,11 @@ import sys
 import threading
 
 import psycopg
-from stored import landed
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.streaming.producer import HeartbeatProducer
+from tests.support.stored import landed
 
 
 class ConsumerProcess:

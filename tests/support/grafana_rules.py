@@ -16,7 +16,7 @@ import yaml
 
 from heartbeat_platform.grafana_queries import QueryContext, expand
 
-PROVISIONING = Path(__file__).resolve().parents[1] / "grafana" / "provisioning"
+PROVISIONING = Path(__file__).resolve().parents[2] / "grafana" / "provisioning"
 ALERTING = PROVISIONING / "alerting"
 EXPRESSIONS = "__expr__"  # Grafana's datasource uid for server-side expressions
 REDUCERS = {"last": lambda v: v[-1], "max": max, "min": min, "sum": sum,

@@ -371,7 +371,6 @@ def _scram_matches(verifier: str, password: str) -> bool:
             and hmac.new(salted, b"Server Key", "sha256").digest() == server_key)
 
 
-@pytest.mark.integration
 def test_db_setup_sets_the_grafana_password_and_creates_dagsters_database(
     stack: dict, database_url: str
 ) -> None:

@@ -81,6 +81,7 @@ def pipeline_url(pg: EmbeddedPostgres, database: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["synchronous commit", "waiting for the WAL writer"])
+@pytest.mark.postgres  # a server of its own (`server`), crashed on purpose
 def test_a_notification_is_sent_only_once_a_crash_cannot_take_it_back(
     server: EmbeddedPostgres, how: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -88,6 +88,7 @@ def test_embedded_postgres_asks_for_its_password(embedded_postgres, monkeypatch)
     assert "no password supplied" in _refused(socket)
 
 
+@pytest.mark.postgres  # a server of its own
 def test_a_trust_state_folder_of_an_earlier_version_is_upgraded(tmp_path, caplog) -> None:
     """A folder initialised without a password keeps its data and asks for one from then on."""
     server = EmbeddedPostgres(tmp_path / "postgres")

@@ -20,6 +20,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import orjson
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from heartbeat_platform import readiness
@@ -34,6 +35,9 @@ from heartbeat_platform.streaming.producer import (
     ProducerReport,
 )
 from heartbeat_platform.streaming.topics import describe_topic, ensure_topic
+
+# every test uses a real broker: the session's, or one of its own to fail on purpose
+pytestmark = pytest.mark.broker
 
 PRODUCE = 0  # Kafka protocol api key of a Produce request
 

@@ -34,6 +34,9 @@ from heartbeat_platform.readiness import kafka_failures_explained, prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
 
+# every test uses a real broker: the session's, or one of its own behind stunnel4 (TLS)
+pytestmark = pytest.mark.broker
+
 
 @dataclass(frozen=True)
 class TlsBroker:

@@ -96,6 +96,9 @@ def local_services(state_dir: Path) -> LocalServices:
     ))
 
 
+@pytest.mark.dagster
+@pytest.mark.postgres  # the definitions start the embedded services
+@pytest.mark.broker
 def test_dagster_dev_in_a_fresh_clone_serves_the_platform(clone: Path, state_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

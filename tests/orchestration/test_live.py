@@ -95,6 +95,9 @@ def processes_of(state: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.dagster
+@pytest.mark.postgres  # `up` starts its own embedded services
+@pytest.mark.broker
 def test_up_supervises_the_consumer_shows_lineage_and_stops_clean(tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
     assert chromium, "needs Debian's chromium (apt-get install chromium)"

@@ -28,19 +28,6 @@ from heartbeat_platform.local.apache_kafka import (
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", f"apache_kafka: runs against Apache Kafka {KAFKA_VERSION} (java, mvn)"
-    )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        names = getattr(item, "fixturenames", ())
-        if {"apache_kafka", "kafka_cluster", "kafka_brokers"} & set(names):
-            item.add_marker(pytest.mark.apache_kafka)
-
-
 def _require_java_and_jars() -> None:
     missing = missing_tools()
     if missing:

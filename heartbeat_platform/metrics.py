@@ -51,6 +51,7 @@ class ConsumerSnapshot:
     lag: dict[int, int] = field(default_factory=dict)  # per assigned partition
     database_unavailable: bool = False
     kafka_errors: int = 0  # errors the Kafka client reported (it retries)
+    lost_at_source: dict[int, int] = field(default_factory=dict)  # per partition
 
 
 class DeliveryCounts(Protocol):
@@ -128,6 +129,9 @@ class ConsumerCollector(Collector):
         yield CounterMetricFamily("heartbeat_consumer_kafka_errors",
                                   "Errors the Kafka client reported (it retries)",
                                   now.kafka_errors)
+        yield _labelled(CounterMetricFamily, "heartbeat_consumer_lost_at_source",
+                        "Messages the broker deleted (retention) before this consumer read "
+                        "them, per partition", "partition", now.lost_at_source)
 
 
 class ProducerCollector(Collector):

@@ -32,7 +32,7 @@ from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
 from heartbeat_platform.metrics import ConsumerMetrics, ConsumerSnapshot
 from heartbeat_platform.storage.writer import BatchWriter, WriteResult
 from heartbeat_platform.streaming.assignment import Assignment
-from heartbeat_platform.streaming.batch_builder import BatchBuilder
+from heartbeat_platform.streaming.batch_builder import BatchBuilder, Cursor
 from heartbeat_platform.streaming.consumer_config import (
     ConsumerConfig,
     assigns_incrementally,
@@ -43,7 +43,7 @@ from heartbeat_platform.streaming.consumer_report import ConsumerReport
 from heartbeat_platform.streaming.cursors import Cursors, position
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
-from heartbeat_platform.streaming.log_checks import LogChecks
+from heartbeat_platform.streaming.log_checks import LogChecks, Suspect
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topics import topic_id
@@ -141,7 +141,8 @@ class HeartbeatConsumer:
             warned = False
             while not self._stop.is_set():
                 self.snapshot = ConsumerSnapshot(self.stats, self._lag, self.outage.active,
-                                                 self.kafka_errors)
+                                                 self.kafka_errors,
+                                                 dict(self.cursors.lost_at_source))
                 if self.outage.active:
                     self._wait_for_database()
                     continue
@@ -213,17 +214,30 @@ class HeartbeatConsumer:
         for suspect in suspects:
             if not self._settle():
                 return
-            try:
-                listed = self.kafka.listed_offsets(suspect.partition)
-            except KafkaException as exc:
-                self.logs.retry(suspect.partition)
-                self._quiet.warning(("list", suspect.partition), "partition %d: log start/end "
-                                    "not known yet (%s); retrying", suspect.partition, exc)
-                continue
-            with needs_database("log check"):
-                offset = self.logs.act(suspect, listed, self._topic_id())
+            offset = self._decide(suspect, self._topic_id)
             if offset is not None:
                 self.kafka.seek({suspect.partition: offset}, paused=False)
+
+    def _decide(self, suspect: Suspect, topic_id: Callable[[], str | None]) -> int | None:
+        """Ask the broker where a suspect partition's log starts and ends, and act on it;
+        where to read next, or None (nothing to do, or no answer yet: asked next round)."""
+        try:
+            listed = self.kafka.listed_offsets(suspect.partition)
+        except KafkaException as exc:
+            self.logs.retry(suspect.partition)
+            self._quiet.warning(("list", suspect.partition), "partition %d: log start/end "
+                                "not known yet (%s); retrying", suspect.partition, exc)
+            return None
+        with needs_database("log check"):
+            return self.logs.act(suspect, listed, topic_id())
+
+    def _open(self, partitions: list[int]) -> dict[int, Cursor]:
+        """Cursors at the stored progress; a partition the group never read starts where
+        its log starts, and what retention deleted before that is counted lost."""
+        opened = self.cursors.open(partitions)
+        for suspect in self.logs.first_reads(opened):
+            self._decide(suspect, lambda s=suspect: s.seen.topic_id)
+        return opened
 
     # -- while the database is away -------------------------------------------------------
     def _lost_database(self, exc: DatabaseUnavailable) -> None:
@@ -248,7 +262,7 @@ class HeartbeatConsumer:
             with needs_database("reconnect"):
                 self.writer.ping()
                 self.cursors.reload(list(self.cursors))
-                opened = self.cursors.open(sorted(self._unopened)) if self._unopened else {}
+                opened = self._open(sorted(self._unopened)) if self._unopened else {}
         except DatabaseUnavailable as exc:
             log.error("%s; retrying in %.1fs", exc, self.outage.failed(now))
             return
@@ -270,7 +284,7 @@ class HeartbeatConsumer:
         if not self.outage.active:
             try:
                 with needs_database("load progress"):
-                    opened = self.cursors.open(ids)
+                    opened = self._open(ids)
             except DatabaseUnavailable as exc:
                 self._lost_database(exc)
         for tp in partitions:

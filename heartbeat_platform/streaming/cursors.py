@@ -54,6 +54,7 @@ class Cursors(dict[int, Cursor]):
         self.topic = topic
         self.topic_id = topic_id  # asks the broker for the topic's id now
         self._wait = wait  # sleeps; True when stopping
+        self.lost_at_source: dict[int, int] = {}  # per partition: deleted before consumed
 
     def open(self, partitions: list[int]) -> dict[int, Cursor]:
         """Cursors at the stored progress, each with the logs its offsets belong to; a
@@ -152,6 +153,7 @@ class Cursors(dict[int, Cursor]):
             new = PartitionProgress(cursor.epoch_at(offset)[0], offset)
             if not self.move_progress(partition, cursor, new):
                 return position(cursor)
+            self.lost_at_source[partition] = self.lost_at_source.get(partition, 0) + lost
         cursor.next_offset = offset
         return offset
 

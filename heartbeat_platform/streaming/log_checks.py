@@ -9,8 +9,9 @@ loop does the asking and the seeking.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from heartbeat_platform.streaming.batch_builder import Cursor
 from heartbeat_platform.streaming.cursors import Cursors, position
 from heartbeat_platform.streaming.log_decisions import (
     AskBroker,
@@ -20,6 +21,8 @@ from heartbeat_platform.streaming.log_decisions import (
     Resume,
     decide,
 )
+
+UNKNOWN_END = -1  # no fetch watermark yet
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,16 @@ class LogChecks:
                 suspects.append(Suspect(partition, high, seen))
         return lag, suspects
 
+    def first_reads(self, opened: dict[int, Cursor]) -> list[Suspect]:
+        """The partitions the group never stored progress for: the broker is asked where
+        their log starts before they are read, so what retention deleted before the
+        group's first read is counted lost, not passed over in silence."""
+        return [
+            Suspect(partition, UNKNOWN_END, Observation(None, cursor.topic_id, cursor.topic_id,
+                                                        first_read=True))
+            for partition, cursor in opened.items() if cursor.stored is None
+        ]
+
     def act(
         self, suspect: Suspect, listed: tuple[int, int], topic_id: str | None
     ) -> int | None:
@@ -60,10 +73,9 @@ class LogChecks:
         cursor = self.cursors.get(partition)
         if cursor is None:  # revoked meanwhile
             return None
-        seen = suspect.seen
-        action = decide(Observation(
-            cursor.stored.next_offset if cursor.stored else None, cursor.topic_id, topic_id,
-            seen.out_of_range, seen.fetched_end, listed,
+        action = decide(replace(
+            suspect.seen, next_offset=cursor.stored.next_offset if cursor.stored else None,
+            stored_topic_id=cursor.topic_id, topic_id=topic_id, listed=listed,
         ))
         if isinstance(action, AskBroker | Continue):  # cannot happen with `listed`
             return None

@@ -6,7 +6,8 @@ data (README, "Guarantees: what survives what"):
   previous one: the log did not shrink, nothing is to be done;
 - an unclean leader election truncates a log under the same topic id: offsets below the
   new end are the messages already read, the ones from the end on are new;
-- retention deletes messages nobody read: the log start passed the stored offset;
+- retention deletes messages nobody read: the log start passed the stored offset (or,
+  for a partition the group never read, is above 0);
 - a topic deleted and created again (or a memory-only broker restarted) has a new topic id
   and offsets that mean other messages from 0 on.
 So a reset or a truncation is declared only on evidence a leader change cannot produce:
@@ -30,6 +31,7 @@ class Observation:
     out_of_range: bool = False  # the client reported OFFSET_OUT_OF_RANGE
     fetched_end: int | None = None  # high watermark of a fetch response since assignment
     listed: tuple[int, int] | None = None  # (log start, log end) from a ListOffsets request
+    first_read: bool = False  # nothing stored and nothing read yet: where does the log start?
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def decide(seen: Observation) -> Action:
         return NewLog(
             0, 0, f"the topic's id is now {known_now}, progress was stored under {known_before}"
         )
-    suspicious = seen.out_of_range or (
+    suspicious = seen.out_of_range or seen.first_read or (
         stored is not None and seen.fetched_end is not None and seen.fetched_end < stored
     )
     if not suspicious:
@@ -78,8 +80,8 @@ def decide(seen: Observation) -> Action:
     if seen.listed is None:
         return AskBroker()
     start, end = max(seen.listed[0], 0), seen.listed[1]
-    if stored is None or stored < start:
-        return Resume(start, lost=0 if stored is None else start - stored)
+    if stored is None or stored < start:  # offsets below the start were never stored
+        return Resume(start, lost=start - (stored or 0))
     if stored <= end:
         return Resume(stored)  # a stale watermark (leader change) or a passing error
     if known_before and known_now:  # the same id: the log was truncated

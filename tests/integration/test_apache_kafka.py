@@ -26,10 +26,12 @@ from confluent_kafka.admin import (
     NewTopic,
     ResourceType,
 )
+from prometheus_client import CollectorRegistry
 
 from heartbeat_platform import readiness
 from heartbeat_platform.local.apache_kafka import KafkaCluster
 from heartbeat_platform.local.services import Endpoints
+from heartbeat_platform.streaming.consumer import HeartbeatConsumer
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 from heartbeat_platform.streaming.topics import topic_layout
 from tests.integration.test_kafka_correctness import consumer, produce
@@ -476,6 +478,20 @@ DELETED = re.compile(r"partition (\d+): messages at offsets (\d+)\.\.(\d+) were 
                      r"broker before they were consumed \(retention\); (\d+) readings are lost")
 
 
+def metered_consumer(settings, registry: CollectorRegistry) -> HeartbeatConsumer:
+    """A consumer reporting to `registry`, read back as a scrape would."""
+    prepared = readiness.prepare(settings)
+    return HeartbeatConsumer(readiness.consumer_config(settings, prepared.endpoints),
+                             metrics=registry)
+
+
+def lost_at_source(registry: CollectorRegistry) -> dict[int, int]:
+    """partition -> heartbeat_consumer_lost_at_source_total, as Prometheus would scrape it."""
+    return {int(sample.labels["partition"]): int(sample.value)
+            for family in registry.collect() if family.name == "heartbeat_consumer_lost_at_source"
+            for sample in family.samples if sample.name.endswith("_total")}
+
+
 def deleted_ranges(caplog) -> dict[int, tuple[int, int, int]]:
     """partition -> (first, last, count) of what the consumer logged as deleted unread."""
     found = {}
@@ -502,21 +518,18 @@ def test_retention_deleting_readings_a_stopped_consumer_never_read_counts_and_lo
     starts = retention_deletes_the_log(apache_kafka, settings.kafka_topic)
     assert starts == {p: high + 1 for p, (_, high) in unread.delivered_offsets.items()}
     third = produce(settings, 3_000, seed=33)
+    registry = CollectorRegistry()
     with caplog.at_level(logging.INFO):
-        stats = consumer(settings).run(stop_when_idle=2).stats
+        stats = metered_consumer(settings, registry).run(stop_when_idle=2).stats
     assert stats.messages_consumed == 3_000
     # each stream's own span: one span over both would take in the deleted offsets
     assert_exactly_once(db, delivered_positions([first]) | delivered_positions([third]))
-    assert deleted_ranges(caplog) == {
-        p: (low, high, high - low + 1) for p, (low, high) in unread.delivered_offsets.items()
-    }, caplog.text
+    expected = {p: (low, high, high - low + 1)
+                for p, (low, high) in unread.delivered_offsets.items()}
+    assert deleted_ranges(caplog) == expected, caplog.text
+    assert lost_at_source(registry) == {p: lost for p, (_, _, lost) in expected.items()}
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a partition with no stored progress is read from OFFSET_BEGINNING (cursors.position), "
-    "so the client starts at the log's start and no out-of-range ever reaches "
-    "log_decisions; and decide() gives Resume(start, lost=0) when nothing was stored: "
-    "readings retention deleted before the group's first read are skipped without a word"))
 def test_retention_deleting_readings_before_the_first_consumer_started_counts_and_logs_them(
     apache_kafka, settings_factory, database_url, db, caplog
 ):
@@ -526,10 +539,13 @@ def test_retention_deleting_readings_before_the_first_consumer_started_counts_an
     unread = produce(settings, 3_000, seed=34)
     retention_deletes_the_log(apache_kafka, settings.kafka_topic)
     later = produce(settings, 3_000, seed=35)
+    registry = CollectorRegistry()
     with caplog.at_level(logging.INFO):
-        stats = consumer(settings).run(stop_when_idle=2).stats
+        stats = metered_consumer(settings, registry).run(stop_when_idle=2).stats
     assert stats.messages_consumed == 3_000
     assert_exactly_once(db, delivered_positions([later]))
-    assert deleted_ranges(caplog) == {
-        p: (low, high, high - low + 1) for p, (low, high) in unread.delivered_offsets.items()
-    }, caplog.text
+    expected = {p: (low, high, high - low + 1)
+                for p, (low, high) in unread.delivered_offsets.items()}
+    assert all(low == 0 for low, _, _ in expected.values())
+    assert deleted_ranges(caplog) == expected, caplog.text
+    assert lost_at_source(registry) == {p: lost for p, (_, _, lost) in expected.items()}

@@ -15,6 +15,7 @@ from heartbeat_platform.alerting.delivery import AlertingConfig
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
 from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
+from heartbeat_platform.streaming.quiet_log import client_logger
 
 GROUP_PROTOCOLS = ("classic", "consumer")
 
@@ -84,6 +85,7 @@ def client_settings(c: ConsumerConfig, error_cb: Callable | None = None) -> dict
         })
     if error_cb is not None:
         settings["error_cb"] = error_cb
+    settings["logger"] = client_logger()
     settings.update(c.kafka_overrides)
     return settings
 

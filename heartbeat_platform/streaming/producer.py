@@ -82,6 +82,7 @@ from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.metrics import ProducerCollector
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
+from heartbeat_platform.streaming.quiet_log import client_logger
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +294,7 @@ class HeartbeatProducer:
                 "statistics.interval.ms": STATS_INTERVAL_MS,
                 "stats_cb": self._on_stats,
                 "error_cb": self._on_error,
+                "logger": client_logger(),
                 **self.config.kafka_overrides,
             }
         )

@@ -98,6 +98,7 @@ class HeartbeatConsumer:
         self._last_activity = time.monotonic()
         self._first_message_at: float | None = None
         self._partitions_checked_at: float | None = None
+        self._topic_checked_at = 0.0
         self._rebalances = self._settled_in_rebalance = 0
 
     @property
@@ -128,13 +129,7 @@ class HeartbeatConsumer:
     def run(self, stop_when_idle: float | None = None) -> ConsumerReport:
         started = time.monotonic()
         c = self.config
-        consumer = self._new_client(self._settings)
-        incremental = assigns_incrementally(self._settings)
-        self._kafka = Assignment(consumer, c.topic, incremental, self._positions)
-        consumer.subscribe([c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_lost)
-        log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
-                 c.group_id, "incremental" if incremental else "eager")
+        self._join()
         if self.delivery is not None:
             self.delivery.start()
         try:
@@ -148,7 +143,7 @@ class HeartbeatConsumer:
                     continue
                 try:
                     self._ensure_partitions()
-                    messages = consumer.consume(c.batch_size, timeout=c.max_wait_s)
+                    messages = self.kafka.client.consume(c.batch_size, timeout=c.max_wait_s)
                     if messages:
                         self._last_activity = time.monotonic()
                         self._first_message_at = self._first_message_at or self._last_activity
@@ -156,6 +151,7 @@ class HeartbeatConsumer:
                     else:
                         self._settle()  # nothing new: let the in-flight batch finish now
                     self._check_logs()
+                    self._rejoin_if_created_again()
                 except DatabaseUnavailable as exc:
                     self._lost_database(exc)
                     continue
@@ -170,8 +166,20 @@ class HeartbeatConsumer:
                     log.info("no new message for %.1fs: stopping", stop_when_idle)
                     break
         finally:
-            self._close(consumer)
+            self._close(self.kafka.client)
         return self._report(started)
+
+    def _join(self) -> None:
+        """A new client joins the group and subscribes."""
+        c = self.config
+        client = self._new_client(self._settings)
+        incremental = assigns_incrementally(self._settings)
+        self._kafka = Assignment(client, c.topic, incremental, self._positions)
+        client.subscribe([c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                         on_lost=self._on_lost)
+        self._topic_checked_at = time.monotonic()
+        log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
+                 c.group_id, "incremental" if incremental else "eager")
 
     def _process(self, messages: list) -> None:
         built = self.builder.build(messages, self.cursors, datetime.now(UTC))
@@ -238,6 +246,27 @@ class HeartbeatConsumer:
         for suspect in self.logs.first_reads(opened):
             self._decide(suspect, lambda s=suspect: s.seen.topic_id)
         return opened
+
+    def _rejoin_if_created_again(self) -> None:
+        """Every `topic_check_s`: was the topic deleted and created again (a new id)?
+        librdkafka neither assigns a subscribed topic created again (it stays without
+        partitions) nor resets a position when the id changes, so a new client joins:
+        its assignment opens the partitions at the stored progress, and the new id starts
+        a new log (README, "Guarantees")."""
+        now = time.monotonic()
+        known = self.writer.topic_id
+        if known is None or now - self._topic_checked_at < self.config.topic_check_s:
+            return
+        self._topic_checked_at = now
+        current = self._topic_id()
+        if current is None or current == known:
+            return
+        log.warning("topic %s was created again (its id is now %s, was %s): rejoining the "
+                    "group with a new client", self.config.topic, current, known)
+        self._settle()
+        self._commit_offsets(force=True)
+        self.kafka.client.close()  # revokes what is assigned (`_on_revoke`)
+        self._join()
 
     # -- while the database is away -------------------------------------------------------
     def _lost_database(self, exc: DatabaseUnavailable) -> None:

@@ -42,6 +42,7 @@ class ConsumerConfig:
     kafka_overrides: dict = field(default_factory=dict)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     partition_check_every_s: float = 3600.0  # day partitions ensured at start, then this often
+    topic_check_s: float = 15.0  # how often the topic's id is asked (was it created again?)
     # alert episodes in each batch's transaction, and their delivery to webhooks (None: off)
     alerting: AlertingConfig | None = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{threading.get_ident()}")

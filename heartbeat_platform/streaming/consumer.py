@@ -226,9 +226,12 @@ class HeartbeatConsumer:
             if offset is not None:
                 self.kafka.seek({suspect.partition: offset}, paused=False)
 
-    def _decide(self, suspect: Suspect, topic_id: Callable[[], str | None]) -> int | None:
+    def _decide(
+        self, suspect: Suspect, topic_id: Callable[[], str | None] | None = None
+    ) -> int | None:
         """Ask the broker where a suspect partition's log starts and ends, and act on it;
-        where to read next, or None (nothing to do, or no answer yet: asked next round)."""
+        where to read next, or None (nothing to do, or no answer yet: asked next round).
+        `topic_id` asks the topic's id now (None: the one the suspect was seen under)."""
         try:
             listed = self.kafka.listed_offsets(suspect.partition)
         except KafkaException as exc:
@@ -237,14 +240,15 @@ class HeartbeatConsumer:
                                 "not known yet (%s); retrying", suspect.partition, exc)
             return None
         with needs_database("log check"):
-            return self.logs.act(suspect, listed, topic_id())
+            return self.logs.act(suspect, listed,
+                                 topic_id() if topic_id else suspect.seen.topic_id)
 
     def _open(self, partitions: list[int]) -> dict[int, Cursor]:
         """Cursors at the stored progress; a partition the group never read starts where
         its log starts, and what retention deleted before that is counted lost."""
         opened = self.cursors.open(partitions)
         for suspect in self.logs.first_reads(opened):
-            self._decide(suspect, lambda s=suspect: s.seen.topic_id)
+            self._decide(suspect)
         return opened
 
     def _rejoin_if_created_again(self) -> None:

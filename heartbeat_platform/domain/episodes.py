@@ -32,7 +32,12 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Literal
 
-from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
+from heartbeat_platform.domain.events import (
+    NORMAL_HIGH,
+    NORMAL_LOW,
+    HeartbeatClass,
+    classify_heart_rate,
+)
 
 __all__ = [
     "SEVERITY",
@@ -79,8 +84,6 @@ SEVERITY: Mapping[EpisodeKind, str] = MappingProxyType(
     }
 )
 
-# The storage classification's NORMAL range, by which a sensor fault's worst value is judged.
-_NORMAL_LOW, _NORMAL_HIGH = 40, 180
 # Kinds in the order their transitions are listed when one reading causes several.
 _TRANSITION_ORDER = (
     EpisodeKind.NO_SIGNAL,
@@ -99,8 +102,8 @@ class AlertBounds:
     overlap a rate is BRADYCARDIA (check overrides where people set them).
     """
 
-    bradycardia_below: int = 40  # BRADYCARDIA when 0 < bpm < this
-    tachycardia_above: int = 180  # TACHYCARDIA when 300 >= bpm > this
+    bradycardia_below: int = NORMAL_LOW  # BRADYCARDIA when 0 < bpm < this
+    tachycardia_above: int = NORMAL_HIGH  # TACHYCARDIA when MAX_HEART_RATE >= bpm > this
 
 
 DEFAULT_BOUNDS = AlertBounds()
@@ -400,9 +403,10 @@ def _worse(kind: EpisodeKind, worst: int, heart_rate: int) -> int:
 
 
 def _distance_from_normal(heart_rate: int) -> int:
-    if heart_rate < _NORMAL_LOW:
-        return _NORMAL_LOW - heart_rate
-    return max(heart_rate - _NORMAL_HIGH, 0)
+    """How far from the storage classification's NORMAL range (a sensor fault's worst)."""
+    if heart_rate < NORMAL_LOW:
+        return NORMAL_LOW - heart_rate
+    return max(heart_rate - NORMAL_HIGH, 0)
 
 
 def silent_customers(

@@ -7,7 +7,7 @@ anything else raises :class:`InvalidMessage` whose ``reason`` says what to fix:
   valid UTF-8, valid JSON (``NaN`` and ``Infinity`` are not JSON) and a JSON object;
 * ``customer_id``, ``heart_rate`` and ``timestamp`` are present and not null;
   other fields are allowed and ignored;
-* ``customer_id`` is a string: ``CUST_`` followed by 5 to 10 digits;
+* ``customer_id`` is a string: ``CUST_`` followed by 5 to 10 digits (``CUSTOMER_ID_PATTERN``);
 * ``heart_rate`` is a JSON integer, or a float with an integral value (``72.0`` -> 72);
   bools, strings and fractional numbers are rejected, and so is any value a
   PostgreSQL ``INTEGER`` column cannot hold (outside -2147483648..2147483647);
@@ -28,11 +28,19 @@ from typing import NamedTuple
 import orjson
 
 __all__ = [
+    "CUSTOMER_ID_FORMAT",
+    "CUSTOMER_ID_PATTERN",
+    "CUSTOMER_ID_RULE",
+    "MAX_CUSTOMER_NUMBER",
+    "MAX_HEART_RATE",
+    "NORMAL_HIGH",
+    "NORMAL_LOW",
     "HeartbeatClass",
     "InvalidMessage",
     "Reading",
     "classify_heart_rate",
     "encode_event",
+    "is_customer_id",
     "validate_message",
 ]
 
@@ -46,6 +54,23 @@ class HeartbeatClass(enum.StrEnum):
     INVALID = "INVALID"
 
 
+# The classification's limits in beats per minute, the one home of 40/180/300 (README, "What
+# is a reading, what is a dead letter"): NORMAL_LOW..NORMAL_HIGH is NORMAL, a rate below is
+# BRADYCARDIA and one above TACHYCARDIA up to MAX_HEART_RATE; 0 or less, or more than that,
+# is no heart's rate but a sensor fault (INVALID). The schema holds the same numbers in
+# CHECK constraints (sql/006, sql/009): tests/integration/test_shared_facts.py compares.
+NORMAL_LOW = 40
+NORMAL_HIGH = 180
+MAX_HEART_RATE = 300
+
+# A customer id: the prefix and 5 to 10 digits. The pattern means the same to Python's `re`
+# and to PostgreSQL's `~` (the landing checks match stored rows with it in SQL).
+_ID_PREFIX, _ID_MIN_DIGITS, _ID_MAX_DIGITS = "CUST_", 5, 10
+CUSTOMER_ID_PATTERN = f"{_ID_PREFIX}[0-9]{{{_ID_MIN_DIGITS},{_ID_MAX_DIGITS}}}"
+CUSTOMER_ID_RULE = f"{_ID_PREFIX} followed by {_ID_MIN_DIGITS} to {_ID_MAX_DIGITS} digits"
+CUSTOMER_ID_FORMAT = f"{_ID_PREFIX}%0{_ID_MIN_DIGITS}d"  # customer n's id, zero-padded
+MAX_CUSTOMER_NUMBER = 10**_ID_MAX_DIGITS - 1  # the largest n an id can hold
+
 # Module-level aliases: enum attribute lookups are measurably slower on the hot path.
 _NORMAL = HeartbeatClass.NORMAL
 _BRADYCARDIA = HeartbeatClass.BRADYCARDIA
@@ -54,12 +79,13 @@ _INVALID = HeartbeatClass.INVALID
 
 
 def classify_heart_rate(bpm: int) -> HeartbeatClass:
-    """Classify beats per minute: 40..180 normal, 1..39 slow, 181..300 fast, else a sensor fault."""
-    if 40 <= bpm <= 180:  # the common case first
+    """Classify beats per minute: 40..180 normal, 1..39 slow, 181..300 fast, else a sensor fault
+    (the limits: NORMAL_LOW, NORMAL_HIGH, MAX_HEART_RATE)."""
+    if NORMAL_LOW <= bpm <= NORMAL_HIGH:  # the common case first
         return _NORMAL
-    if bpm <= 0 or bpm > 300:
+    if bpm <= 0 or bpm > MAX_HEART_RATE:
         return _INVALID
-    if bpm < 40:
+    if bpm < NORMAL_LOW:
         return _BRADYCARDIA
     return _TACHYCARDIA
 
@@ -91,7 +117,7 @@ _ECHO_LIMIT = 60  # characters of an offending value repeated in a reason
 _ERROR_LIMIT = 120  # characters of a parser message repeated in a reason
 _SEND_UTC = "send UTC, e.g. '2026-01-01T00:00:00Z'"
 
-_is_customer_id = re.compile(r"CUST_[0-9]{5,10}").fullmatch
+is_customer_id = re.compile(CUSTOMER_ID_PATTERN).fullmatch
 _loads = orjson.loads
 _dumps = orjson.dumps
 _JSONDecodeError = orjson.JSONDecodeError
@@ -129,7 +155,7 @@ def validate_message(raw: bytes | None) -> Reading:
         raise InvalidMessage(f"expected a JSON object, got {_JSON_TYPE_NAMES[type(obj)]}")
 
     customer_id = obj.get("customer_id")
-    if type(customer_id) is not str or _is_customer_id(customer_id) is None:
+    if type(customer_id) is not str or is_customer_id(customer_id) is None:
         raise InvalidMessage(_customer_id_reason(obj, customer_id))
 
     heart_rate = obj.get("heart_rate")
@@ -167,7 +193,7 @@ def _undecodable_reason(raw: object, exc: ValueError) -> str:
 
 def _customer_id_reason(obj: dict, value: object) -> str:
     if type(value) is str:
-        return f"customer_id {_echo(value)} is malformed: expected CUST_ followed by 5 to 10 digits"
+        return f"customer_id {_echo(value)} is malformed: expected {CUSTOMER_ID_RULE}"
     return _wrong_type_reason(obj, "customer_id", value, "a string")
 
 

@@ -13,6 +13,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from heartbeat_platform.domain.events import (
+    CUSTOMER_ID_FORMAT,
+    MAX_CUSTOMER_NUMBER,
+    NORMAL_HIGH,
+    NORMAL_LOW,
+)
+
 __all__ = [
     "DEFAULT_ANOMALY_RATE",
     "DEFAULT_CUSTOMER_COUNT",
@@ -27,8 +34,12 @@ DEFAULT_CUSTOMER_COUNT = 10_000
 DEFAULT_ANOMALY_RATE = 0.05
 DEFAULT_FAULT_RATE = 0.005
 SENSOR_FAULT_VALUES = (0, -1, 301, 400)
-# The consumer accepts CUST_ followed by at most 10 digits.
-MAX_CUSTOMER_COUNT = 9_999_999_999
+MAX_CUSTOMER_COUNT = MAX_CUSTOMER_NUMBER  # the most digits a customer id the consumer accepts
+# Cardiac anomalies: bradycardia from 15 up to the NORMAL range, tachycardia from just above
+# it up to 220 (the classification's limits, domain.events, draw the line).
+_SLOWEST, _FASTEST = 15, 220
+_BRADYCARDIA_SPAN = NORMAL_LOW - _SLOWEST  # 15..39
+_TACHYCARDIA_FROM, _TACHYCARDIA_SPAN = NORMAL_HIGH + 1, _FASTEST - NORMAL_HIGH  # 181..220
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
@@ -37,7 +48,7 @@ _time_ns = time.time_ns
 
 def customer_id(n: int) -> str:
     """Customer ``n`` of the pool (1-based), e.g. ``CUST_00042``."""
-    return "CUST_%05d" % n  # noqa: UP031 - about twice as fast as an f-string here
+    return CUSTOMER_ID_FORMAT % n  # %-format: about twice as fast as an f-string here
 
 
 class HeartbeatGenerator:
@@ -92,10 +103,10 @@ class HeartbeatGenerator:
             return SENSOR_FAULT_VALUES[int(random_() * 4)]
         if random_() < self.anomaly_rate:
             if random_() < 0.5:
-                return 15 + int(random_() * 25)  # 15..39
-            return 181 + int(random_() * 40)  # 181..220
+                return _SLOWEST + int(random_() * _BRADYCARDIA_SPAN)
+            return _TACHYCARDIA_FROM + int(random_() * _TACHYCARDIA_SPAN)
         bpm = round(rng.gauss(75.0, 15.0))
-        return 40 if bpm < 40 else 180 if bpm > 180 else bpm
+        return NORMAL_LOW if bpm < NORMAL_LOW else NORMAL_HIGH if bpm > NORMAL_HIGH else bpm
 
     def generate_heartbeat_event(self) -> dict:
         """A wire-ready event: ``customer_id``, ``heart_rate`` and a ``...Z`` UTC timestamp."""

@@ -25,7 +25,6 @@ person: the CLI prints it and exits 1.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -36,12 +35,12 @@ import psycopg
 from psycopg import sql
 
 from heartbeat_platform.domain.episodes import AlertBounds, EpisodeKind, EpisodeState
+from heartbeat_platform.domain.events import CUSTOMER_ID_RULE, MAX_HEART_RATE, is_customer_id
 from heartbeat_platform.storage.database import one_row
 from heartbeat_platform.storage.episodes import NOTIFY_CHANNEL, enqueue
 
 OVERRIDE_KINDS = (EpisodeKind.BRADYCARDIA, EpisodeKind.TACHYCARDIA)
-THRESHOLD_RANGE = (1, 300)  # sql/009's CHECK: a bound a device can report
-_CUSTOMER_ID = re.compile(r"CUST_[0-9]{5,10}")  # what events.validate_message() accepts
+THRESHOLD_RANGE = (1, MAX_HEART_RATE)  # a bound a device can report; sql/009 CHECKs it too
 
 
 class AlertOperationError(Exception):
@@ -469,10 +468,8 @@ def _note(note: str | None) -> str | None:
 
 def _customer(customer_id: str) -> str:
     customer = customer_id.strip()
-    if not _CUSTOMER_ID.fullmatch(customer):
-        raise InvalidRequest(
-            f"{customer_id!r} is not a customer id (CUST_ followed by 5 to 10 digits)"
-        )
+    if not is_customer_id(customer):
+        raise InvalidRequest(f"{customer_id!r} is not a customer id ({CUSTOMER_ID_RULE})")
     return customer
 
 

@@ -22,10 +22,14 @@ import psycopg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
-from heartbeat_platform.domain.events import classify_heart_rate
+from heartbeat_platform.domain.events import (
+    CUSTOMER_ID_PATTERN,
+    CUSTOMER_ID_RULE,
+    classify_heart_rate,
+)
 from heartbeat_platform.storage.database import one_row
 
-CUSTOMER_ID_PATTERN = "^CUST_[0-9]{5,10}$"  # what validate_message() accepts
+WHOLE_CUSTOMER_ID = f"^{CUSTOMER_ID_PATTERN}$"  # PostgreSQL's `~` finds a match anywhere
 ANOMALY_SHARE_BOUNDS = (0.005, 0.20)  # generator: 5% cardiac + 0.5% sensor faults
 CHECK_WINDOW = timedelta(hours=1)
 ANOMALY_SHARE_WINDOW = CHECK_WINDOW
@@ -75,22 +79,22 @@ def _required_values_check(asset: dg.AssetKey, table: str, columns: tuple[str, .
     missing = " OR ".join(f"{c} IS NULL" for c in columns)
     query = (
         f"SELECT count(*) FROM {table} WHERE event_timestamp > now() - %s "
-        f"AND ({missing} OR customer_id !~ '{CUSTOMER_ID_PATTERN}')"
+        f"AND ({missing} OR customer_id !~ %s)"
     )
 
     @dg.asset_check(
         asset=asset,
         name="required_values_present",
         blocking=True,
-        description=f"No NULL in {', '.join(columns)}; every customer_id looks like CUST_ "
-        "followed by 5 to 10 digits (readings of the last hour).",
+        description=f"No NULL in {', '.join(columns)}; every customer_id is {CUSTOMER_ID_RULE} "
+        "(readings of the last hour).",
     )
     def check(postgres: PostgresResource) -> dg.AssetCheckResult:
         with postgres.connect() as conn:
             return count_bad_rows(conn)
 
     def count_bad_rows(conn: psycopg.Connection) -> dg.AssetCheckResult:
-        bad = one_row(conn.execute(query, (CHECK_WINDOW,)))[0]
+        bad = one_row(conn.execute(query, (CHECK_WINDOW, WHOLE_CUSTOMER_ID)))[0]
         return dg.AssetCheckResult(
             passed=bad == 0, severity=dg.AssetCheckSeverity.ERROR, metadata={"bad_rows": bad}
         )

@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS, TOPIC
+from heartbeat_platform.domain.events import MAX_HEART_RATE, NORMAL_HIGH, NORMAL_LOW
 
 # At the design rate every interval brings thousands of readings and hundreds of anomalies;
 # the consumer reports every 30 s. Dead letters only come with bad messages: no policy.
@@ -22,16 +23,17 @@ _landing: dict[str, Any] = {
 tables = [
     dg.AssetSpec(
         RECORDS,
-        description="NORMAL readings (40..180 bpm), one per (customer_id, event_timestamp), "
+        description=f"NORMAL readings ({NORMAL_LOW}..{NORMAL_HIGH} bpm), one per "
+        "(customer_id, event_timestamp), "
         "each with its Kafka partition and offset. Written by heartbeat_consumer.",
         freshness_policy=READINGS_FRESHNESS,
         **_landing,
     ),
     dg.AssetSpec(
         ANOMALIES,
-        description="BRADYCARDIA (<40), TACHYCARDIA (>180) and INVALID (<=0 or >300, sensor "
-        "faults) readings with the raw JSON as audit trail; one alert row each in "
-        "pipeline_metrics. Written by heartbeat_consumer.",
+        description=f"BRADYCARDIA (<{NORMAL_LOW}), TACHYCARDIA (>{NORMAL_HIGH}) and INVALID "
+        f"(<=0 or >{MAX_HEART_RATE}, sensor faults) readings with the raw JSON as audit trail; "
+        "one alert row each in pipeline_metrics. Written by heartbeat_consumer.",
         freshness_policy=READINGS_FRESHNESS,
         **_landing,
     ),

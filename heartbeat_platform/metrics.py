@@ -111,8 +111,7 @@ class ConsumerCollector(Collector):
         yield _labelled(CounterMetricFamily, "heartbeat_consumer_rows",
                         "Rows written, by table", "table", {
                             "heartbeat_records": stats.records_written,
-                            "heartbeat_anomalies": stats.anomalies_bradycardia
-                            + stats.anomalies_tachycardia + stats.anomalies_invalid,
+                            "heartbeat_anomalies": stats.anomalies,
                             "heartbeat_dead_letters": stats.dead_letters,
                             "pipeline_metrics": stats.alerts_triggered,
                         })

@@ -210,6 +210,11 @@ class PipelineStats:
         self.alerts_triggered += alerts_triggered
         self.batches += 1
 
+    @property
+    def anomalies(self) -> int:
+        """Anomalies written, of every type (the rows of heartbeat_anomalies)."""
+        return self.anomalies_bradycardia + self.anomalies_tachycardia + self.anomalies_invalid
+
     def should_flush(self, every: int = 100) -> bool:
         """True once ``every`` messages were consumed since the last snapshot."""
         return self.messages_consumed - self._consumed_at_flush >= every

@@ -26,8 +26,7 @@ class ConsumerReport:
         return {
             "messages": stats.messages_consumed,
             "records": stats.records_written,
-            "anomalies": stats.anomalies_bradycardia + stats.anomalies_tachycardia
-            + stats.anomalies_invalid,
+            "anomalies": stats.anomalies,
             "dead_letters": stats.dead_letters,
             "duplicates_dropped": stats.duplicates_dropped,
             "batches": stats.batches,

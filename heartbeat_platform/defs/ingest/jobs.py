@@ -90,12 +90,11 @@ class _Every:
 
 
 def _consumer_metadata(stats: PipelineStats, rate: float) -> dict[str, float | int]:
-    anomalies = stats.anomalies_bradycardia + stats.anomalies_tachycardia + stats.anomalies_invalid
     return {
         "consumer_messages": stats.messages_consumed,
         "consumer_rate_per_s": round(rate, 1),
         "consumer_records": stats.records_written,
-        "consumer_anomalies": anomalies,
+        "consumer_anomalies": stats.anomalies,
         "consumer_dead_letters": stats.dead_letters,
         "consumer_duplicates_dropped": stats.duplicates_dropped,
     }
@@ -105,8 +104,7 @@ def _landing_counts(stats: PipelineStats) -> dict[dg.AssetKey, int]:
     """Rows this run wrote to each landing table (pipeline_metrics: its alert rows)."""
     return {
         RECORDS: stats.records_written,
-        ANOMALIES: stats.anomalies_bradycardia + stats.anomalies_tachycardia
-        + stats.anomalies_invalid,
+        ANOMALIES: stats.anomalies,
         DEAD_LETTERS: stats.dead_letters,
         METRICS: stats.alerts_triggered,
     }

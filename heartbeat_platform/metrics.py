@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from heartbeat_platform.domain.alerts import PipelineStats
+from heartbeat_platform.domain.dead_letters import DeadLetterClass
 
 if TYPE_CHECKING:
     from heartbeat_platform.storage.writer import Batch, WriteResult
@@ -29,18 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE_EVERY = 64  # one reading in 64 feeds the end-to-end histogram
-DEAD_LETTER_CLASSES = ("invalid", "out_of_window", "oversized", "refused")
-
-
-def dead_letter_class(reason: str) -> str:
-    """The class of a dead letter's reason, for a label with few values."""
-    if reason.startswith("the database refused it"):
-        return "refused"
-    if "HEARTBEAT_MAX_MESSAGE_BYTES" in reason:
-        return "oversized"
-    if "HEARTBEAT_RAW_RETENTION_DAYS" in reason or "HEARTBEAT_MAX_CLOCK_SKEW_S" in reason:
-        return "out_of_window"
-    return "invalid"
 
 
 @dataclass(frozen=True)
@@ -82,7 +71,7 @@ class ConsumerMetrics:
             f"Reading timestamp to its committed row (1 reading in {LATENCY_SAMPLE_EVERY})",
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60), registry=registry,
         )
-        self.dead_letters: dict[str, int] = dict.fromkeys(DEAD_LETTER_CLASSES, 0)
+        self.dead_letters: dict[DeadLetterClass, int] = dict.fromkeys(DeadLetterClass, 0)
         registry.register(ConsumerCollector(snapshot, self.dead_letters))
 
     def batch_committed(self, batch: Batch, result: WriteResult, write_seconds: float) -> None:
@@ -92,14 +81,17 @@ class ConsumerMetrics:
         for row in batch.records[::LATENCY_SAMPLE_EVERY]:
             self.end_to_end_seconds.observe(max(0.0, (now - row[1]).total_seconds()))
         for dead_letter in batch.dead_letters:
-            self.dead_letters[dead_letter_class(dead_letter[5])] += 1
-        self.dead_letters["refused"] += result.refused
+            self.dead_letters[dead_letter[6]] += 1
+        # the batch as built; the writer made the messages the database refused dead letters
+        self.dead_letters[DeadLetterClass.REFUSED] += result.refused
 
 
 class ConsumerCollector(Collector):
     """Counters and gauges of a running consumer, read when Prometheus asks."""
 
-    def __init__(self, snapshot: Callable[[], ConsumerSnapshot], dead_letters: dict[str, int]):
+    def __init__(
+        self, snapshot: Callable[[], ConsumerSnapshot], dead_letters: dict[DeadLetterClass, int]
+    ):
         self.snapshot = snapshot
         self.dead_letters = dead_letters
 

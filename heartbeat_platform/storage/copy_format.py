@@ -16,13 +16,15 @@ from operator import itemgetter
 import orjson
 
 from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.domain.dead_letters import DeadLetterClass
 
 RecordRow = tuple[str, datetime, int, int, int, int]
 """customer_id, event_timestamp, heart_rate, log_epoch, kafka_partition, kafka_offset"""
 AnomalyRow = tuple[str, datetime, int, str, str, int, int, int]
 """customer_id, event_timestamp, heart_rate, anomaly_type, raw_payload, epoch, partition, offset"""
-DeadLetterRow = tuple[int, int, int, bytes | None, bytes | None, str]
-"""log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason"""
+DeadLetterRow = tuple[int, int, int, bytes | None, bytes | None, str, DeadLetterClass]
+"""log_epoch, kafka_partition, kafka_offset, message_key, raw_value, reason, and the reason's
+class (counted for the metrics, not stored)"""
 
 
 @dataclass(frozen=True)
@@ -154,5 +156,6 @@ def encode_metrics(rows: list[MetricRow]) -> str:
 
 
 def dead_letter_row(row: DeadLetterRow) -> tuple:
-    """A dead letter for psycopg's row COPY; a NUL (which text cannot hold) made visible."""
+    """A dead letter for psycopg's row COPY (its columns: the class is left out); a NUL
+    (which text cannot hold) made visible."""
     return (*row[:5], row[5].replace("\x00", "\\x00"))

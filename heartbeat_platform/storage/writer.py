@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from heartbeat_platform.domain.alerts import MetricRow
+from heartbeat_platform.domain.dead_letters import DeadLetterClass
 from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage import db_errors, episodes
@@ -144,7 +145,7 @@ class Batch:
             key, value = self.raw((partition, offset))
             epoch = epochs.get((partition, offset), 0)
             dead.append((epoch, partition, offset, key, value,
-                         f"the database refused it: {reason}"))
+                         f"the database refused it: {reason}", DeadLetterClass.REFUSED))
         return replace(
             self,
             records=[r for r in self.records if (r[4], r[5]) not in reasons],

@@ -18,6 +18,7 @@ from typing import Protocol
 from confluent_kafka import KafkaError
 
 from heartbeat_platform.domain.alerts import AlertManager
+from heartbeat_platform.domain.dead_letters import DeadLetterClass
 from heartbeat_platform.domain.events import (
     HeartbeatClass,
     InvalidMessage,
@@ -32,6 +33,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 KEPT_BYTES = 1_024  # of a message over the limit, what its dead letter keeps
 
 _NORMAL = HeartbeatClass.NORMAL
+_INVALID = DeadLetterClass.INVALID
+_OUT_OF_WINDOW = DeadLetterClass.OUT_OF_WINDOW
+_OVERSIZED = DeadLetterClass.OVERSIZED
 ANOMALY_STATS = {
     HeartbeatClass.BRADYCARDIA: "anomalies_bradycardia",
     HeartbeatClass.TACHYCARDIA: "anomalies_tachycardia",
@@ -123,19 +127,22 @@ class BatchBuilder:
             if raw is not None and len(raw) > limit:
                 dead.append((epoch, partition, offset, message.key(), raw[:KEPT_BYTES],
                              f"message of {len(raw)} bytes is over the limit of {limit} "
-                             f"(HEARTBEAT_MAX_MESSAGE_BYTES); its first {KEPT_BYTES} are kept"))
+                             f"(HEARTBEAT_MAX_MESSAGE_BYTES); its first {KEPT_BYTES} are kept",
+                             _OVERSIZED))
                 cursor.next_offset = offset + 1
                 continue
             try:
                 reading = validate_message(raw)
             except InvalidMessage as exc:
-                dead.append((epoch, partition, offset, message.key(), raw, exc.reason))
+                dead.append((epoch, partition, offset, message.key(), raw, exc.reason, _INVALID))
             else:
                 customer, bpm, when = reading
                 if not oldest <= when <= newest:  # could not be kept, or claims the future
                     refused = window.reason(when)
                     assert refused is not None  # `when` is outside the window
-                    dead.append((epoch, partition, offset, message.key(), raw, refused))
+                    dead.append(
+                        (epoch, partition, offset, message.key(), raw, refused, _OUT_OF_WINDOW)
+                    )
                 elif (klass := classify(bpm)) is _NORMAL:
                     records.append((customer, when, bpm, epoch, partition, offset))
                 else:

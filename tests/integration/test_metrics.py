@@ -62,11 +62,3 @@ def test_a_running_consumer_and_producer_report_on_metrics(settings_factory, dat
     assert after[("heartbeat_consumer_end_to_end_seconds_count", ())] > 0
     assert after[("heartbeat_consumer_database_unavailable", ())] == 0
 
-
-def test_dead_letter_reasons_fall_into_few_classes() -> None:
-    assert metrics.dead_letter_class("the database refused it: x (SQLSTATE 23514)") == "refused"
-    assert metrics.dead_letter_class(
-        "message of 5 bytes is over the limit of 1 (HEARTBEAT_MAX_MESSAGE_BYTES)") == "oversized"
-    assert metrics.dead_letter_class(
-        "timestamp ... is older than HEARTBEAT_RAW_RETENTION_DAYS") == "out_of_window"
-    assert metrics.dead_letter_class("expected a JSON object, got an array") == "invalid"

@@ -61,6 +61,7 @@ from heartbeat_platform.storage.progress import (
     StaleProgress,
     StoredProgress,
 )
+from heartbeat_platform.storage.rollups import Rollup, mark_pending
 
 __all__ = [
     "Batch", "BatchWriter", "PartitionProgress", "StaleProgress", "WriteResult",
@@ -166,12 +167,6 @@ class WriteResult:
     refused: int = 0  # messages the database refused, stored as dead letters
     episode_transitions: int = 0  # alert episodes fired or resolved (one outbox row each)
 
-
-_MARK_PENDING = """
-INSERT INTO rollup_pending (rollup, window_start, kafka_partition)
-SELECT 'fleet_minute', minute, %(partition)s FROM unnest(%(minutes)s::timestamptz[]) AS minute
-ON CONFLICT (rollup, window_start, kafka_partition) DO UPDATE SET marked_at = clock_timestamp()
-"""
 
 # No unique key can name a dead letter (its partition key is its arrival time), so a
 # message already stored is skipped by a lookup. Only replays meet one; consumers of one
@@ -349,9 +344,7 @@ class BatchWriter:
             result = replace(result, episode_transitions=len(outcome.transitions))
         payloads = batch.encode()
         if payloads.minutes:
-            conn.execute(
-                _MARK_PENDING, {"partition": min(batch.progress), "minutes": payloads.minutes}
-            )
+            mark_pending(conn, Rollup.FLEET_MINUTE, payloads.minutes, min(batch.progress))
         snapshot = extra_metrics(result) if extra_metrics else []
         if alerts_text or snapshot:
             _copy(conn, METRICS.copy_into(), alerts_text + encode_metrics(snapshot))

@@ -192,6 +192,10 @@ class Episode:
         transition's snapshot and the row in ``Outcome.episodes`` share it)."""
         return (self.customer_id, self.kind, self.first_reading_at)
 
+    @property
+    def severity(self) -> str:
+        return SEVERITY[self.kind]
+
 
 @dataclass(frozen=True, slots=True)
 class Transition:

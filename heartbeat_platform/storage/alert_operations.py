@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,14 +77,6 @@ class NoOverrideInForce(AlertOperationError, LookupError):
 
 # --- episodes --------------------------------------------------------------------------
 
-_EPISODE_COLUMNS = (
-    "episode_id", "customer_id", "kind", "state", "severity", "opened_at", "resolved_at",
-    "first_heart_rate", "worst_heart_rate", "readings", "first_reading_at", "last_reading_at",
-    "acknowledged_at", "acknowledged_by", "acknowledge_note", "resolved_by", "escalated_at",
-)
-_SELECT_EPISODES = f"SELECT {', '.join(_EPISODE_COLUMNS)} FROM alert_episodes"
-
-
 @dataclass(frozen=True)
 class EpisodeView:
     """An episode as a person sees it (a row of alert_episodes)."""
@@ -114,6 +106,11 @@ class EpisodeView:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO-8601 UTC strings."""
         return {key: _json_value(value) for key, value in asdict(self).items()}
+
+
+# The columns of alert_episodes a person sees: EpisodeView's fields, in their order.
+_EPISODE_COLUMNS = ", ".join(f.name for f in fields(EpisodeView))
+_SELECT_EPISODES = f"SELECT {_EPISODE_COLUMNS} FROM alert_episodes"
 
 
 def list_episodes(
@@ -150,7 +147,7 @@ def acknowledge(
             "UPDATE alert_episodes SET acknowledged_at = clock_timestamp(), "
             "acknowledged_by = %s, acknowledge_note = %s "
             "WHERE episode_id = %s AND state = 'firing' AND acknowledged_at IS NULL "
-            f"RETURNING {', '.join(_EPISODE_COLUMNS)}",
+            f"RETURNING {_EPISODE_COLUMNS}",
             (person, _note(note), episode_id),
         ).fetchone()
         if row is None:
@@ -168,7 +165,7 @@ def resolve(conn: psycopg.Connection, episode_id: int, by: str) -> EpisodeView:
             "UPDATE alert_episodes SET state = 'resolved', resolved_at = clock_timestamp(), "
             "resolved_by = %s, normal_streak = 0 "
             "WHERE episode_id = %s AND state = 'firing' "
-            f"RETURNING {', '.join(_EPISODE_COLUMNS)}",
+            f"RETURNING {_EPISODE_COLUMNS}",
             (person, episode_id),
         ).fetchone()
         if row is None:

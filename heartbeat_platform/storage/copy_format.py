@@ -35,8 +35,12 @@ class Table:
     columns: tuple[tuple[str, str], ...]
 
     @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns)
+
+    @property
     def column_list(self) -> str:
-        return ", ".join(name for name, _ in self.columns)
+        return ", ".join(self.names)
 
     @property
     def stage(self) -> str:

@@ -13,12 +13,13 @@ writer, escalation and a person's `alerts resolve` send the same object.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
+from enum import Enum
 
 import psycopg
 
 from heartbeat_platform.domain.episodes import (
-    SEVERITY,
     AlertBounds,
     Episode,
     EpisodeKind,
@@ -31,24 +32,42 @@ from heartbeat_platform.domain.episodes import (
     no_signal_episode,
     silent_customers,
 )
-from heartbeat_platform.storage.copy_format import AnomalyRow, RecordRow
+from heartbeat_platform.storage.copy_format import AnomalyRow, RecordRow, Table
 from heartbeat_platform.storage.database import one_row
 
 NOTIFY_CHANNEL = "heartbeat_alert_outbox"  # LISTEN here to hear of new outbox rows at commit
 
-# Arrays go to PostgreSQL in binary (%b): psycopg builds text arrays in Python, about 8x
-# slower for the nine columns of a batch's UPDATE.
-_COLUMNS = (
-    "episode_id, customer_id, kind, state, opened_at, resolved_at, first_heart_rate, "
-    "worst_heart_rate, readings, first_reading_at, last_reading_at, normal_streak, "
-    "last_evaluated_at"
+# alert_episodes as the writer reads and writes it (sql/009): an Episode's fields in their
+# order, then the severity its kind gives. The SELECT, the INSERT and the UPDATE below are
+# built from it (tests/integration/test_shared_facts.py holds it against the schema).
+EPISODES = Table("alert_episodes", (
+    ("episode_id", "bigint"), ("customer_id", "text"), ("kind", "text"), ("state", "text"),
+    ("opened_at", "timestamptz"), ("resolved_at", "timestamptz"),
+    ("first_heart_rate", "integer"), ("worst_heart_rate", "integer"), ("readings", "integer"),
+    ("first_reading_at", "timestamptz"), ("last_reading_at", "timestamptz"),
+    ("normal_streak", "integer"), ("last_evaluated_at", "timestamptz"), ("severity", "text"),
+))
+_READ = tuple(name for name in EPISODES.names if name != "severity")  # Episode's fields
+# What `advance` changes in a stored episode (the UPDATE's columns).
+_CHANGING = (
+    "state", "opened_at", "resolved_at", "worst_heart_rate", "readings", "last_reading_at",
+    "normal_streak", "last_evaluated_at",
 )
+_TYPES = dict(EPISODES.columns)
+
+
+def _unnest(columns: Sequence[str]) -> str:
+    """unnest() of one binary array per column. Arrays go to PostgreSQL in binary (%b):
+    psycopg builds text arrays in Python, about 8x slower for a batch's UPDATE."""
+    return f"unnest({', '.join(f'%b::{_TYPES[c]}[]' for c in columns)})"
+
+
 # A batch names up to every customer (10,000 at the design rate). `= ANY(array)` made the
 # planner estimate each element against the column's statistics: ~40 ms of planning per
 # batch for 3 ms of execution. `IN (SELECT unnest(...))` plans in well under a millisecond
 # and joins the open episodes (the partial index alert_episodes_one_open) by hash.
 _OPEN_OF_CUSTOMERS = f"""
-SELECT {_COLUMNS} FROM alert_episodes
+SELECT {', '.join(_READ)} FROM alert_episodes
 WHERE state <> 'resolved' AND customer_id IN (SELECT unnest(%b::text[]))
 FOR UPDATE
 """
@@ -60,24 +79,13 @@ _NEW_IDS = """
 SELECT nextval(pg_get_serial_sequence('alert_episodes', 'episode_id'))
 FROM generate_series(1, %s)
 """
-_INSERT = """
-INSERT INTO alert_episodes (episode_id, customer_id, kind, state, severity, opened_at,
-    resolved_at, first_heart_rate, worst_heart_rate, readings, first_reading_at,
-    last_reading_at, normal_streak, last_evaluated_at)
-OVERRIDING SYSTEM VALUE
-SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
-    %b::timestamptz[], %b::timestamptz[], %b::int[], %b::int[], %b::int[], %b::timestamptz[],
-    %b::timestamptz[], %b::int[], %b::timestamptz[])
+_INSERT = f"""
+INSERT INTO alert_episodes ({EPISODES.column_list}) OVERRIDING SYSTEM VALUE
+SELECT * FROM {_unnest(EPISODES.names)}
 """
-_UPDATE = """
-UPDATE alert_episodes e SET state = u.state, opened_at = u.opened_at,
-    resolved_at = u.resolved_at, worst_heart_rate = u.worst, readings = u.readings,
-    last_reading_at = u.last_reading_at, normal_streak = u.streak,
-    last_evaluated_at = u.evaluated_at
-FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[], %b::timestamptz[], %b::int[],
-    %b::int[], %b::timestamptz[], %b::int[], %b::timestamptz[])
-    AS u(episode_id, state, opened_at, resolved_at, worst, readings, last_reading_at, streak,
-         evaluated_at)
+_UPDATE = f"""
+UPDATE alert_episodes e SET {', '.join(f'{c} = u.{c}' for c in _CHANGING)}
+FROM {_unnest(("episode_id", *_CHANGING))} AS u(episode_id, {', '.join(_CHANGING)})
 WHERE e.episode_id = u.episode_id
 """
 _PAYLOAD = """jsonb_build_object(
@@ -156,7 +164,7 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
     changed = [e for e in outcome.episodes if e.episode_id is not None]
     # Stored episodes first: one resolved here frees its (customer, kind) for a new one.
     if changed:
-        conn.execute(_UPDATE, _columns([_update_values(e) for e in changed], 9))
+        conn.execute(_UPDATE, _arrays(changed, ("episode_id", *_CHANGING)))
     dropped = [e.episode_id for e in outcome.dropped if e.episode_id is not None]
     if dropped:
         conn.execute("DELETE FROM alert_episodes WHERE episode_id = ANY(%b::bigint[])", (dropped,))
@@ -164,8 +172,8 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
     if new:
         allocated = [row[0] for row in conn.execute(_NEW_IDS, (len(new),))]
         ids = {e.key: episode_id for e, episode_id in zip(new, allocated, strict=True)}
-        rows = [(ids[e.key], *_insert_values(e)) for e in new]
-        conn.execute(_INSERT, _columns(rows, 14))
+        stored = [replace(e, episode_id=ids[e.key]) for e in new]
+        conn.execute(_INSERT, _arrays(stored, EPISODES.names))
     queue = []
     for transition in outcome.transitions:
         episode = transition.episode
@@ -247,9 +255,13 @@ def retain(
     }
 
 
-def _columns(rows: list[tuple], width: int) -> list[list]:
-    """Rows -> one list per column (the arrays unnest() takes)."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+def _arrays(rows: Sequence[Episode], columns: Sequence[str]) -> list[list]:
+    """One list per column (the arrays unnest() takes); kinds and states as their text."""
+    return [[_plain(getattr(e, column)) for e in rows] for column in columns]
+
+
+def _plain(value: object) -> object:
+    return value.value if isinstance(value, Enum) else value
 
 
 def enqueue(conn: psycopg.Connection, episode_ids: Sequence[int], state: str) -> int:
@@ -311,27 +323,6 @@ def escalate_due(conn: psycopg.Connection, now: datetime, after: timedelta) -> l
 
 
 def _episode(row: tuple) -> Episode:
-    (episode_id, customer_id, kind, state, opened_at, resolved_at, first_hr, worst_hr,
-     readings, first_at, last_at, streak, evaluated_at) = row
-    return Episode(
-        episode_id=episode_id, customer_id=customer_id, kind=EpisodeKind(kind),
-        state=EpisodeState(state), opened_at=opened_at, resolved_at=resolved_at,
-        first_heart_rate=first_hr, worst_heart_rate=worst_hr, readings=readings,
-        first_reading_at=first_at, last_reading_at=last_at, normal_streak=streak,
-        last_evaluated_at=evaluated_at,
-    )
-
-
-def _insert_values(e: Episode) -> tuple:
-    return (
-        e.customer_id, e.kind.value, e.state.value, SEVERITY[e.kind], e.opened_at,
-        e.resolved_at, e.first_heart_rate, e.worst_heart_rate, e.readings, e.first_reading_at,
-        e.last_reading_at, e.normal_streak, e.last_evaluated_at,
-    )
-
-
-def _update_values(e: Episode) -> tuple:
-    return (
-        e.episode_id, e.state.value, e.opened_at, e.resolved_at, e.worst_heart_rate,
-        e.readings, e.last_reading_at, e.normal_streak, e.last_evaluated_at,
-    )
+    values = dict(zip(_READ, row, strict=True))
+    values["kind"], values["state"] = EpisodeKind(values["kind"]), EpisodeState(values["state"])
+    return Episode(**values)

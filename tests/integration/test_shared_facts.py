@@ -3,12 +3,14 @@ against the Python that is their home: neither language can change one alone.
 
 The bpm limits live in `domain.events` and in CHECK constraints (sql/006, sql/009); the
 customer-id pattern in `domain.events` and in the landing checks' SQL; the classes, kinds
-and states in enums and in CHECK constraints. Migrations are checksummed and never edited:
-a limit changed in Python fails here until a new migration changes the schema too.
+and states in enums and in CHECK constraints; the writer's columns in `Table`s and in the
+tables themselves. Migrations are checksummed and never edited: a limit changed in Python
+fails here until a new migration changes the schema too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -16,7 +18,7 @@ import psycopg
 import pytest
 
 from heartbeat_platform.defs.landing.checks import WHOLE_CUSTOMER_ID
-from heartbeat_platform.domain.episodes import EpisodeKind, EpisodeState
+from heartbeat_platform.domain.episodes import Episode, EpisodeKind, EpisodeState
 from heartbeat_platform.domain.events import (
     MAX_CUSTOMER_NUMBER,
     MAX_HEART_RATE,
@@ -25,7 +27,13 @@ from heartbeat_platform.domain.events import (
     is_customer_id,
 )
 from heartbeat_platform.domain.generator import customer_id
-from heartbeat_platform.storage.alert_operations import OVERRIDE_KINDS, THRESHOLD_RANGE
+from heartbeat_platform.storage import copy_format
+from heartbeat_platform.storage.alert_operations import (
+    OVERRIDE_KINDS,
+    THRESHOLD_RANGE,
+    EpisodeView,
+)
+from heartbeat_platform.storage.episodes import EPISODES
 from heartbeat_platform.storage.migrations import migrate
 
 RATES = range(-3, MAX_HEART_RATE + 4)  # every rate a limit could sit at, and beyond
@@ -132,3 +140,32 @@ def test_postgresql_matches_customer_ids_as_validate_message_does(schema) -> Non
     expected = [is_customer_id(s) is not None for s in samples]
     assert matched == expected
     assert True in expected and False in expected
+
+
+def columns(conn: psycopg.Connection, table: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (table,),
+    )
+    return dict(rows.fetchall())
+
+
+@pytest.mark.parametrize("table", [
+    copy_format.RECORDS, copy_format.ANOMALIES, copy_format.DEAD_LETTERS, copy_format.METRICS,
+    EPISODES,
+], ids=lambda t: t.name)
+def test_each_table_the_writer_fills_has_its_columns_and_types(schema, table) -> None:
+    found = columns(schema, table.name)
+    declared = {
+        name: schema.execute("SELECT format_type(%s::regtype, NULL)", (kind,)).fetchone()[0]
+        for name, kind in table.columns
+    }
+    assert {name: found.get(name) for name in declared} == declared
+
+
+def test_the_episode_columns_are_an_episodes_fields_and_what_a_person_sees_exists(schema) -> None:
+    read = tuple(name for name in EPISODES.names if name != "severity")
+    assert read == tuple(f.name for f in dataclasses.fields(Episode))
+    seen = {f.name for f in dataclasses.fields(EpisodeView)}
+    assert seen <= columns(schema, "alert_episodes").keys()

@@ -2,6 +2,9 @@
 
 Every knob has a default that works on a laptop: with no `DATABASE_URL` and no
 `KAFKA_BOOTSTRAP_SERVERS` the platform starts embedded services under `HEARTBEAT_STATE_DIR`.
+A knob that sets a field of an object the settings build (`RetentionPolicy`, `Rules`,
+`ConsumerConfig`, `AlertingConfig`, the generator) takes that field's default, written
+there once: code that builds the object without settings gets the same default.
 A real Kafka's TLS/SASL settings come from `KAFKA_CLIENT_PROPERTIES` and a few KAFKA_*
 variables, checked when the settings load and handed to every Kafka client through
 `Settings.kafka_client_config`.
@@ -9,15 +12,34 @@ variables, checked when the settings load and handed to every Kafka client throu
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from heartbeat_platform.domain.episodes import EpisodeKind, Rules
+from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.domain.episodes import NO_SIGNAL_AFTER, EpisodeKind, Rules
+from heartbeat_platform.domain.generator import (
+    DEFAULT_ANOMALY_RATE,
+    DEFAULT_CUSTOMER_COUNT,
+    DEFAULT_FAULT_RATE,
+    MAX_CUSTOMER_COUNT,
+)
 from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.kafka_config import client_config, needs_security
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name`, the one place it is written."""
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if found.default_factory is not dataclasses.MISSING:
+        return found.default_factory()
+    if found.default is dataclasses.MISSING:
+        raise TypeError(f"{cls.__name__}.{name} has no default")
+    return found.default
 
 
 class Settings(BaseSettings):
@@ -38,9 +60,11 @@ class Settings(BaseSettings):
     # How the consumer group assigns partitions: the classic protocol with this assignor
     # (cooperative-sticky moves only the partitions that change owner; range is eager), or
     # KIP-848's "consumer" protocol (Kafka 4.0+, the broker assigns incrementally).
-    kafka_group_protocol: Literal["classic", "consumer"] = "classic"
+    kafka_group_protocol: Literal["classic", "consumer"] = default_of(
+        ConsumerConfig, "group_protocol"
+    )
     kafka_assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = (
-        "cooperative-sticky"
+        default_of(ConsumerConfig, "assignment_strategy")
     )
     kafka_retention_ms: int = Field(default=24 * 3600 * 1000, ge=1)
     # Copies of each partition when `init-db` creates the topic. Unset: min(3, brokers in
@@ -80,31 +104,39 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_ca_location: str | None = None
 
-    heartbeat_customer_count: int = Field(default=10_000, ge=1, le=9_999_999_999)
-    heartbeat_anomaly_rate: float = Field(default=0.05, ge=0.0, le=1.0)
-    heartbeat_fault_rate: float = Field(default=0.005, ge=0.0, le=1.0)
+    heartbeat_customer_count: int = Field(
+        default=DEFAULT_CUSTOMER_COUNT, ge=1, le=MAX_CUSTOMER_COUNT
+    )
+    heartbeat_anomaly_rate: float = Field(default=DEFAULT_ANOMALY_RATE, ge=0.0, le=1.0)
+    heartbeat_fault_rate: float = Field(default=DEFAULT_FAULT_RATE, ge=0.0, le=1.0)
 
-    heartbeat_consume_batch_size: int = Field(default=20_000, ge=1, le=1_000_000)
+    heartbeat_consume_batch_size: int = Field(
+        default=default_of(ConsumerConfig, "batch_size"), ge=1, le=1_000_000
+    )
     heartbeat_max_message_bytes: int = Field(
-        default=1_048_576, ge=1_024, le=64 * 1_048_576,
+        default=default_of(ConsumerConfig, "max_message_bytes"), ge=1_024, le=64 * 1_048_576,
         description="larger Kafka messages become dead letters keeping their first 1 KiB",
     )
-    heartbeat_stats_every: int = Field(default=100, ge=1)
+    heartbeat_stats_every: int = Field(default=default_of(ConsumerConfig, "stats_every"), ge=1)
     # Prometheus /metrics of `consume` and `produce` (each its own port; unset = off)
     heartbeat_metrics_port: int | None = Field(default=None, ge=0, le=65_535)
     heartbeat_metrics_host: str = "127.0.0.1"
 
     heartbeat_raw_retention_days: int = Field(
-        default=7, ge=1, le=3650, description="days raw readings are kept (day partitions)"
+        default=default_of(RetentionPolicy, "raw_retention_days"), ge=1, le=3650,
+        description="days raw readings are kept (day partitions)",
     )
     heartbeat_max_clock_skew_s: float = Field(
-        default=300.0, ge=0, description="how far in the future a reading's timestamp may be"
+        default=default_of(RetentionPolicy, "max_clock_skew_s"), ge=0,
+        description="how far in the future a reading's timestamp may be",
     )
     heartbeat_partitions_ahead_days: int = Field(
-        default=3, ge=1, le=366, description="day partitions created ahead of today"
+        default=default_of(RetentionPolicy, "partitions_ahead_days"), ge=1, le=366,
+        description="day partitions created ahead of today",
     )
     heartbeat_partition_check_s: float = Field(
-        default=3600.0, gt=0, description="how often a consumer ensures those day partitions"
+        default=default_of(ConsumerConfig, "partition_check_every_s"), gt=0,
+        description="how often a consumer ensures those day partitions",
     )
     heartbeat_rollup_retention_days: int = Field(
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
@@ -123,16 +155,20 @@ class Settings(BaseSettings):
         "'SENSOR_FAULT=3,BRADYCARDIA=2'; kinds not named: 1",
     )
     heartbeat_alert_resolve_after_normal: int = Field(
-        default=3, ge=1, description="NORMAL readings in a row that resolve an episode"
+        default=default_of(Rules, "resolve_after_normal"), ge=1,
+        description="NORMAL readings in a row that resolve an episode",
     )
     heartbeat_escalate_after_s: float = Field(
-        default=300.0, gt=0, description="firing unacknowledged this long: escalated once"
+        default=default_of(AlertingConfig, "escalate_after_s"), gt=0,
+        description="firing unacknowledged this long: escalated once",
     )
     heartbeat_no_signal_after_s: float = Field(
-        default=600.0, gt=0, description="no reading this long (seen in 24 h): NO_SIGNAL"
+        default=NO_SIGNAL_AFTER.total_seconds(), gt=0,
+        description="no reading this long (seen in 24 h): NO_SIGNAL",
     )
     heartbeat_alert_give_up_s: float = Field(
-        default=86_400.0, gt=0, description="an undelivered notification is given up after this"
+        default=default_of(AlertingConfig, "give_up_s"), gt=0,
+        description="an undelivered notification is given up after this",
     )
     heartbeat_alert_retention_days: int = Field(
         default=30, ge=1, description="days resolved episodes (and their notifications) are kept"
@@ -269,8 +305,8 @@ class Settings(BaseSettings):
 
 
 def min_readings_by_kind(text: str) -> dict[EpisodeKind, int]:
-    """'KIND=N,...' -> {kind: N}; every kind not named needs 1 reading."""
-    found = dict.fromkeys(EpisodeKind, 1)
+    """'KIND=N,...' -> {kind: N} for the kinds named (`Rules` gives the others theirs)."""
+    found: dict[EpisodeKind, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, _, count = item.partition("=")
         try:

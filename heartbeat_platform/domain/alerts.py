@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, fields
 
 from heartbeat_platform.domain.events import HeartbeatClass, Reading
 
-__all__ = ["AlertManager", "MetricRow", "PipelineStats"]
+__all__ = ["STATS_EVERY", "AlertManager", "MetricRow", "PipelineStats"]
+
+STATS_EVERY = 100  # messages between two stats snapshots (HEARTBEAT_STATS_EVERY's default)
 
 _LOGGER = logging.getLogger("heartbeat_platform.alerts")
 _ALERT_CLASSES = (HeartbeatClass.BRADYCARDIA, HeartbeatClass.TACHYCARDIA, HeartbeatClass.INVALID)
@@ -215,7 +217,7 @@ class PipelineStats:
         """Anomalies written, of every type (the rows of heartbeat_anomalies)."""
         return self.anomalies_bradycardia + self.anomalies_tachycardia + self.anomalies_invalid
 
-    def should_flush(self, every: int = 100) -> bool:
+    def should_flush(self, every: int = STATS_EVERY) -> bool:
         """True once ``every`` messages were consumed since the last snapshot."""
         return self.messages_consumed - self._consumed_at_flush >= every
 

@@ -46,6 +46,8 @@ __all__ = [
     "EpisodeKind",
     "EpisodeReading",
     "EpisodeState",
+    "NO_SIGNAL_AFTER",
+    "SEEN_WITHIN",
     "Outcome",
     "Rules",
     "Transition",
@@ -149,6 +151,10 @@ class Rules:
 
 
 DEFAULT_RULES = Rules()
+# NO_SIGNAL: a customer seen within SEEN_WITHIN (a device put away for longer is no longer
+# watched) but silent for NO_SIGNAL_AFTER (HEARTBEAT_NO_SIGNAL_AFTER_S reads this default).
+NO_SIGNAL_AFTER = timedelta(minutes=10)
+SEEN_WITHIN = timedelta(hours=24)
 _NO_OVERRIDES: Mapping[str, AlertBounds] = MappingProxyType({})
 
 
@@ -417,8 +423,8 @@ def silent_customers(
     last_seen: Mapping[str, datetime],
     open_no_signal: Collection[str],
     now: datetime,
-    after: timedelta = timedelta(seconds=600),
-    seen_within: timedelta = timedelta(hours=24),
+    after: timedelta = NO_SIGNAL_AFTER,
+    seen_within: timedelta = SEEN_WITHIN,
 ) -> list[str]:
     """Customers that need a NO_SIGNAL episode, sorted.
 

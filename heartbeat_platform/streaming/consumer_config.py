@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.domain.alerts import STATS_EVERY
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
 from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
@@ -28,7 +29,7 @@ class ConsumerConfig:
     group_id: str
     batch_size: int = 20_000
     max_wait_s: float = 0.1  # how long a partial batch waits: bounds end-to-end latency
-    stats_every: int = 100
+    stats_every: int = STATS_EVERY
     session_timeout_ms: int = 6_000  # the embedded broker's group join waits half of this
     # "classic" (JoinGroup/SyncGroup, with `assignment_strategy`) or "consumer" (KIP-848:
     # the broker assigns, incrementally; Kafka 4.0+).

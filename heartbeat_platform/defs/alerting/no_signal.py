@@ -9,9 +9,9 @@ import dagster as dg
 
 from heartbeat_platform.defs.asset_keys import ALERT_EPISODES
 from heartbeat_platform.defs.resources import PostgresResource
+from heartbeat_platform.domain.episodes import SEEN_WITHIN
 from heartbeat_platform.storage.episodes import open_no_signal
 
-SEEN_WITHIN = timedelta(hours=24)  # a device silent for longer is no longer watched
 LISTED = 100  # customers named in the metadata (the count is always exact)
 
 

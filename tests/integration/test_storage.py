@@ -29,6 +29,7 @@ from psycopg.rows import dict_row
 from heartbeat_platform import readiness
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
 from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.storage import maintenance
 from heartbeat_platform.storage.migrations import load_migrations, migrate
 from heartbeat_platform.storage.partitions import (
     RAW_TABLES,
@@ -587,6 +588,29 @@ def test_a_backfill_over_a_dropped_day_keeps_its_rollups(database_url: str, db) 
     refresh_pending(db, now)
 
     assert without_computed_at(all_rollups(db)) == before
+
+
+def test_maintain_rolls_up_an_expired_day_and_then_drops_it_in_the_same_pass(
+    database_url: str, db, settings_factory
+) -> None:
+    """`maintain` refreshes the settled windows before retention: a day kept only for its
+    pending rollups goes at once, its rollups stay; a window not settled yet is counted."""
+    migrate(database_url)
+    today = migration_day(db)
+    now = midnight(today) + timedelta(hours=12)
+    old = today - timedelta(days=10)
+    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
+    fill_day(db, old, offset=0)
+    mark_all_pending(db)
+    mark_pending(db, Rollup.FLEET_MINUTE, [now])  # the minute starting now: not settled
+
+    done = maintenance.maintain(db, settings_factory(database_url=database_url), now)
+
+    assert {r.rollup for r in done.rollups} == set(Rollup)
+    assert done.retained.partitions.dropped["heartbeat_records"] == [old]
+    assert done.retained.partitions.kept_for_rollups == []
+    assert done.windows_not_settled == 1
+    assert all(all_rollups(db).values())
 
 
 def test_a_day_left_detached_is_dropped_when_expired_and_attached_again_when_kept(

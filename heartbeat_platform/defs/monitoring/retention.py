@@ -7,9 +7,7 @@ import dagster as dg
 
 from heartbeat_platform.defs.asset_keys import ANOMALIES, DEAD_LETTERS, METRICS, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
-from heartbeat_platform.storage import episodes
-from heartbeat_platform.storage.partitions import apply_retention
-from heartbeat_platform.storage.rollups import delete_expired
+from heartbeat_platform.storage.maintenance import retain
 
 
 @dg.asset(
@@ -26,17 +24,9 @@ from heartbeat_platform.storage.rollups import delete_expired
 )
 def raw_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
     settings = postgres.settings()
-    now = datetime.now(UTC)
     with postgres.connect() as conn:
-        report = apply_retention(conn, settings.retention, now)
-        deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
-        alert_retention = episodes.retain(
-            conn, now, settings.heartbeat_alert_retention_days,
-            settings.heartbeat_alert_notification_retention_hours,
-        )
-    return dg.MaterializeResult(
-        metadata={**report.as_metadata(), "rollup_rows_deleted": deleted, **alert_retention}
-    )
+        retained = retain(conn, settings, datetime.now(UTC))
+    return dg.MaterializeResult(metadata=retained.as_metadata())
 
 
 raw_partitions_job = dg.define_asset_job(

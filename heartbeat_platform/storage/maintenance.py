@@ -1,0 +1,70 @@
+"""Storage upkeep: retention of raw days, rollup rows and alerts, and the rollups brought
+up to date.
+
+The hourly Dagster retention job and `heartbeat-platform maintain` run the same
+`retain`; `maintain` (for deployments without Dagster, where no rollup asset runs) also
+refreshes the rollups. Each caller says what was done its own way: the asset as its
+metadata, the command as lines or JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from heartbeat_platform.storage import episodes
+from heartbeat_platform.storage.database import one_row
+from heartbeat_platform.storage.partitions import RetentionReport, apply_retention
+from heartbeat_platform.storage.rollups import RefreshResult, delete_expired, refresh_pending
+
+if TYPE_CHECKING:
+    from heartbeat_platform.config import Settings
+
+# A window marked more than once (several partitions' readings) is one window to recompute.
+_WINDOWS_PENDING = (
+    "SELECT count(*) FROM (SELECT DISTINCT rollup, window_start FROM rollup_pending) w"
+)
+
+
+@dataclass(frozen=True)
+class Retained:
+    partitions: RetentionReport
+    rollup_rows_deleted: dict[str, int]  # rollup table -> rows older than their retention
+    alerts: dict[str, int]  # resolved_episodes_deleted, delivered_notifications_deleted
+
+    def as_metadata(self) -> dict:
+        return {
+            **self.partitions.as_metadata(),
+            "rollup_rows_deleted": self.rollup_rows_deleted,
+            **self.alerts,
+        }
+
+
+@dataclass(frozen=True)
+class Maintained:
+    rollups: list[RefreshResult]  # one per rollup that had settled windows
+    retained: Retained
+    windows_not_settled: int  # still pending: recomputed once they settle
+
+
+def retain(conn: psycopg.Connection, settings: Settings, now: datetime) -> Retained:
+    """Create the window's day partitions, drop the expired days whose rollups are done,
+    delete expired rollup rows, resolved episodes and delivered notifications."""
+    partitions = apply_retention(conn, settings.retention, now)
+    deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
+    alerts = episodes.retain(
+        conn, now, settings.heartbeat_alert_retention_days,
+        settings.heartbeat_alert_notification_retention_hours,
+    )
+    return Retained(partitions, deleted, alerts)
+
+
+def maintain(conn: psycopg.Connection, settings: Settings, now: datetime) -> Maintained:
+    """Recompute the settled rollup windows, then `retain` (a day leaves only once its
+    rollups hold it, so refreshing first lets retention drop it in the same pass)."""
+    rollups = refresh_pending(conn, now)
+    retained = retain(conn, settings, now)
+    return Maintained(rollups, retained, one_row(conn.execute(_WINDOWS_PENDING))[0])

@@ -560,9 +560,9 @@ def test_retention_drops_expired_days_but_not_one_whose_rollups_are_pending(
     assert without_computed_at(all_rollups(db)) == without_computed_at(rollups_before)
 
 
-def rolled_up_and_dropped_day(database_url: str, db) -> tuple[date, datetime]:
-    """A day 10 days old whose readings were rolled up, then dropped by retention; the
-    day and the `now` of that retention run."""
+def expired_day_pending(database_url: str, db) -> tuple[date, datetime]:
+    """A day 10 days old holding readings whose rollup windows are marked pending; the day
+    and a `now` (noon of the migration's day) at which it is expired."""
     migrate(database_url)
     today = migration_day(db)
     now = midnight(today) + timedelta(hours=12)
@@ -570,6 +570,13 @@ def rolled_up_and_dropped_day(database_url: str, db) -> tuple[date, datetime]:
     db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
     fill_day(db, old, offset=0)
     mark_all_pending(db)
+    return old, now
+
+
+def rolled_up_and_dropped_day(database_url: str, db) -> tuple[date, datetime]:
+    """A day 10 days old whose readings were rolled up, then dropped by retention; the
+    day and the `now` of that retention run."""
+    old, now = expired_day_pending(database_url, db)
     refresh_pending(db, now)
     assert apply_retention(db, RetentionPolicy(), now).dropped["heartbeat_records"] == [old]
     return old, now
@@ -595,13 +602,7 @@ def test_maintain_rolls_up_an_expired_day_and_then_drops_it_in_the_same_pass(
 ) -> None:
     """`maintain` refreshes the settled windows before retention: a day kept only for its
     pending rollups goes at once, its rollups stay; a window not settled yet is counted."""
-    migrate(database_url)
-    today = migration_day(db)
-    now = midnight(today) + timedelta(hours=12)
-    old = today - timedelta(days=10)
-    db.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (old, old))
-    fill_day(db, old, offset=0)
-    mark_all_pending(db)
+    old, now = expired_day_pending(database_url, db)
     mark_pending(db, Rollup.FLEET_MINUTE, [now])  # the minute starting now: not settled
 
     done = maintenance.maintain(db, settings_factory(database_url=database_url), now)

@@ -13,7 +13,8 @@ from importlib.metadata import version
 import pytest
 
 from heartbeat_platform import cli
-from heartbeat_platform.cli import JsonFormatter
+from heartbeat_platform.cli import logs, services
+from heartbeat_platform.cli.logs import JsonFormatter
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +73,7 @@ def test_an_unexpected_failure_under_json_is_one_record_with_its_traceback(
         raise RuntimeError("status broke")
 
     monkeypatch.chdir(tmp_path)  # no .env
-    monkeypatch.setattr(cli, "collect_status", boom)
+    monkeypatch.setattr(services, "collect_status", boom)
     monkeypatch.setattr(sys, "argv", ["heartbeat-platform", "--log-format", "json", "status"])
     root = logging.getLogger()
     level = root.level
@@ -80,7 +81,7 @@ def test_an_unexpected_failure_under_json_is_one_record_with_its_traceback(
         with pytest.raises(SystemExit) as exited:
             cli.run()
     finally:
-        root.removeHandler(cli._logs.handler)
+        root.removeHandler(logs.chosen.handler)
         root.setLevel(level)
     assert exited.value.code == 1
     [entry] = [json.loads(line) for line in capsys.readouterr().err.splitlines()]

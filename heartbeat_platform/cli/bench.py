@@ -1,0 +1,83 @@
+"""`bench`: the platform's speed and memory measured (and `--soak`, the long run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from heartbeat_platform.cli.base import Command, err, settings_or_exit
+
+app = typer.Typer()
+
+
+@app.command(cls=Command)
+def bench(
+    events: Annotated[int, typer.Option(help="Events for the throughput stages.", min=1)] = 400_000,
+    latency_rate: Annotated[
+        float, typer.Option(help="Produce rate for the latency stage.", min=1)
+    ] = 10_000,
+    latency_seconds: Annotated[
+        float, typer.Option(help="Duration of the latency stage.", min=1)
+    ] = 15,
+    output: Annotated[
+        Path | None, typer.Option(help="Also write the JSON results to this file.")
+    ] = None,
+    history: Annotated[
+        int,
+        typer.Option(
+            help="Then load N readings of history with SQL and measure again on it: consume "
+            "rate against the empty table's, dashboard queries, rollups, bytes per reading.",
+            min=0,
+        ),
+    ] = 0,
+    history_span_hours: Annotated[
+        float | None,
+        typer.Option(
+            help="Spread the history over H hours (default: the design rate, 10,000 readings/s).",
+            min=0,
+        ),
+    ] = None,
+    soak: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead: produce at --soak-rate for S seconds with the consumer and the "
+            "embedded broker's log rotation running; per window, the broker's memory and "
+            "the delay percentiles. Use a state folder no `up` is using.",
+            min=1,
+        ),
+    ] = None,
+    soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = 10_000,
+    window: Annotated[float, typer.Option(help="Window of --soak, seconds.", min=1)] = 15,
+) -> None:
+    """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
+
+    With --history N, also how all of it holds up once the database holds N readings.
+    With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
+    """
+    if soak is not None:
+        from heartbeat_platform.soak import dumps, run_soak
+
+        results = run_soak(
+            settings_or_exit(), soak, rate=soak_rate, window_s=window,
+            log=lambda message: err.print(f"[dim]soak: {message}[/dim]"),
+        )
+        text = dumps(results)
+        if output:
+            output.write_text(text + "\n")
+        print(text)
+        return
+    from heartbeat_platform.bench import HistoryPlanError, run_bench, write_json
+
+    try:
+        results = run_bench(
+            settings_or_exit(), events=events, latency_rate=latency_rate,
+            latency_seconds=latency_seconds, history=history,
+            history_span_hours=history_span_hours,
+            log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
+        )
+    except HistoryPlanError as exc:
+        err.print(f"[red]bench:[/red] {exc}")
+        raise typer.Exit(2) from None
+    print(write_json(results, output))

@@ -131,8 +131,7 @@ def consume(
     stats = report.stats
     console.print(
         f"consumed {stats.messages_consumed:,} in {report.seconds:.1f}s: "
-        f"records {stats.records_written:,}, anomalies "
-        f"{stats.anomalies_bradycardia + stats.anomalies_tachycardia + stats.anomalies_invalid:,}, "
+        f"records {stats.records_written:,}, anomalies {stats.anomalies:,}, "
         f"dead letters {stats.dead_letters:,}, duplicates dropped {stats.duplicates_dropped:,}"
     )
 

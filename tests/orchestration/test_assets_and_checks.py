@@ -10,7 +10,11 @@ import pytest
 from heartbeat_platform.definitions import defs
 from heartbeat_platform.defs.monitoring.health import health_metrics
 from heartbeat_platform.defs.resources import PostgresResource
-from heartbeat_platform.defs.serving.rollups import rollup_run_key, rollup_sensor
+from heartbeat_platform.defs.serving.rollups import (
+    ROLLUPS_FIRST_PARTITION,
+    rollup_run_key,
+    rollup_sensor,
+)
 from heartbeat_platform.storage.rollups import Rollup, mark_pending
 from heartbeat_platform.streaming.lag import PartitionLag
 
@@ -141,8 +145,9 @@ def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
     # before the first Dagster partition: left to `maintain`, and must not fail the tick
     mark_pending(db, Rollup.FLEET_MINUTE, [datetime(2025, 12, 31, 10, tzinfo=UTC)])
     postgres = PostgresResource(database_url=platform_settings.database_url)
-    context = dg.build_sensor_context(resources={"postgres": postgres})
-    requests = list(rollup_sensor(context))
+    context = dg.build_sensor_context(resources={"postgres": postgres},
+                                      instance=dg.DagsterInstance.ephemeral())
+    requests = rollup_sensor(context).run_requests
     got = sorted((r.job_name, r.partition_key) for r in requests)
     key = old.strftime("%Y-%m-%d-%H:%M")
     next_key = (old + timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M")
@@ -153,10 +158,46 @@ def test_rollup_sensor_requests_exactly_the_settled_pending_partitions(
         (config,) = request.run_config["ops"].values()
         assert config == {"config": {"pending_only": True}}
     # the same marks give the same run keys (Dagster skips them); a new mark, a new key
-    again = {r.run_key for r in rollup_sensor(context)}
+    again = {r.run_key for r in rollup_sensor(context).run_requests}
     assert again == {r.run_key for r in requests}
     mark_pending(db, Rollup.FLEET_MINUTE, [old + timedelta(minutes=6)])
-    assert len({r.run_key for r in rollup_sensor(context)} - again) == 1
+    assert len({r.run_key for r in rollup_sensor(context).run_requests} - again) == 1
+
+
+def test_rollup_partitions_before_the_first_reading_are_reported_empty_once(
+    platform_settings, db
+) -> None:
+    """A fresh install's first reading 3 h ago: every hourly and daily partition that ends
+    before it is reported materialized with 0 readings, none from its hour on, and a
+    second tick reports nothing again."""
+    hour_of_first = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
+        hours=3)
+    first = hour_of_first + timedelta(minutes=5)
+    mark_pending(db, Rollup.FLEET_MINUTE, [first])
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(
+        resources={"postgres": PostgresResource(database_url=platform_settings.database_url)},
+        instance=instance,
+    )
+    events = rollup_sensor(context).asset_events
+    reported: dict[str, set[str]] = {}
+    for event in events:
+        assert event.metadata["readings_summarised"].value == 0
+        reported.setdefault(event.asset_key.to_user_string(), set()).add(event.partition)
+    hours, hour = set(), ROLLUPS_FIRST_PARTITION
+    while hour < hour_of_first:  # each hour that ends before the first reading
+        hours.add(hour.strftime("%Y-%m-%d-%H:%M"))
+        hour += timedelta(hours=1)
+    days, day = set(), ROLLUPS_FIRST_PARTITION
+    while day + timedelta(days=1) <= first:
+        days.add(day.strftime("%Y-%m-%d"))
+        day += timedelta(days=1)
+    assert reported == {"fleet_minute_stats": hours, "customer_hourly_bpm_stats": hours,
+                        **({"customer_daily_bpm_stats": days} if days else {})}
+    assert hour_of_first.strftime("%Y-%m-%d-%H:%M") not in hours
+    for event in events:
+        instance.report_runless_asset_event(event)
+    assert rollup_sensor(context).asset_events == []
 
 
 def test_rollup_run_key_is_stable_for_the_same_marks_and_retries_stale_ones() -> None:

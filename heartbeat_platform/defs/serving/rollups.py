@@ -15,7 +15,7 @@ from heartbeat_platform.config import load_settings
 from heartbeat_platform.defs.asset_keys import ANOMALIES, RECORDS
 from heartbeat_platform.defs.resources import PostgresResource
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage.rollups import Rollup, pending_runs, refresh
+from heartbeat_platform.storage.rollups import Rollup, first_window, pending_runs, refresh
 
 PREVIEW_ROWS = 10
 
@@ -192,34 +192,65 @@ RETRY_AFTER = timedelta(minutes=10)
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Every 30 s: one run per rollup partition holding settled pending windows "
     "(fleet minutes a few seconds after they close, customer hours a minute after, days "
-    "once their hours are done; late readings mark their window again).",
+    "once their hours are done; late readings mark their window again). Partitions before "
+    "the first reading are reported materialized with 0 readings.",
 )
-def rollup_sensor(context: dg.SensorEvaluationContext, postgres: PostgresResource):
+def rollup_sensor(
+    context: dg.SensorEvaluationContext, postgres: PostgresResource
+) -> dg.SensorResult:
     now = datetime.now(UTC)
     with postgres.connect() as conn:
         runs = pending_runs(conn, now)
-    requested, too_old = 0, 0
+        first = first_window(conn)
+    requests, too_old = [], 0
     for rollup, partition_start, marked_at in runs:
-        if requested == MAX_RUNS_PER_TICK:
+        if len(requests) == MAX_RUNS_PER_TICK:
             break
         if partition_start < ROLLUPS_FIRST_PARTITION:
             too_old += 1  # no Dagster partition: `heartbeat-platform maintain` computes it
             continue
         key = partition_start.astimezone(UTC).strftime(_PARTITION_KEY_FORMAT[rollup])
-        requested += 1
-        yield dg.RunRequest(
+        requests.append(dg.RunRequest(
             job_name=ROLLUP_JOBS[rollup].name,
             partition_key=key,
             run_key=rollup_run_key(rollup, key, marked_at, now),
             run_config={"ops": {rollup.table: {"config": {"pending_only": True}}}},
-        )
+        ))
     if too_old:
         context.log.warning(
             "%d pending rollup partitions start before %s, the first Dagster partition: run "
             "`heartbeat-platform maintain` to compute them", too_old, ROLLUPS_START,
         )
-    if not requested:
-        yield dg.SkipReason("no settled pending rollup window in a Dagster partition")
+    return dg.SensorResult(
+        run_requests=requests,
+        asset_events=nothing_before(context.instance, first, now) if first else [],
+        skip_reason=None if requests else "no settled pending rollup window in a Dagster "
+        "partition",
+    )
+
+
+ROLLUP_PARTITIONS = ((fleet_minute_stats, hourly), (customer_hourly_bpm_stats, hourly),
+                     (customer_daily_bpm_stats, daily))
+
+
+def nothing_before(
+    instance: dg.DagsterInstance, first: datetime, now: datetime
+) -> list[dg.AssetMaterialization]:
+    """The partitions that end before the first minute holding readings have nothing to
+    roll up: reported materialized once, with 0 readings, so the catalog does not show the
+    hours before the platform's first reading as missing (README, "Dagster")."""
+    events = []
+    for asset, partitions in ROLLUP_PARTITIONS:
+        done = instance.get_materialized_partitions(asset.key)
+        for key in partitions.get_partition_keys(current_time=now):
+            if partitions.time_window_for_partition_key(key).end > first:
+                break
+            if key not in done:
+                events.append(dg.AssetMaterialization(
+                    asset.key, partition=key, description="before the first reading: "
+                    "nothing to roll up", metadata={"readings_summarised": 0},
+                ))
+    return events
 
 
 def rollup_run_key(rollup: Rollup, key: str, marked_at: datetime, now: datetime) -> str:

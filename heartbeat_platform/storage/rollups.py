@@ -170,10 +170,11 @@ def pending_windows(conn: psycopg.Connection, rollup: Rollup, now: datetime) -> 
 def first_window(conn: psycopg.Connection) -> datetime | None:
     """The first minute that holds readings, rolled up or still pending (None: none yet):
     no rollup has anything to compute before it."""
-    return conn.execute(
+    (first,) = conn.execute(
         "SELECT least((SELECT min(minute) FROM fleet_minute_stats),"
         " (SELECT min(window_start) FROM rollup_pending))"
-    ).fetchone()[0]
+    ).fetchone() or (None,)
+    return first
 
 
 def pending_runs(

@@ -9,6 +9,10 @@ import pytest
 
 from heartbeat_platform.definitions import defs
 from heartbeat_platform.defs.monitoring.health import health_metrics
+from heartbeat_platform.defs.monitoring.retention import (
+    raw_partitions,
+    storage_retention_first_run,
+)
 from heartbeat_platform.defs.resources import PostgresResource
 from heartbeat_platform.defs.serving.rollups import (
     ROLLUPS_FIRST_PARTITION,
@@ -210,6 +214,15 @@ def test_rollup_run_key_is_stable_for_the_same_marks_and_retries_stale_ones() ->
         for m in (0, 5, 10, 20)
     }
     assert len(retried) == 3
+
+
+def test_retention_runs_once_on_a_fresh_install_then_leaves_it_to_the_schedule() -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(instance=instance)
+    request = storage_retention_first_run(context)
+    assert isinstance(request, dg.RunRequest) and request.run_key == "first"
+    instance.report_runless_asset_event(dg.AssetMaterialization(raw_partitions.key))
+    assert isinstance(storage_retention_first_run(context), dg.SkipReason)
 
 
 def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:

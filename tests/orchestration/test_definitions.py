@@ -189,11 +189,13 @@ def test_checks_and_their_blocking() -> None:
 
 
 def test_supervisor_and_schedules_run_by_default() -> None:
-    """What runs without anyone clicking: supervisor, rollups, health, checks, retention."""
+    """What runs without anyone clicking: supervisor, rollups, health, checks, retention
+    (once at once on a fresh install, then hourly)."""
     sensors = {s.name: s.default_status for s in defs.sensors}
     assert sensors == {
         "heartbeat_consumer_supervisor": dg.DefaultSensorStatus.RUNNING,
         "rollup_sensor": dg.DefaultSensorStatus.RUNNING,
+        "storage_retention_first_run": dg.DefaultSensorStatus.RUNNING,
     }
     schedules = {s.name: (s.cron_schedule, s.default_status) for s in defs.schedules}
     assert schedules == {

@@ -202,7 +202,8 @@ def rollup_sensor(
     with postgres.connect() as conn:
         runs = pending_runs(conn, now)
         first = first_window(conn)
-    requests, too_old = [], 0
+    requests: list[dg.RunRequest] = []
+    too_old = 0
     for rollup, partition_start, marked_at in runs:
         if len(requests) == MAX_RUNS_PER_TICK:
             break

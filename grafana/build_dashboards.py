@@ -83,25 +83,51 @@ def _sql(text: str) -> str:
     return "\n".join(line[indent:] for line in lines)
 
 
-# The raw tail of the fleet rollup: whole minutes of the range from `start` (the first one
-# after the newest rolled-up minute) to `stop`. Fleet series count a minute when its start lies
-# in the range, from the rollup and from the tail alike.
-FLEET_TAIL = _sql(
-    """
-    tail AS (
-        SELECT greatest(max(minute) + interval '1 minute',
-                        date_trunc('minute', $__timeFrom()::timestamptz + interval '59.999999 s')
-               ) AS start,
-               date_trunc('minute', $__timeTo()::timestamptz) + interval '1 minute' AS stop
-        FROM fleet_minute_stats
+# The raw tail of the fleet rollup: heartbeat_records_tail and heartbeat_anomalies_tail
+# (sql/010) give the fleet rollup's columns for the minutes of the range after the newest
+# rolled-up minute, but at most the minute of the range's end and the one before it, in one
+# range scan of each raw table. Older minutes the rollups have not reached are not read:
+# _not_rolled_up counts them. Fleet series count a minute when its start lies in the range,
+# from the rollup and the tail alike.
+RECORDS_TAIL = "heartbeat_records_tail($__timeFrom()::timestamptz, $__timeTo()::timestamptz)"
+ANOMALIES_TAIL = ("heartbeat_anomalies_tail($__timeFrom()::timestamptz, "
+                  "$__timeTo()::timestamptz)")
+NOT_ROLLED_UP_SERIES = "minutes not rolled up yet"
+
+
+def _not_rolled_up(where: str = "true") -> str:
+    """Per bucket, the minutes of the range with readings that neither the rollups nor the
+    raw tail hold yet (the rollups are behind: a stopped Dagster daemon, `consume` without
+    `maintain`); `where`: when the panel reads the fleet rollup at all."""
+    return _sql(
+        f"""
+        SELECT $__timeGroupAlias(minute, $__interval), count(*) AS "{NOT_ROLLED_UP_SERIES}"
+        FROM heartbeat_minutes_not_rolled_up($__timeFrom()::timestamptz,
+                                             $__timeTo()::timestamptz) AS pending(minute)
+        WHERE {where}
+        GROUP BY 1
+        ORDER BY 1
+        """
     )
-    """
+
+
+NOT_ROLLED_UP_TEXT = (
+    " When the rollups are more than a minute behind, older minutes are not read raw (that "
+    "would scan every reading since): the series \"minutes not rolled up yet\" (right axis) "
+    "counts them until the rollups reach them."
 )
 
 
-def _with_fleet_tail(sql: str) -> str:
-    """`sql` (more CTEs, then the query) after `WITH tail AS (...)`."""
-    return f"WITH {FLEET_TAIL}, {_sql(sql)}"
+def _not_rolled_up_axis(panel: timeseries.Panel) -> timeseries.Panel:
+    """The _not_rolled_up series as bars on a right axis of its own."""
+    return panel.override_by_name(NOT_ROLLED_UP_SERIES, [
+        DynamicConfigValue(id_val="unit", value="short"),
+        DynamicConfigValue(id_val="custom.drawStyle", value=common.GraphDrawStyle.BARS),
+        DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
+        DynamicConfigValue(id_val="custom.axisLabel", value="minutes not rolled up"),
+        DynamicConfigValue(id_val="color", value=Color().mode(FieldColorModeId.FIXED)
+                           .fixed_color("orange").build()),
+    ])
 
 
 # -- the PostgreSQL query ------------------------------------------------------------------------
@@ -233,33 +259,38 @@ def _table(pid: int, title: str, grid: GridPos, description: str, sql: str) -> t
 # -- the rows of the monitoring dashboard -------------------------------------------------------
 
 def pipeline_health(y: int) -> list[stat.Panel]:
-    """One stat per number the original design's Pipeline Health row showed.
+    """One stat per number the original design's Pipeline Health row showed, and how far the
+    rollups are behind.
 
-    All read vw_pipeline_summary, which adds the rollups to the raw readings newer than them.
+    The first six read vw_pipeline_summary, which adds the rollups to the raw readings newer
+    than them (at most this minute and the one before: sql/010).
     """
     totals = ("(fleet_minute_stats, kept HEARTBEAT_ROLLUP_RETENTION_DAYS, plus the readings "
-              "newer than its newest minute)")
+              "newer than its newest minute; not yet those of the minutes counted by Minutes "
+              "not rolled up yet)")
     health = [
-        ("Valid readings", "total_records", f"NORMAL readings stored {totals}.", "green"),
+        ("Valid readings", "total_records", f"NORMAL readings stored {totals}.", "green", 4),
         ("Anomalies", "total_anomalies",
-         f"BRADYCARDIA, TACHYCARDIA and INVALID readings stored {totals}.", "orange"),
+         f"BRADYCARDIA, TACHYCARDIA and INVALID readings stored {totals}.", "orange", 3),
         ("Anomalies (last 5 min)", "anomalies_last_5m",
          "Anomalies detected in the last five minutes (heartbeat_anomalies by detected_at).",
-         "red"),
+         "red", 3),
         ("Active customers (5 min)", "active_customers_5m",
          "Customers with a valid reading taken in the last five minutes (the customers table "
-         "plus the readings newer than the newest rolled-up minute).", "blue"),
+         "plus the readings newer than the newest rolled-up minute, at most this minute and "
+         "the one before).", "blue", 4),
         ("Dead letters", "dead_letter_count",
          "Messages that were not readings at all, in the raw retention window (see "
-         "heartbeat_dead_letters.reason).", "purple"),
+         "heartbeat_dead_letters.reason).", "purple", 3),
     ]
-    panels = [
-        _stat(1 + i, title, _grid(4 * i, y, 4, 4), f"{text} Reads vw_pipeline_summary.",
-              f'SELECT {column} AS "{title}" FROM vw_pipeline_summary', color)
-        for i, (title, column, text, color) in enumerate(health)
-    ]
+    panels, x = [], 0
+    for i, (title, column, text, color, width) in enumerate(health):
+        panels.append(_stat(1 + i, title, _grid(x, y, width, 4),
+                            f"{text} Reads vw_pipeline_summary.",
+                            f'SELECT {column} AS "{title}" FROM vw_pipeline_summary', color))
+        x += width
     panels.append(_stat(
-        6, "Latest reading", _grid(20, y, 4, 4),
+        6, "Latest reading", _grid(x, y, 4, 4),
         "Event time of the newest valid reading (the customers table and the readings newer "
         "than the newest rolled-up minute). Reads vw_pipeline_summary.",
         """
@@ -268,6 +299,24 @@ def pipeline_health(y: int) -> list[stat.Panel]:
         """,
         "text", unit="dateTimeFromNow",
     ))
+    panels.append(
+        _stat(
+            27, "Minutes not rolled up yet", _grid(x + 4, y, 3, 4),
+            "Minutes with readings that neither the rollups nor the raw tail the panels read "
+            "(this minute and the one before) hold yet: the rollups are behind (a stopped "
+            "Dagster daemon, or consume without maintain). 0 in normal operation; while it is "
+            "not, the totals, the fleet series and the breakdown leave those minutes out "
+            "instead of scanning their raw readings. Reads the pending marks (rollup_pending).",
+            """
+            SELECT count(*) AS "Minutes not rolled up yet"
+            FROM heartbeat_minutes_not_rolled_up('-infinity', now())
+            """,
+            "green",
+        )
+        .thresholds(ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+            Threshold(color="green"), Threshold(value=1, color="orange"),
+        ]))
+    )
     return panels
 
 
@@ -277,26 +326,17 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
         7, "Fleet Average BPM", _grid(0, y, 16, 8),
         "Average heart rate of all valid readings per time bucket of at least a minute (by "
         "event time): sums of fleet_minute_stats, plus heartbeat_records newer than its "
-        "newest minute.",
+        "newest minute." + NOT_ROLLED_UP_TEXT,
         "suffix: bpm",
-    ).with_target(Sql(_with_fleet_tail(
-        """
-        minutes AS (
+    ).with_target(Sql(
+        f"""
+        WITH minutes AS (
             SELECT minute, reading_count, bpm_sum
             FROM fleet_minute_stats
             WHERE $__timeFilter(minute)
             UNION ALL
-            -- the tail a minute at a time: a range condition each costs less than bucketing
-            -- every row with a function
-            SELECT minute, raw.reading_count, raw.bpm_sum
-            FROM tail
-            CROSS JOIN generate_series(tail.start, tail.stop - interval '1 minute',
-                                       interval '1 minute') AS minute
-            CROSS JOIN LATERAL (
-                SELECT count(*) AS reading_count, sum(heart_rate) AS bpm_sum
-                FROM heartbeat_records
-                WHERE event_timestamp >= minute AND event_timestamp < minute + interval '1 minute'
-            ) AS raw
+            SELECT minute, reading_count, bpm_sum
+            FROM {RECORDS_TAIL}
         )
         SELECT $__timeGroupAlias(minute, $__interval),
                round(sum(bpm_sum)::numeric / sum(reading_count), 1) AS "fleet average bpm"
@@ -305,27 +345,25 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
         HAVING sum(reading_count) > 0
         ORDER BY 1
         """
-    )).time_series())
+    ).time_series().ref_id("A")).with_target(Sql(_not_rolled_up()).time_series().ref_id("B"))
+    bpm = _not_rolled_up_axis(bpm)
     pie = (
         piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
         .description("Anomalous readings by type, taken in the dashboard's time range (whole "
                      "minutes): counts of fleet_minute_stats, plus heartbeat_anomalies newer "
-                     "than its newest minute (a reading stored twice counts once).")
+                     "than its newest minute (a reading stored twice counts once). When the "
+                     "rollups are more than a minute behind, the minutes in between are not "
+                     "counted: see Minutes not rolled up yet.")
         .datasource(DATASOURCE)
-        .with_target(Sql(_with_fleet_tail(
-            """
-            counts AS (
+        .with_target(Sql(
+            f"""
+            WITH counts AS (
                 SELECT bradycardia_count, tachycardia_count, invalid_count
                 FROM fleet_minute_stats
                 WHERE $__timeFilter(minute)
                 UNION ALL
-                SELECT count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA'),
-                       count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA'),
-                       count(*) FILTER (WHERE anomaly_type = 'INVALID')
-                FROM (SELECT DISTINCT ON (customer_id, event_timestamp) anomaly_type
-                      FROM heartbeat_anomalies
-                      WHERE event_timestamp >= (SELECT start FROM tail)
-                        AND event_timestamp < (SELECT stop FROM tail)) AS raw
+                SELECT bradycardia_count, tachycardia_count, invalid_count
+                FROM {ANOMALIES_TAIL}
             ), slices AS (
                 SELECT unnest(ARRAY['BRADYCARDIA', 'TACHYCARDIA', 'INVALID']) AS "type",
                        unnest(ARRAY[sum(bradycardia_count), sum(tachycardia_count),
@@ -337,7 +375,7 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
             WHERE "anomalies" > 0
             ORDER BY 1
             """
-        )))
+        ))
         .unit("short")
         .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
         .reduce_options(_last_not_null(values=True))
@@ -364,7 +402,7 @@ def streaming(y: int) -> list[timeseries.Panel]:
             "like a Prometheus counter reset); consumers write about ten a second, too many "
             "to read for longer ranges. Longer ranges: readings stored per second by event "
             "time, per bucket of at least a minute, from fleet_minute_stats plus the raw "
-            "readings newer than its newest minute.",
+            "readings newer than its newest minute." + NOT_ROLLED_UP_TEXT,
             "suffix: msg/s",
         )
         .with_target(Sql(
@@ -386,34 +424,20 @@ def streaming(y: int) -> list[timeseries.Panel]:
             ORDER BY 1
             """
         ).time_series().ref_id("A"))
-        .with_target(Sql(_with_fleet_tail(
+        .with_target(Sql(
             f"""
-            minutes AS (
+            WITH minutes AS (
                 SELECT minute, reading_count + anomaly_count AS readings
                 FROM fleet_minute_stats
                 WHERE $__timeFilter(minute) AND NOT {SNAPSHOT_RANGE}
                 UNION ALL
-                -- the tail a minute at a time, as in Fleet Average BPM; count(heart_rate),
-                -- not count(*): rows through the BRIN index, never the whole primary key
-                SELECT minute, raw.readings
-                FROM tail
-                CROSS JOIN generate_series(tail.start, tail.stop - interval '1 minute',
-                                           interval '1 minute') AS minute
-                CROSS JOIN LATERAL (
-                    SELECT count(heart_rate) AS readings
-                    FROM heartbeat_records
-                    WHERE event_timestamp >= minute
-                      AND event_timestamp < minute + interval '1 minute'
-                ) AS raw
+                SELECT minute, reading_count
+                FROM {RECORDS_TAIL}
                 WHERE NOT {SNAPSHOT_RANGE}
                 UNION ALL
-                SELECT date_trunc('minute', event_timestamp), count(*)
-                FROM (SELECT DISTINCT customer_id, event_timestamp
-                      FROM heartbeat_anomalies
-                      WHERE event_timestamp >= (SELECT start FROM tail)
-                        AND event_timestamp < (SELECT stop FROM tail)
-                        AND NOT {SNAPSHOT_RANGE}) AS raw
-                GROUP BY 1
+                SELECT minute, anomaly_count
+                FROM {ANOMALIES_TAIL}
+                WHERE NOT {SNAPSHOT_RANGE}
             )
             SELECT $__timeGroupAlias(minute, $__interval),
                    sum(readings) / greatest($__interval_ms / 1000.0, 60) AS "stored readings/s"
@@ -422,8 +446,10 @@ def streaming(y: int) -> list[timeseries.Panel]:
             HAVING sum(readings) > 0
             ORDER BY 1
             """
-        )).time_series().ref_id("B"))
+        ).time_series().ref_id("B"))
+        .with_target(Sql(_not_rolled_up(f"NOT {SNAPSHOT_RANGE}")).time_series().ref_id("C"))
     )
+    throughput = _not_rolled_up_axis(throughput)
     lag = (
         _timeseries(
             10, "Consumer lag", _grid(12, y, 12, 8),

@@ -83,12 +83,12 @@ def _sql(text: str) -> str:
     return "\n".join(line[indent:] for line in lines)
 
 
-# The raw tail of the fleet rollup: heartbeat_records_tail and heartbeat_anomalies_tail
-# (sql/010) give the fleet rollup's columns for the minutes of the range after the newest
-# rolled-up minute, but at most the minute of the range's end and the one before it, in one
-# range scan of each raw table. Older minutes the rollups have not reached are not read:
-# _not_rolled_up counts them. Fleet series count a minute when its start lies in the range,
-# from the rollup and the tail alike.
+# The tail of the fleet rollup: heartbeat_records_tail and heartbeat_anomalies_tail
+# (sql/011) give the fleet rollup's columns for the minutes of the range after the newest
+# rolled-up minute, but at most the minute of the range's end and the one before it
+# (sql/010), from the counts the writer keeps per minute (no raw read). Older minutes the
+# rollups have not reached are not read: _not_rolled_up counts them. Fleet series count a
+# minute when its start lies in the range, from the rollup and the tail alike.
 RECORDS_TAIL = "heartbeat_records_tail($__timeFrom()::timestamptz, $__timeTo()::timestamptz)"
 ANOMALIES_TAIL = ("heartbeat_anomalies_tail($__timeFrom()::timestamptz, "
                   "$__timeTo()::timestamptz)")
@@ -97,7 +97,7 @@ NOT_ROLLED_UP_SERIES = "minutes not rolled up yet"
 
 def _not_rolled_up(where: str = "true") -> str:
     """Per bucket, the minutes of the range with readings that neither the rollups nor the
-    raw tail hold yet (the rollups are behind: a stopped Dagster daemon, `consume` without
+    tail hold yet (the rollups are behind: a stopped Dagster daemon, `consume` without
     `maintain`); `where`: when the panel reads the fleet rollup at all."""
     return _sql(
         f"""
@@ -112,8 +112,8 @@ def _not_rolled_up(where: str = "true") -> str:
 
 
 NOT_ROLLED_UP_TEXT = (
-    " When the rollups are more than a minute behind, older minutes are not read raw (that "
-    "would scan every reading since): the series \"minutes not rolled up yet\" (right axis) "
+    " When the rollups are more than a minute behind, older minutes are not read (their "
+    "raw readings would have to be scanned): the series \"minutes not rolled up yet\" (right axis) "
     "counts them until the rollups reach them."
 )
 
@@ -262,12 +262,11 @@ def pipeline_health(y: int) -> list[stat.Panel]:
     """One stat per number the original design's Pipeline Health row showed, and how far the
     rollups are behind.
 
-    The first six read vw_pipeline_summary, which adds the rollups to the raw readings newer
-    than them (at most this minute and the one before: sql/010).
+    The first six read vw_pipeline_summary: totals the writer keeps in each batch's
+    transaction (sql/011), exact whatever the rollups' state.
     """
-    totals = ("(fleet_minute_stats, kept HEARTBEAT_ROLLUP_RETENTION_DAYS, plus the readings "
-              "newer than its newest minute; not yet those of the minutes counted by Minutes "
-              "not rolled up yet)")
+    totals = ("since the platform started (reading_totals, which the consumer adds to in each "
+              "batch's transaction: exact however far behind the rollups are)")
     health = [
         ("Valid readings", "total_records", f"NORMAL readings stored {totals}.", "green", 4),
         ("Anomalies", "total_anomalies",
@@ -278,7 +277,8 @@ def pipeline_health(y: int) -> list[stat.Panel]:
         ("Active customers (5 min)", "active_customers_5m",
          "Customers with a valid reading taken in the last five minutes (the customers table "
          "plus the readings newer than the newest rolled-up minute, at most this minute and "
-         "the one before).", "blue", 4),
+         "the one before; a customer seen only in minutes not rolled up yet counts once the "
+         "rollups reach them).", "blue", 4),
         ("Dead letters", "dead_letter_count",
          "Messages that were not readings at all, in the raw retention window (see "
          "heartbeat_dead_letters.reason).", "purple", 3),
@@ -291,8 +291,8 @@ def pipeline_health(y: int) -> list[stat.Panel]:
         x += width
     panels.append(_stat(
         6, "Latest reading", _grid(x, y, 4, 4),
-        "Event time of the newest valid reading (the customers table and the readings newer "
-        "than the newest rolled-up minute). Reads vw_pipeline_summary.",
+        "Event time of the newest valid reading (reading_totals, kept by the consumer in "
+        "each batch's transaction). Reads vw_pipeline_summary.",
         """
         SELECT extract(epoch FROM latest_reading_at) * 1000 AS "Latest reading"
         FROM vw_pipeline_summary
@@ -302,11 +302,12 @@ def pipeline_health(y: int) -> list[stat.Panel]:
     panels.append(
         _stat(
             27, "Minutes not rolled up yet", _grid(x + 4, y, 3, 4),
-            "Minutes with readings that neither the rollups nor the raw tail the panels read "
+            "Minutes with readings that neither the rollups nor the tail the panels read "
             "(this minute and the one before) hold yet: the rollups are behind (a stopped "
             "Dagster daemon, or consume without maintain). 0 in normal operation; while it is "
-            "not, the totals, the fleet series and the breakdown leave those minutes out "
-            "instead of scanning their raw readings. Reads the pending marks (rollup_pending).",
+            "not, the fleet series and the breakdown leave those minutes out instead of "
+            "scanning their raw readings (the totals still count them). Reads the pending "
+            "marks (rollup_pending).",
             """
             SELECT count(*) AS "Minutes not rolled up yet"
             FROM heartbeat_minutes_not_rolled_up('-infinity', now())
@@ -325,8 +326,8 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
     bpm = _timeseries(
         7, "Fleet Average BPM", _grid(0, y, 16, 8),
         "Average heart rate of all valid readings per time bucket of at least a minute (by "
-        "event time): sums of fleet_minute_stats, plus heartbeat_records newer than its "
-        "newest minute." + NOT_ROLLED_UP_TEXT,
+        "event time): sums of fleet_minute_stats, plus the consumer's counts per minute "
+        "(fleet_minute_live) for the minutes after its newest one." + NOT_ROLLED_UP_TEXT,
         "suffix: bpm",
     ).with_target(Sql(
         f"""
@@ -350,8 +351,8 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
     pie = (
         piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
         .description("Anomalous readings by type, taken in the dashboard's time range (whole "
-                     "minutes): counts of fleet_minute_stats, plus heartbeat_anomalies newer "
-                     "than its newest minute (a reading stored twice counts once). When the "
+                     "minutes): counts of fleet_minute_stats, plus the consumer's counts per "
+                     "minute after its newest one (a reading stored twice counts once). When the "
                      "rollups are more than a minute behind, the minutes in between are not "
                      "counted: see Minutes not rolled up yet.")
         .datasource(DATASOURCE)
@@ -401,8 +402,8 @@ def streaming(y: int) -> list[timeseries.Panel]:
             "pipeline_metrics (a counter that restarts at a new consumer process is handled "
             "like a Prometheus counter reset); consumers write about ten a second, too many "
             "to read for longer ranges. Longer ranges: readings stored per second by event "
-            "time, per bucket of at least a minute, from fleet_minute_stats plus the raw "
-            "readings newer than its newest minute." + NOT_ROLLED_UP_TEXT,
+            "time, per bucket of at least a minute, from fleet_minute_stats plus the "
+            "consumer's counts per minute after its newest one." + NOT_ROLLED_UP_TEXT,
             "suffix: msg/s",
         )
         .with_target(Sql(
@@ -898,9 +899,9 @@ def customer_variable() -> QueryVariable:
     return (
         QueryVariable("customer").label("Customer")
         .description("Every customer seen, the one with the most recent anomaly first. Reads "
-                     "the customers table (one row per customer, kept by the fleet-minute "
-                     "rollup: a new customer appears once its first minute is rolled up) once "
-                     "per dashboard load.")
+                     "the customers table (one row per customer: the consumer adds it with its "
+                     "first valid reading, the fleet-minute rollup keeps it current) once per "
+                     "dashboard load.")
         .datasource(DATASOURCE)
         .query(CUSTOMER_QUERY)
         .refresh(VariableRefresh.ON_DASHBOARD_LOAD)

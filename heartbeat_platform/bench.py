@@ -403,8 +403,10 @@ _MAX_INGEST_DELAY = timedelta(milliseconds=250)
 # an anomaly with `anomaly_rate`, half slow, half fast, else N(75, 15) clamped to 40..180)
 # and written as the consumer would: NORMAL to heartbeat_records; anomalies with their raw
 # JSON to heartbeat_anomalies, each with its alert row (as AlertManager writes it: the
-# heart rate as the value, the Kafka position) in pipeline_metrics. The draws are
-# materialised once so all three tables see the same readings.
+# heart rate as the value, the Kafka position) in pipeline_metrics; the readings counted as
+# the writer counts them (sql/011; as a bulk load, partition -1). The draws are
+# materialised once so all three tables see the same readings. Answers the number of
+# anomalies.
 _HISTORY_CHUNK_SQL = """
 WITH readings AS MATERIALIZED (
     SELECT customer_id, event_timestamp, kafka_partition, kafka_offset, anomaly_type,
@@ -452,12 +454,33 @@ WITH readings AS MATERIALIZED (
                           'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"}',
            0, kafka_partition, kafka_offset, stored_at
     FROM readings WHERE anomaly_type IS NOT NULL
+), alerts AS (
+    INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
+                                  kafka_partition, kafka_offset, labels, recorded_at)
+    SELECT 'alert_' || lower(anomaly_type), heart_rate, customer_id, 0, kafka_partition,
+           kafka_offset, '{"count": 1}'::jsonb, stored_at
+    FROM readings WHERE anomaly_type IS NOT NULL
+), minutes AS (
+    SELECT date_trunc('minute', event_timestamp, 'UTC') AS minute,
+           count(*) FILTER (WHERE anomaly_type IS NULL) AS records,
+           coalesce(sum(heart_rate) FILTER (WHERE anomaly_type IS NULL), 0) AS bpm_sum,
+           count(*) FILTER (WHERE anomaly_type = 'BRADYCARDIA') AS bradycardia,
+           count(*) FILTER (WHERE anomaly_type = 'TACHYCARDIA') AS tachycardia,
+           count(*) FILTER (WHERE anomaly_type = 'INVALID') AS invalid,
+           max(event_timestamp) FILTER (WHERE anomaly_type IS NULL) AS newest
+    FROM readings
+    GROUP BY 1
+), customers_seen AS (
+    SELECT customer_id, max(event_timestamp) AS newest
+    FROM readings WHERE anomaly_type IS NULL GROUP BY 1
 )
-INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
-                              kafka_partition, kafka_offset, labels, recorded_at)
-SELECT 'alert_' || lower(anomaly_type), heart_rate, customer_id, 0, kafka_partition,
-       kafka_offset, '{"count": 1}'::jsonb, stored_at
-FROM readings WHERE anomaly_type IS NOT NULL
+SELECT (SELECT sum(bradycardia + tachycardia + invalid) FROM minutes)::bigint,
+       heartbeat_count_readings(-1, array_agg(minute), array_agg(records),
+                                array_agg(bpm_sum::bigint), array_agg(bradycardia),
+                                array_agg(tachycardia), array_agg(invalid), max(newest)),
+       (SELECT heartbeat_note_customers(array_agg(customer_id), array_agg(newest),
+                                        array_agg(newest)) FROM customers_seen)
+FROM minutes
 """
 
 
@@ -539,7 +562,7 @@ def _load_history(url: str, plan: HistoryPlan, settings: Settings, log) -> dict:
             params = plan.sql_params(
                 lo, hi, settings.heartbeat_anomaly_rate, settings.heartbeat_fault_rate
             )
-            anomalies += conn.execute(_HISTORY_CHUNK_SQL, params).rowcount
+            anomalies += one_row(conn.execute(_HISTORY_CHUNK_SQL, params))[0]
             conn.commit()
             elapsed = time.perf_counter() - started
             log(f"growth: history chunk {number}/{len(chunks)}: {hi:,}/{plan.readings:,} "

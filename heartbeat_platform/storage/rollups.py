@@ -324,17 +324,11 @@ FROM (
 ) AS minutes
 """
 
-_FLEET_SUMS = """
-SELECT coalesce(sum(reading_count), 0), coalesce(sum(anomaly_count), 0),
-       coalesce(sum(bradycardia_count), 0), coalesce(sum(tachycardia_count), 0),
-       coalesce(sum(invalid_count), 0)
-FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)
-"""
-# The recomputed minutes' change, added to the running totals the summary view reads.
-_FLEET_TOTALS = """
-UPDATE fleet_totals SET reading_count = reading_count + %s, anomaly_count = anomaly_count + %s,
-    bradycardia_count = bradycardia_count + %s, tachycardia_count = tachycardia_count + %s,
-    invalid_count = invalid_count + %s
+# The writer's live minute counts (sql/011) serve only minutes after the newest rolled-up
+# one; an hour behind it they go.
+_PRUNE_LIVE = """
+DELETE FROM fleet_minute_live
+WHERE minute < (SELECT max(minute) FROM fleet_minute_stats) - interval '1 hour'
 """
 
 # Customers seen in the recomputed minutes: the dashboard's customer list and the count
@@ -406,11 +400,9 @@ def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) 
         "AND minute = ANY(%(windows)s)", bounds,
     )
     conn.execute(_CUSTOMER_MINUTES, bounds)
-    before = one_row(conn.execute(_FLEET_SUMS, bounds))
     conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
     rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
-    after = one_row(conn.execute(_FLEET_SUMS, bounds))
-    conn.execute(_FLEET_TOTALS, [a - b for a, b in zip(after, before, strict=True)])
+    conn.execute(_PRUNE_LIVE)
     conn.execute(_CUSTOMERS, bounds)
     mark_pending(
         conn, Rollup.CUSTOMER_HOURLY,

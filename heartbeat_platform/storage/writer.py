@@ -12,7 +12,9 @@ A reading is stored once under its identity (customer_id, event_timestamp): as a
 or an anomaly, and an alert row only with the anomaly actually inserted. A dead letter
 (no reading to name it) is stored once per message: (log_epoch, partition, offset), the
 epoch naming one log of one topic (sql/007). The same transaction marks the minutes the
-batch touched as pending for the rollups (`storage.rollups`).
+batch touched as pending for the rollups (`storage.rollups`) and adds what it stored to the
+counts the dashboard and vw_pipeline_summary read instead of raw rows
+(`storage.live_counts`, sql/011).
 
 A batch the database refuses because of one message's content does not stop the stream:
 the message is found by halving the batch, stored as a dead letter with the database's
@@ -35,7 +37,7 @@ from heartbeat_platform.domain.alerts import MetricRow
 from heartbeat_platform.domain.dead_letters import DeadLetterClass
 from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage import db_errors, episodes
+from heartbeat_platform.storage import db_errors, episodes, live_counts
 from heartbeat_platform.storage.copy_format import (
     ANOMALIES,
     DEAD_LETTERS,
@@ -82,6 +84,7 @@ class CopyPayloads:
     anomalies: str  # text COPY format
     alerts: str  # text COPY format, the batch's `metrics`
     minutes: list[datetime]  # the minutes the batch's readings fall in, for the rollups
+    counts: live_counts.BatchCounts  # what the batch adds to the live counts, if all is new
 
 
 @dataclass(slots=True)
@@ -112,6 +115,7 @@ class Batch:
                 encode_anomalies(self.anomalies),
                 encode_metrics(self.metrics),
                 sorted(PG_EPOCH + m * MINUTE for m in minutes),
+                live_counts.count_batch(self.records, self.anomalies),
             )
         return self.payloads
 
@@ -176,6 +180,9 @@ _INSERT_DEAD_LETTERS = DEAD_LETTERS.insert_from_stage(
     "stage_dead_letters.kafka_partition AND d.kafka_offset = stage_dead_letters.kafka_offset "
     "AND d.log_epoch = stage_dead_letters.log_epoch)"
 )
+_INSERT_RECORDS = RECORDS.insert_from_stage(
+    "ON CONFLICT DO NOTHING RETURNING kafka_partition, kafka_offset"
+)
 _INSERT_ANOMALIES = ANOMALIES.insert_from_stage(
     "ON CONFLICT DO NOTHING RETURNING kafka_partition, kafka_offset"
 )
@@ -193,6 +200,9 @@ class BatchWriter:
         self.progress = ProgressStore(group, topic)
         self.topic_id: str | None = None  # the broker's id of the topic, stored with progress
         self._conn: psycopg.Connection | None = None
+        # Each customer's minute of last_reading_at in the customers table, as of the last
+        # commit (None: read them again, after a reconnect or a rolled-back batch).
+        self._known_customers: dict[str, int] | None = None
 
     # -- connection -----------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -210,6 +220,7 @@ class BatchWriter:
         return self._conn
 
     def close(self) -> None:
+        self._known_customers = None
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -223,6 +234,9 @@ class BatchWriter:
                 return action(conn)
         except psycopg.OperationalError:
             self.close()
+            raise
+        except BaseException:
+            self._known_customers = None  # the batch's customer rows were rolled back
             raise
 
     # -- progress -------------------------------------------------------------------------
@@ -336,7 +350,7 @@ class BatchWriter:
         extra_metrics: Callable[[WriteResult], list[MetricRow]] | None,
     ) -> WriteResult:
         self.progress.advance(conn, batch.progress, self.topic_id)
-        result, alerts_text, anomalies = self._write_rows(conn, batch)
+        result, alerts_text, records, anomalies = self._write_rows(conn, batch)
         if self.episode_rules is not None and (batch.records or anomalies):
             outcome = episodes.apply_batch(
                 conn, batch.records, anomalies, datetime.now(UTC), self.episode_rules
@@ -344,7 +358,14 @@ class BatchWriter:
             result = replace(result, episode_transitions=len(outcome.transitions))
         payloads = batch.encode()
         if payloads.minutes:
-            mark_pending(conn, Rollup.FLEET_MINUTE, payloads.minutes, min(batch.progress))
+            partition = min(batch.progress)
+            mark_pending(conn, Rollup.FLEET_MINUTE, payloads.minutes, partition)
+            counts = payloads.counts
+            if records is not batch.records or anomalies is not batch.anomalies:
+                counts = live_counts.count_batch(records, anomalies)  # a replay: new rows only
+            if self._known_customers is None:
+                self._known_customers = live_counts.load_known(conn)
+            live_counts.write(conn, partition, counts, self._known_customers)
         snapshot = extra_metrics(result) if extra_metrics else []
         if alerts_text or snapshot:
             _copy(conn, METRICS.copy_into(), alerts_text + encode_metrics(snapshot))
@@ -353,13 +374,17 @@ class BatchWriter:
     @staticmethod
     def _write_rows(
         conn: psycopg.Connection, batch: Batch
-    ) -> tuple[WriteResult, str, list[AnomalyRow]]:
+    ) -> tuple[WriteResult, str, list[RecordRow], list[AnomalyRow]]:
         """The batch's rows; the result, the alert rows (COPY text) still to write and the
-        anomalies inserted (not those already stored)."""
+        records and anomalies inserted (not those already stored: the batch's own lists
+        when every row was new)."""
         payloads = batch.encode()
-        records = 0
+        new_records = batch.records
         if batch.records:
-            records = _insert(conn, RECORDS, payloads.records, len(batch.records))
+            inserted_records = _insert_records(conn, payloads.records)
+            if inserted_records is not None:
+                new_records = [r for r in batch.records if (r[4], r[5]) in inserted_records]
+        records = len(new_records)
         alerts, alerts_text = batch.metrics, payloads.alerts
         new_anomalies = batch.anomalies
         if batch.anomalies:
@@ -372,7 +397,7 @@ class BatchWriter:
         dead = _insert_dead_letters(conn, batch.dead_letters)
         duplicates = len(batch.records) - records + len(batch.anomalies) - anomalies
         result = WriteResult(records, duplicates, anomalies, dead, len(alerts))
-        return result, alerts_text, new_anomalies
+        return result, alerts_text, new_records, new_anomalies
 
 
 def _copy(conn: psycopg.Connection, statement: str, data: str | bytes) -> None:
@@ -381,20 +406,21 @@ def _copy(conn: psycopg.Connection, statement: str, data: str | bytes) -> None:
         copy.write(data if isinstance(data, bytes) else data.encode())
 
 
-def _insert(conn: psycopg.Connection, table, data: str | bytes, rows: int) -> int:
+def _insert_records(conn: psycopg.Connection, data: bytes) -> set[Position] | None:
     """COPY straight into the table; if a row is already there, redo it without duplicates.
 
     Replays are rare (progress is stored with the rows), so the fast path nearly always
     wins; the fallback stages the rows and inserts with ON CONFLICT DO NOTHING, which
-    PostgreSQL runs about a third slower. Returns the number of rows inserted.
+    PostgreSQL runs about a third slower. None: every row was inserted; else the
+    (partition, offset) of those inserted.
     """
     try:
         with conn.transaction():  # a savepoint: a conflict undoes only this COPY
-            _copy(conn, table.copy_into(), data)
-        return rows
+            _copy(conn, RECORDS.copy_into(), data)
+        return None
     except psycopg.errors.UniqueViolation:
-        _copy(conn, table.copy_into(table.stage), data)
-        return conn.execute(table.insert_from_stage()).rowcount
+        _copy(conn, RECORDS.copy_into(RECORDS.stage), data)
+        return set(conn.execute(_INSERT_RECORDS).fetchall())
 
 
 def _insert_anomalies(conn: psycopg.Connection, data: str) -> set[Position] | None:

@@ -1,14 +1,16 @@
 """The fleet panels in the states where the raw tail used to grow (issue 23).
 
 Each state is written with plain SQL, as the consumer would leave it (readings, anomalies,
-a pending mark per minute), then rolled up as far as the state says with the real
-`rollups.refresh`, and every panel's SQL is run as Grafana's role with its macros expanded:
+a pending mark and the writer's counts per minute), then rolled up as far as the state says
+with the real `rollups.refresh`, and every panel's SQL is run as Grafana's role with its
+macros expanded:
 - idle: the newest reading is almost seven hours old, the rollups are current;
 - current: readings up to this minute, everything before the minute before rolled up;
 - behind: the rollups stopped twenty minutes ago while readings kept arriving.
 A minute the rollups have not reached is never read raw (unless it is the minute of the
-range's end or the one before): the panels leave it out and count it as "minutes not rolled
-up yet". These tests check answers, not speed (that is `heartbeat-platform bench --history`).
+range's end or the one before): the fleet panels leave it out and count it as "minutes not
+rolled up yet", while the totals (kept by the writer, sql/011) count every reading. These
+tests check answers, not speed (that is `heartbeat-platform bench --history`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class State:
 
 
 def write_state(url: str, minutes: list[datetime], rolled: list[datetime]) -> None:
-    """Readings of every minute (three customers, and one anomaly) with their pending marks,
-    as a consumer's batches leave them, then the rollup of the `rolled` minutes."""
+    """Readings of every minute (three customers, and one anomaly) with their pending marks
+    and totals, as a consumer's batches leave them, then the rollup of the `rolled` minutes."""
     with psycopg.connect(url, autocommit=True) as conn:
         days = sorted({m.date() for m in minutes})
         conn.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (days[0], days[-1]))
@@ -79,6 +81,16 @@ def write_state(url: str, minutes: list[datetime], rolled: list[datetime]) -> No
             cur.execute(
                 "INSERT INTO rollup_pending (rollup, window_start, kafka_partition) "
                 "SELECT 'fleet_minute', m, 0 FROM unnest(%s::timestamptz[]) AS m", (minutes,))
+            # what the writer counts (sql/011): every minute's readings, anomalies by kind
+            per_minute = [(m, [r for r in records if m <= r[0] < m + MINUTE],
+                           [a[3] for a in anomalies if m <= a[1] < m + MINUTE]) for m in minutes]
+            cur.execute(
+                "SELECT heartbeat_count_readings(0, %s, %s, %s, %s, %s, %s, %s)",
+                ([m for m, _, _ in per_minute], [len(rs) for _, rs, _ in per_minute],
+                 [sum(r[2] for r in rs) for _, rs, _ in per_minute],
+                 [ks.count("BRADYCARDIA") for _, _, ks in per_minute],
+                 [ks.count("TACHYCARDIA") for _, _, ks in per_minute],
+                 [0 for _ in per_minute], max(r[0] for r in records)))
         if rolled:
             refresh(conn, Rollup.FLEET_MINUTE, min(rolled), max(rolled) + MINUTE)
 
@@ -206,8 +218,9 @@ def test_current_rollups_and_the_raw_tail_add_up(make_state, queries, reader_of)
 
 
 def test_rollups_behind_say_so_instead_of_scanning(make_state, queries, reader_of) -> None:
-    """The rollups stopped 20 minutes ago, readings kept coming: the panels show the rolled
-    minutes and this minute, and count the 19 in between as not rolled up yet."""
+    """The rollups stopped 20 minutes ago, readings kept coming: the fleet panels show the
+    rolled minutes and this minute, and count the 19 in between as not rolled up yet; the
+    totals count every reading all the same."""
     # nothing in minute -1: should a minute begin while the test runs, the tail moves on
     # to this minute alone and every answer stays the same
     minutes = [*range(-30, -1), 0]
@@ -216,8 +229,8 @@ def test_rollups_behind_say_so_instead_of_scanning(make_state, queries, reader_o
     for span, interval in ((timedelta(hours=6), MINUTE), (timedelta(days=7), MINUTE)):
         check_fleet_panels(state, conn, queries, over(state, span, interval))
     values = summary(conn, queries, over(state, timedelta(hours=6)))
-    assert values == {"Valid readings/A": readings_of(state.shown),
-                      "Anomalies/A": len(state.shown), "Minutes not rolled up yet/A": 19}
+    assert values == {"Valid readings/A": readings_of(state.minutes),
+                      "Anomalies/A": len(state.minutes), "Minutes not rolled up yet/A": 19}
     # long ranges: Throughput counts the stored readings of the minutes it shows, and
     # marks the others
     week = over(state, timedelta(days=7), timedelta(minutes=10))

@@ -33,7 +33,8 @@ EXPECTED_TABLES = {
     "customer_hourly_bpm_stats",
     "customer_daily_bpm_stats",
     "customers",
-    "fleet_totals",
+    "reading_totals",
+    "fleet_minute_live",
     "alert_episodes",
     "alert_outbox",
     "alert_overrides",
@@ -175,8 +176,15 @@ def test_views_summarise_rows(database_url: str, db) -> None:
         "INSERT INTO heartbeat_dead_letters (kafka_partition, kafka_offset, raw_value, reason) "
         "VALUES (2, 1, 'x', 'not JSON')"
     )
+    # what the writer adds in the batch's transaction (sql/011): 3 records, 1 + 0 + 1
+    # anomalies, two customers with valid readings
+    db.execute("SELECT heartbeat_count_readings(0, %s, '{3}', '{250}', '{1}', '{0}', '{1}', %s)",
+               ([now.replace(second=0, microsecond=0)], now + timedelta(seconds=1)))
+    db.execute("SELECT heartbeat_note_customers('{CUST_00001,CUST_00002}', %s, %s)",
+               ([now, now], [now + timedelta(seconds=1), now]))
     summary = db.execute("SELECT * FROM vw_pipeline_summary").fetchone()
     assert summary[:9] == (3, 2, 1, 0, 1, 2, 1, 2, 2)
+    assert summary[9] == now + timedelta(seconds=1)
 
     by_customer = {
         row[0]: row

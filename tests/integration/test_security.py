@@ -256,7 +256,7 @@ def test_the_pipeline_role_runs_the_pipeline_without_creating_tables(
         for ddl in (
             "CREATE TABLE intruder (id integer)",
             "ALTER TABLE heartbeat_records ADD COLUMN intruder integer",
-            "DROP TABLE fleet_totals",
+            "DROP TABLE reading_totals",
             "TRUNCATE heartbeat_records",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -276,6 +276,6 @@ def test_the_pipeline_role_runs_the_pipeline_without_creating_tables(
         conn.execute("SELECT heartbeat_drop_detached_partition(%s)", (name,))
         assert conn.execute("SELECT to_regclass(%s)", (name,)).fetchone() == (None,)
         with pytest.raises(psycopg.errors.RaiseException, match="not a day table"):
-            conn.execute("SELECT heartbeat_drop_detached_partition('fleet_totals')")
+            conn.execute("SELECT heartbeat_drop_detached_partition('reading_totals')")
         with pytest.raises(psycopg.errors.RaiseException, match="not a day-partitioned"):
             conn.execute("SELECT heartbeat_detach_partition('schema_migrations', %s)", (day,))

@@ -665,7 +665,7 @@ def test_a_backfill_after_retention_was_raised_keeps_the_rollups_of_dropped_days
     nothing."""
     old, now = rolled_up_and_dropped_day(database_url, db)
     before = without_computed_at(all_rollups(db))
-    totals = db.execute("SELECT * FROM fleet_totals").fetchone()
+    totals = db.execute("SELECT * FROM reading_totals").fetchone()
 
     ensure_partitions(db, RetentionPolicy(raw_retention_days=30), now)  # old is back, empty
     assert old in partition_days(db)["heartbeat_records"]
@@ -673,7 +673,7 @@ def test_a_backfill_after_retention_was_raised_keeps_the_rollups_of_dropped_days
         refresh(db, rollup, midnight(old), midnight(old) + DAY, pending_only=False)
 
     assert without_computed_at(all_rollups(db)) == before
-    assert db.execute("SELECT * FROM fleet_totals").fetchone() == totals
+    assert db.execute("SELECT * FROM reading_totals").fetchone() == totals
 
 
 # -- 6. rollups equal a full recompute ----------------------------------------------------------
@@ -1022,6 +1022,76 @@ def test_migration_from_the_previous_schema_keeps_every_row(
     assert new_metric > max_ids["pipeline_metrics"]
 
 
+TOTALS = ("SELECT total_records, bradycardia_count, tachycardia_count, invalid_count, "
+          "latest_reading_at FROM vw_pipeline_summary")
+STORED = """
+SELECT (SELECT count(*) FROM heartbeat_records),
+       (SELECT count(*) FROM heartbeat_anomalies WHERE anomaly_type = 'BRADYCARDIA'),
+       (SELECT count(*) FROM heartbeat_anomalies WHERE anomaly_type = 'TACHYCARDIA'),
+       (SELECT count(*) FROM heartbeat_anomalies WHERE anomaly_type = 'INVALID'),
+       (SELECT max(event_timestamp) FROM heartbeat_records)
+"""
+
+
+OLD_FLEET_ROLLUP = ("""
+INSERT INTO fleet_minute_stats (minute, reading_count, customer_count, anomaly_count,
+    bradycardia_count, tachycardia_count, invalid_count, bpm_sum, bpm_sum_squares)
+SELECT minute, sum(valid), 0, count(kind), count(*) FILTER (WHERE kind = 'BRADYCARDIA'),
+       count(*) FILTER (WHERE kind = 'TACHYCARDIA'), count(*) FILTER (WHERE kind = 'INVALID'),
+       sum(bpm), 0
+FROM (SELECT date_trunc('minute', event_timestamp, 'UTC') AS minute, 1 AS valid,
+             heart_rate AS bpm, NULL AS kind FROM heartbeat_records
+      UNION ALL
+      SELECT date_trunc('minute', event_timestamp, 'UTC'), 0, 0, anomaly_type
+      FROM heartbeat_anomalies) AS readings
+WHERE minute < %(until)s
+GROUP BY minute
+""", "DELETE FROM rollup_pending WHERE rollup = 'fleet_minute' AND window_start < %(until)s", """
+UPDATE fleet_totals SET (reading_count, anomaly_count, bradycardia_count, tachycardia_count,
+                         invalid_count)
+    = (SELECT sum(reading_count), sum(anomaly_count), sum(bradycardia_count),
+              sum(tachycardia_count), sum(invalid_count) FROM fleet_minute_stats)
+""")
+
+
+def test_migration_011_counts_every_stored_reading_rolled_up_or_not(
+    database_url: str, db, tmp_path: Path
+) -> None:
+    """reading_totals starts from what is stored: the totals the rollups kept before 011
+    (fleet_totals), plus what the pending minutes hold beyond their rollup rows, here a
+    late reading in a rolled-up minute and the minutes not rolled up yet."""
+    through_010 = tmp_path / "through_010"
+    through_010.mkdir()
+    for migration in load_migrations()[:10]:
+        (through_010 / f"{migration.name}.sql").write_text(migration.sql)
+    migrate(database_url, through_010)
+    now = datetime.now(UTC)
+    start = (now - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
+    records, anomalies = classified(seeded_events(4, start, 2, per_hour=60))
+    insert_readings(db, records, anomalies)
+    mark_all_pending(db)
+    # the first hour rolled up as the rollups did before 011 (today's code needs 011)
+    for statement in OLD_FLEET_ROLLUP:
+        db.execute(statement, {"until": start + timedelta(hours=1)})
+    late = start + timedelta(minutes=10, seconds=1)
+    insert_readings(db, [("CUST_00007", late, 99)],
+                    [("CUST_00007", late + MICROSECOND, 400, "INVALID", 999)])
+    mark_pending(db, Rollup.FLEET_MINUTE, [window_start(Rollup.FLEET_MINUTE, late)])
+    stored = db.execute(STORED).fetchone()
+
+    assert migrate(database_url) == ["011_reading_totals"]
+    assert db.execute(TOTALS).fetchone() == stored
+    # the minutes not rolled up have their live counts, as if the writer had kept them
+    live = db.execute("SELECT minute, reading_count, bpm_sum FROM fleet_minute_live "
+                      "WHERE reading_count > 0 ORDER BY minute").fetchall()
+    assert live == db.execute(
+        "SELECT date_trunc('minute', event_timestamp, 'UTC'), count(*), sum(heart_rate) "
+        "FROM heartbeat_records WHERE event_timestamp >= %s GROUP BY 1 ORDER BY 1",
+        (start + timedelta(hours=1),)).fetchall()
+    refresh_pending(db, now + timedelta(days=2))
+    assert db.execute(TOTALS).fetchone() == stored
+
+
 def schema_shape(conn: psycopg.Connection) -> dict[str, list]:
     """Tables (not their day partitions), columns, keys, indexes, views, functions."""
     return {
@@ -1119,10 +1189,10 @@ def test_views_answer_the_same_before_and_after_rollups(database_url: str, db) -
         ("CUST_09999", start + timedelta(hours=30), 0),  # only ever a sensor fault
     ]
     records, anomalies = classified(events, replays=[0, 5])
-    insert_readings(db, records, anomalies)
+    # as a consumer leaves them: rows, pending marks, totals and customers first seen
+    write_batch(database_url, records, anomalies)
     db.execute("INSERT INTO heartbeat_dead_letters (kafka_partition, kafka_offset, reason) "
                "VALUES (2, 1, 'not JSON'), (2, 2, 'not JSON')")
-    mark_all_pending(db)
 
     def answers() -> dict[str, tuple[list[str], list[tuple]]]:
         return {view: view_rows(db, view) for view in VIEW_COLUMNS}

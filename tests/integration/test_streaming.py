@@ -136,6 +136,11 @@ def test_replay_adds_no_row(settings_factory, database_url, db) -> None:
     assert replay.stats.messages_consumed == 2_000
     assert replay.stats.duplicates_dropped == before[0] + before[1]  # readings, not letters
     assert table_counts(db) == before
+    # the totals the writer keeps with each batch (sql/011) count each reading once too
+    assert db.execute("SELECT total_records, total_anomalies, total_customers "
+                      "FROM vw_pipeline_summary").fetchone() == (
+        before[0], before[1],
+        db.execute("SELECT count(DISTINCT customer_id) FROM heartbeat_records").fetchone()[0])
 
 
 BAD_PAYLOADS: list[tuple[bytes | None, str]] = [

@@ -122,7 +122,7 @@ def _rollup_asset(**kwargs):
     description="Whole fleet per minute: readings, active customers, BPM average/min/max/"
     "stddev, anomalies by type (each reading once). A partition is one hour of minutes; "
     "each minute's raw readings are read once, into customer_minute_stats, and the fleet "
-    "minutes, fleet_totals and the `customers` table are built from them. The rollup "
+    "minutes and the `customers` table are built from them. The rollup "
     "sensor recomputes the minutes the consumer marked pending, within a minute.",
     deps=[RECORDS, ANOMALIES],
     partitions_def=hourly,

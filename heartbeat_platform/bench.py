@@ -22,7 +22,10 @@ Stages:
   history (the ratio to the empty-table rate above is the number that matters), the
   rollups are brought up to date, every Grafana panel and template variable is timed
   (median of 5 runs) for the last 6 hours and the last 7 days, and the bytes each stored
-  reading costs are measured and projected to a day at the design rate.
+  reading costs are measured and projected to a day at the design rate;
+- dashboard_states (with `history`, before growth; alone with `dashboard_only`): every
+  panel and variable on a database of its own holding the history, idle, with the rollups
+  an hour behind and with them current (README "The dashboard when the rollups lag").
 """
 
 from __future__ import annotations
@@ -68,8 +71,10 @@ def run_bench(
     latency_seconds: float = 15,
     history: int = 0,
     history_span_hours: float | None = None,
+    dashboard_only: bool = False,
     log=lambda message: None,
 ) -> dict:
+    """`dashboard_only`: only `dashboard_states` on `history` readings (no other stage)."""
     # Every event the stages produce is stamped after this moment; the history ends here.
     started_at = datetime.now(UTC)
     plan = None
@@ -79,7 +84,16 @@ def run_bench(
             settings.kafka_partitions, history_span_hours,
             max_span=timedelta(days=settings.heartbeat_raw_retention_days),
         )
+    elif dashboard_only:
+        raise HistoryPlanError("--dashboard-only measures the dashboard on history: "
+                               "give --history N")
     endpoints = readiness.prepare(settings).endpoints
+    if dashboard_only:
+        on_server = settings.model_copy(update={
+            "database_url": endpoints.database_url,
+            "kafka_bootstrap_servers": endpoints.bootstrap_servers,
+        })
+        return {"dashboard_states": dashboard_states(on_server, history, history_span_hours, log)}
     database_url = _fresh_database(endpoints.database_url)
     bench = settings.model_copy(
         update={

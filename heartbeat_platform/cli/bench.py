@@ -39,6 +39,14 @@ def bench(
             min=0,
         ),
     ] = None,
+    dashboard_only: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard-only",
+            help="With --history: only the dashboard in its three rollup states (idle, "
+            "rollups behind, rollups current), no producer or consumer stages.",
+        ),
+    ] = False,
     soak: Annotated[
         float | None,
         typer.Option(
@@ -53,7 +61,8 @@ def bench(
 ) -> None:
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
-    With --history N, also how all of it holds up once the database holds N readings.
+    With --history N, also how all of it holds up once the database holds N readings
+    (with --dashboard-only, only the dashboard's rollup states on N readings).
     With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
     """
     if soak is not None:
@@ -74,7 +83,7 @@ def bench(
         results = run_bench(
             settings_or_exit(), events=events, latency_rate=latency_rate,
             latency_seconds=latency_seconds, history=history,
-            history_span_hours=history_span_hours,
+            history_span_hours=history_span_hours, dashboard_only=dashboard_only,
             log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
         )
     except HistoryPlanError as exc:

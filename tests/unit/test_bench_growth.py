@@ -11,8 +11,10 @@ from heartbeat_platform.bench import (
     HistoryPlan,
     HistoryPlanError,
     catch_up_moment,
+    run_bench,
     storage_summary,
 )
+from heartbeat_platform.config import load_settings
 from heartbeat_platform.grafana_queries import grafana_interval
 from heartbeat_platform.storage.rollups import Rollup, window_start
 
@@ -25,6 +27,11 @@ def test_history_at_the_design_rate_spans_readings_over_10000_seconds() -> None:
     assert plan.span == timedelta(seconds=2_000)  # 33 min 20 s
     assert plan.start == END - timedelta(seconds=2_000)
     assert plan.describe()["readings_per_s"] == 10_000
+
+
+def test_dashboard_only_without_history_is_refused_before_anything_starts() -> None:
+    with pytest.raises(HistoryPlanError, match="give --history N"):
+        run_bench(load_settings(_env_file=None), dashboard_only=True)
 
 
 def test_history_spread_over_hours_fits_inside_them() -> None:

@@ -9,8 +9,8 @@ column has to count raw readings (README, "The dashboard when the rollups lag").
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import psycopg
 
@@ -31,44 +31,56 @@ NOTE_CUSTOMERS = (
 )
 KNOWN_CUSTOMERS = "SELECT customer_id, last_reading_at FROM customers"
 _KINDS = {"BRADYCARDIA": 2, "TACHYCARDIA": 3, "INVALID": 4}
+_MICROSECOND = timedelta(microseconds=1)
+_MINUTE_US = 60_000_000
 
 
 @dataclass(frozen=True, slots=True)
 class BatchCounts:
-    per_minute: dict[int, list[int]]  # minute number -> [records, bpm sum, brady, tachy, invalid]
-    newest_by_customer: dict[str, datetime]  # each customer's newest valid reading
+    # minute number -> [records, bpm sum, bradycardia, tachycardia, invalid]
+    per_minute: dict[int, list[int]] = field(default_factory=dict)
+    # each customer's newest valid reading, microseconds since PG_EPOCH
+    newest_micros: dict[str, int] = field(default_factory=dict)
 
     @property
     def newest_record(self) -> datetime | None:
-        return max(self.newest_by_customer.values(), default=None)
+        newest = max(self.newest_micros.values(), default=None)
+        return None if newest is None else PG_EPOCH + newest * _MICROSECOND
+
+    def add_anomalies(self, anomalies: Iterable[AnomalyRow]) -> None:
+        per_minute = self.per_minute
+        for _, when, _, kind, *_ in anomalies:
+            counts = per_minute.get(minute := minute_number(when))
+            if counts is None:
+                counts = per_minute[minute] = [0, 0, 0, 0, 0]
+            counts[_KINDS[kind]] += 1
 
 
 def count_batch(records: Iterable[RecordRow], anomalies: Iterable[AnomalyRow]) -> BatchCounts:
-    per_minute: dict[int, list[int]] = {}
-    newest: dict[str, datetime] = {}
+    """The counts of these rows (the writer's batches count their records while encoding
+    them: `copy_format.encode_records`)."""
+    counts = BatchCounts()
+    per_minute, newest = counts.per_minute, counts.newest_micros
     for customer, when, bpm, *_ in records:
-        counts = per_minute.get(minute := minute_number(when))
-        if counts is None:
-            counts = per_minute[minute] = [0, 0, 0, 0, 0]
-        counts[0] += 1
-        counts[1] += bpm
-        seen = newest.get(customer)
-        if seen is None or when > seen:
-            newest[customer] = when
-    for _, when, _, kind, *_ in anomalies:
-        counts = per_minute.get(minute := minute_number(when))
-        if counts is None:
-            counts = per_minute[minute] = [0, 0, 0, 0, 0]
-        counts[_KINDS[kind]] += 1
-    return BatchCounts(per_minute, newest)
+        micros = (when - PG_EPOCH) // _MICROSECOND
+        minute_counts = per_minute.get(minute := micros // _MINUTE_US)
+        if minute_counts is None:
+            minute_counts = per_minute[minute] = [0, 0, 0, 0, 0]
+        minute_counts[0] += 1
+        minute_counts[1] += bpm
+        if micros > newest.get(customer, -1):
+            newest[customer] = micros
+    counts.add_anomalies(anomalies)
+    return counts
 
 
 def moved_customers(counts: BatchCounts, known: dict[str, int]) -> dict[str, datetime]:
     """Customers whose newest valid reading is in a later minute than `known` (customer ->
     minute number of the customers table's last_reading_at) says: those rows to write."""
     return {
-        customer: when for customer, when in counts.newest_by_customer.items()
-        if minute_number(when) > known.get(customer, -1)
+        customer: PG_EPOCH + micros * _MICROSECOND
+        for customer, micros in counts.newest_micros.items()
+        if micros // _MINUTE_US > known.get(customer, -1)
     }
 
 

@@ -339,6 +339,7 @@ SELECT customer_id, min(first_reading_at), max(last_reading_at), max(last_anomal
 FROM customer_minute_stats
 WHERE minute = ANY(%(windows)s)
 GROUP BY customer_id
+ORDER BY customer_id  -- rows locked in the order the writer locks them (no deadlock)
 ON CONFLICT (customer_id) DO UPDATE SET
     first_reading_at = least(customers.first_reading_at, excluded.first_reading_at),
     last_reading_at = greatest(customers.last_reading_at, excluded.last_reading_at),

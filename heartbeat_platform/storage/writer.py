@@ -108,14 +108,17 @@ class Batch:
         """
         if self.payloads is None:
             minutes: set[int] = set()
-            records = encode_records(self.records, minutes)
+            counts = live_counts.BatchCounts()
+            records = encode_records(self.records, minutes, counts.per_minute,
+                                     counts.newest_micros)
+            counts.add_anomalies(self.anomalies)
             minutes.update(minute_number(row[1]) for row in self.anomalies)
             self.payloads = CopyPayloads(
                 records,
                 encode_anomalies(self.anomalies),
                 encode_metrics(self.metrics),
                 sorted(PG_EPOCH + m * MINUTE for m in minutes),
-                live_counts.count_batch(self.records, self.anomalies),
+                counts,
             )
         return self.payloads
 

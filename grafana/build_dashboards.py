@@ -55,6 +55,20 @@ from grafana_foundation_sdk.models.piechart import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
+from heartbeat_platform.metrics import (
+    CONSUMER_BATCH_WRITE_SECONDS,
+    CONSUMER_DATABASE_UNAVAILABLE,
+    CONSUMER_DEAD_LETTERS,
+    CONSUMER_END_TO_END_SECONDS,
+    CONSUMER_KAFKA_ERRORS,
+    CONSUMER_LAG_MESSAGES,
+    CONSUMER_MESSAGES,
+    CONSUMER_ROWS,
+    PRODUCER_MESSAGES,
+    PRODUCER_RECREATED,
+    Metric,
+)
+
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="grafana-postgresql-datasource", uid="heartbeat-postgres")
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="heartbeat-prometheus")
@@ -746,7 +760,8 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
 # compose dagster-code:9400..9404); the queries sum or take the maximum over them. Counters
 # restart at 0 with each new run: rate() and increase() treat that as a counter reset.
 # $__rate_interval: at least four scrape intervals (the datasource's timeInterval, 5 s), so a
-# rate always has samples to work with.
+# rate always has samples to work with. Metric names and labels come from
+# heartbeat_platform.metrics, where the collectors register them.
 
 def _promql(expr: str, legend: str, ref_id: str = "A") -> prom.Dataquery:
     """A range query in the code editor, one series per label set, named by `legend`."""
@@ -761,9 +776,19 @@ def _rate(selector: str) -> str:
     return f"rate({selector}[$__rate_interval])"
 
 
-def _quantile(q: float, histogram: str) -> str:
+def _quantile(q: float, histogram: Metric) -> str:
     """The q-quantile of a histogram over every run, from its buckets' rates."""
-    return f"histogram_quantile({q}, sum by (le) ({_rate(histogram + '_bucket')}))"
+    return f"histogram_quantile({q}, sum by (le) ({_rate(histogram.sample)}))"
+
+
+def _by(metric: Metric) -> str:
+    """`by (label)`: one series per value of the metric's label."""
+    return f"by ({metric.label})"
+
+
+def _legend(prefix: str, metric: Metric, suffix: str = "") -> str:
+    """A legend naming each series by the metric's label: `prefix{{label}}suffix`."""
+    return prefix + "{{" + str(metric.label) + "}}" + suffix
 
 
 def _prometheus_timeseries(pid: int, title: str, grid: GridPos, description: str,
@@ -780,50 +805,46 @@ def pipeline_metrics(y: int) -> Row:
             17, "Consumer lag per partition", _grid(0, y + 1, 12, 8),
             "Messages behind the log end per partition, as the consumer that holds the "
             "partition sees it: log end minus the progress stored in PostgreSQL "
-            "(heartbeat_consumer_lag_messages). Live at the scrape interval, unlike the "
+            f"({CONSUMER_LAG_MESSAGES.sample}). Live at the scrape interval, unlike the "
             "Dagster snapshot in the Consumer lag panel above.",
             "short", axis_label="messages behind",
         )
-        .with_target(_promql("max by (partition) (heartbeat_consumer_lag_messages)",
-                             "partition {{partition}}"))
+        .with_target(_promql(f"max {_by(CONSUMER_LAG_MESSAGES)} ({CONSUMER_LAG_MESSAGES.sample})",
+                             _legend("partition ", CONSUMER_LAG_MESSAGES)))
     )
     throughput = (
         _prometheus_timeseries(
             18, "Messages and rows per second", _grid(12, y + 1, 12, 8),
-            "Messages committed to PostgreSQL per second (heartbeat_consumer_messages_total) "
-            "and rows written per second by table (heartbeat_consumer_rows_total; "
+            f"Messages committed to PostgreSQL per second ({CONSUMER_MESSAGES.sample}) "
+            f"and rows written per second by table ({CONSUMER_ROWS.sample}; "
             "pipeline_metrics rows are the alert rows), summed over consumers.",
             "suffix: /s",
         )
-        .with_target(_promql(f"sum({_rate('heartbeat_consumer_messages_total')})",
+        .with_target(_promql(f"sum({_rate(CONSUMER_MESSAGES.sample)})",
                              "messages consumed", "A"))
-        .with_target(_promql(f"sum by (table) ({_rate('heartbeat_consumer_rows_total')})",
-                             "{{table}} rows", "B"))
+        .with_target(_promql(f"sum {_by(CONSUMER_ROWS)} ({_rate(CONSUMER_ROWS.sample)})",
+                             _legend("", CONSUMER_ROWS, " rows"), "B"))
     )
     write_time = (
         _prometheus_timeseries(
             19, "Batch write time", _grid(0, y + 9, 8, 8),
             "Time to write and commit one batch in PostgreSQL, median and 99th percentile over "
-            "all consumers (heartbeat_consumer_batch_write_seconds histogram).",
+            f"all consumers ({CONSUMER_BATCH_WRITE_SECONDS.name} histogram).",
             "s",
         )
-        .with_target(_promql(_quantile(0.5, "heartbeat_consumer_batch_write_seconds"),
-                             "p50", "A"))
-        .with_target(_promql(_quantile(0.99, "heartbeat_consumer_batch_write_seconds"),
-                             "p99", "B"))
+        .with_target(_promql(_quantile(0.5, CONSUMER_BATCH_WRITE_SECONDS), "p50", "A"))
+        .with_target(_promql(_quantile(0.99, CONSUMER_BATCH_WRITE_SECONDS), "p99", "B"))
     )
     delay = (
         _prometheus_timeseries(
             20, "End-to-end delay", _grid(8, y + 9, 8, 8),
             "From a reading's timestamp to its committed row, for one reading in 64 "
-            "(heartbeat_consumer_end_to_end_seconds histogram): 99th percentile and median. "
+            f"({CONSUMER_END_TO_END_SECONDS.name} histogram): 99th percentile and median. "
             "Includes the producer's clock skew.",
             "s",
         )
-        .with_target(_promql(_quantile(0.99, "heartbeat_consumer_end_to_end_seconds"),
-                             "p99", "A"))
-        .with_target(_promql(_quantile(0.5, "heartbeat_consumer_end_to_end_seconds"),
-                             "p50", "B"))
+        .with_target(_promql(_quantile(0.99, CONSUMER_END_TO_END_SECONDS), "p99", "A"))
+        .with_target(_promql(_quantile(0.5, CONSUMER_END_TO_END_SECONDS), "p50", "B"))
     )
     dead_letters = (
         _prometheus_timeseries(
@@ -831,30 +852,30 @@ def pipeline_metrics(y: int) -> Row:
             "Dead letters per minute by reason class: invalid (not a reading), out_of_window "
             "(older than the raw retention or too far in the future), oversized (over "
             "HEARTBEAT_MAX_MESSAGE_BYTES), refused (by a database constraint) "
-            "(heartbeat_consumer_dead_letters_total). The reasons themselves are in "
+            f"({CONSUMER_DEAD_LETTERS.sample}). The reasons themselves are in "
             "heartbeat_dead_letters.reason.",
             "suffix: /min",
         )
         .with_target(_promql(
-            f"60 * sum by (reason) ({_rate('heartbeat_consumer_dead_letters_total')})",
-            "{{reason}}"))
+            f"60 * sum {_by(CONSUMER_DEAD_LETTERS)} ({_rate(CONSUMER_DEAD_LETTERS.sample)})",
+            _legend("", CONSUMER_DEAD_LETTERS)))
     )
     retries = (
         _prometheus_timeseries(
             22, "Database and broker retries", _grid(0, y + 17, 12, 8),
             "Left axis: consumers waiting for PostgreSQL to come back "
-            "(heartbeat_consumer_database_unavailable, 1 per waiting consumer); they retry and "
+            f"({CONSUMER_DATABASE_UNAVAILABLE.sample}, 1 per waiting consumer); they retry and "
             "lose nothing. Right axis, per minute: errors the consumers' Kafka clients "
-            "reported (heartbeat_consumer_kafka_errors_total; the client retries them) and "
+            f"reported ({CONSUMER_KAFKA_ERRORS.sample}; the client retries them) and "
             "producer clients re-created after a fatal error or a broker that lost their "
-            "producer id (heartbeat_producer_recreated_total).",
+            f"producer id ({PRODUCER_RECREATED.sample}).",
             "short", axis_label="consumers waiting",
         )
-        .with_target(_promql("sum(heartbeat_consumer_database_unavailable)",
+        .with_target(_promql(f"sum({CONSUMER_DATABASE_UNAVAILABLE.sample})",
                              "waiting for PostgreSQL", "A"))
-        .with_target(_promql(f"60 * sum({_rate('heartbeat_consumer_kafka_errors_total')})",
+        .with_target(_promql(f"60 * sum({_rate(CONSUMER_KAFKA_ERRORS.sample)})",
                              "Kafka client errors/min", "B"))
-        .with_target(_promql(f"60 * sum({_rate('heartbeat_producer_recreated_total')})",
+        .with_target(_promql(f"60 * sum({_rate(PRODUCER_RECREATED.sample)})",
                              "producer re-created/min", "C"))
         .override_by_regexp("/^(Kafka client errors|producer re-created)/", [
             DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
@@ -865,16 +886,17 @@ def pipeline_metrics(y: int) -> Row:
         _prometheus_timeseries(
             23, "Producer deliveries", _grid(12, y + 17, 12, 8),
             "Messages per second by delivery outcome, summed over producers "
-            "(heartbeat_producer_messages_total): delivered (acknowledged by the broker), "
+            f"({PRODUCER_MESSAGES.sample}): delivered (acknowledged by the broker), "
             "failed (certainly not in the topic) and uncertain (no acknowledgement, but "
             "possibly in the topic).",
             "suffix: msg/s",
         )
         .with_target(_promql(
-            "sum by (outcome) ("
-            + _rate('heartbeat_producer_messages_total{outcome=~"delivered|failed|uncertain"}')
+            f"sum {_by(PRODUCER_MESSAGES)} ("
+            + _rate(PRODUCER_MESSAGES.sample
+                    + f'{{{PRODUCER_MESSAGES.label}=~"delivered|failed|uncertain"}}')
             + ")",
-            "{{outcome}}"))
+            _legend("", PRODUCER_MESSAGES)))
     )
     for outcome, color in (("delivered", "green"), ("failed", "red"), ("uncertain", "orange")):
         producer = producer.override_by_name(outcome, [DynamicConfigValue(

@@ -5,6 +5,8 @@ running loop publishes: the consumer a `ConsumerSnapshot` each round, the produc
 delivery counts. The hot path pays nothing for them; only the histograms (batch size,
 write time, end-to-end delay of a sample of readings) are observed once per batch. This
 module imports nothing of the streaming package: the loops call it, not the reverse.
+Each metric's name is defined once, as a `Metric` below: the collectors and the
+dashboard's PromQL (grafana/build_dashboards.py) both read it from there.
 Off unless a port is given (`HEARTBEAT_METRICS_PORT`, `--metrics-port`); loopback by
 default (`HEARTBEAT_METRICS_HOST`), because the numbers describe a fleet's health data.
 """
@@ -15,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -30,6 +32,45 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLE_EVERY = 64  # one reading in 64 feeds the end-to-end histogram
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric as registered: its name, its type and the one label it carries, if any."""
+
+    name: str
+    kind: Literal["counter", "gauge", "histogram"]
+    label: str | None = None
+
+    @property
+    def sample(self) -> str:
+        """The series PromQL selects: a counter's `_total`, a gauge itself, a histogram's
+        `_bucket` (what histogram_quantile reads)."""
+        suffix = {"counter": "_total", "gauge": "", "histogram": "_bucket"}[self.kind]
+        return self.name + suffix
+
+
+CONSUMER_BATCH_MESSAGES = Metric("heartbeat_consumer_batch_messages", "histogram")
+CONSUMER_BATCH_WRITE_SECONDS = Metric("heartbeat_consumer_batch_write_seconds", "histogram")
+CONSUMER_END_TO_END_SECONDS = Metric("heartbeat_consumer_end_to_end_seconds", "histogram")
+CONSUMER_MESSAGES = Metric("heartbeat_consumer_messages", "counter")
+CONSUMER_ROWS = Metric("heartbeat_consumer_rows", "counter", "table")
+CONSUMER_DUPLICATES = Metric("heartbeat_consumer_duplicates", "counter")
+CONSUMER_DEAD_LETTERS = Metric("heartbeat_consumer_dead_letters", "counter", "reason")
+CONSUMER_LAG_MESSAGES = Metric("heartbeat_consumer_lag_messages", "gauge", "partition")
+CONSUMER_DATABASE_UNAVAILABLE = Metric("heartbeat_consumer_database_unavailable", "gauge")
+CONSUMER_KAFKA_ERRORS = Metric("heartbeat_consumer_kafka_errors", "counter")
+CONSUMER_LOST_AT_SOURCE = Metric("heartbeat_consumer_lost_at_source", "counter", "partition")
+PRODUCER_MESSAGES = Metric("heartbeat_producer_messages", "counter", "outcome")
+PRODUCER_RECREATED = Metric("heartbeat_producer_recreated", "counter")
+
+CONSUMER_METRICS = (
+    CONSUMER_BATCH_MESSAGES, CONSUMER_BATCH_WRITE_SECONDS, CONSUMER_END_TO_END_SECONDS,
+    CONSUMER_MESSAGES, CONSUMER_ROWS, CONSUMER_DUPLICATES, CONSUMER_DEAD_LETTERS,
+    CONSUMER_LAG_MESSAGES, CONSUMER_DATABASE_UNAVAILABLE, CONSUMER_KAFKA_ERRORS,
+    CONSUMER_LOST_AT_SOURCE,
+)
+PRODUCER_METRICS = (PRODUCER_MESSAGES, PRODUCER_RECREATED)
 
 
 @dataclass(frozen=True)
@@ -59,15 +100,15 @@ class ConsumerMetrics:
 
     def __init__(self, registry: CollectorRegistry, snapshot: Callable[[], ConsumerSnapshot]):
         self.batch_messages = Histogram(
-            "heartbeat_consumer_batch_messages", "Messages per committed batch",
+            CONSUMER_BATCH_MESSAGES.name, "Messages per committed batch",
             buckets=(1, 10, 100, 500, 1_000, 5_000, 10_000, 20_000, 50_000), registry=registry,
         )
         self.write_seconds = Histogram(
-            "heartbeat_consumer_batch_write_seconds",
+            CONSUMER_BATCH_WRITE_SECONDS.name,
             "Time to write and commit one batch in PostgreSQL", registry=registry,
         )
         self.end_to_end_seconds = Histogram(
-            "heartbeat_consumer_end_to_end_seconds",
+            CONSUMER_END_TO_END_SECONDS.name,
             f"Reading timestamp to its committed row (1 reading in {LATENCY_SAMPLE_EVERY})",
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60), registry=registry,
         )
@@ -98,31 +139,30 @@ class ConsumerCollector(Collector):
     def collect(self) -> Iterator:
         now = self.snapshot()
         stats = now.stats
-        yield CounterMetricFamily("heartbeat_consumer_messages",
+        yield CounterMetricFamily(CONSUMER_MESSAGES.name,
                                   "Messages committed to PostgreSQL", stats.messages_consumed)
-        yield _labelled(CounterMetricFamily, "heartbeat_consumer_rows",
-                        "Rows written, by table", "table", {
-                            "heartbeat_records": stats.records_written,
-                            "heartbeat_anomalies": stats.anomalies,
-                            "heartbeat_dead_letters": stats.dead_letters,
-                            "pipeline_metrics": stats.alerts_triggered,
-                        })
-        yield CounterMetricFamily("heartbeat_consumer_duplicates",
+        yield _labelled(CounterMetricFamily, CONSUMER_ROWS, "Rows written, by table", {
+            "heartbeat_records": stats.records_written,
+            "heartbeat_anomalies": stats.anomalies,
+            "heartbeat_dead_letters": stats.dead_letters,
+            "pipeline_metrics": stats.alerts_triggered,
+        })
+        yield CounterMetricFamily(CONSUMER_DUPLICATES.name,
                                   "Readings already stored, dropped", stats.duplicates_dropped)
-        yield _labelled(CounterMetricFamily, "heartbeat_consumer_dead_letters",
-                        "Dead letters by reason class", "reason", dict(self.dead_letters))
-        yield _labelled(GaugeMetricFamily, "heartbeat_consumer_lag_messages",
+        yield _labelled(CounterMetricFamily, CONSUMER_DEAD_LETTERS,
+                        "Dead letters by reason class", dict(self.dead_letters))
+        yield _labelled(GaugeMetricFamily, CONSUMER_LAG_MESSAGES,
                         "Log end minus the progress stored in PostgreSQL, per assigned partition",
-                        "partition", now.lag)
-        yield GaugeMetricFamily("heartbeat_consumer_database_unavailable",
+                        now.lag)
+        yield GaugeMetricFamily(CONSUMER_DATABASE_UNAVAILABLE.name,
                                 "1 while the consumer waits for PostgreSQL to come back",
                                 1.0 if now.database_unavailable else 0.0)
-        yield CounterMetricFamily("heartbeat_consumer_kafka_errors",
+        yield CounterMetricFamily(CONSUMER_KAFKA_ERRORS.name,
                                   "Errors the Kafka client reported (it retries)",
                                   now.kafka_errors)
-        yield _labelled(CounterMetricFamily, "heartbeat_consumer_lost_at_source",
+        yield _labelled(CounterMetricFamily, CONSUMER_LOST_AT_SOURCE,
                         "Messages the broker deleted (retention) before this consumer read "
-                        "them, per partition", "partition", now.lost_at_source)
+                        "them, per partition", now.lost_at_source)
 
 
 class ProducerCollector(Collector):
@@ -133,21 +173,22 @@ class ProducerCollector(Collector):
 
     def collect(self) -> Iterator:
         report = self.report()
-        yield _labelled(CounterMetricFamily, "heartbeat_producer_messages",
-                        "Messages by delivery outcome", "outcome", {
+        yield _labelled(CounterMetricFamily, PRODUCER_MESSAGES,
+                        "Messages by delivery outcome", {
                             "sent": report.sent, "delivered": report.delivered,
                             "failed": report.failed, "uncertain": report.uncertain,
                         })
-        yield CounterMetricFamily("heartbeat_producer_recreated",
+        yield CounterMetricFamily(PRODUCER_RECREATED.name,
                                   "Times the Kafka client was re-created", report.recreated)
 
 
-def _labelled(family, name: str, documentation: str, label: str, values: dict):
-    """A metric family with one sample per key of `values`, under one label."""
-    metric = family(name, documentation, labels=[label])
+def _labelled(family, metric: Metric, documentation: str, values: dict):
+    """A metric family with one sample per key of `values`, under the metric's label."""
+    assert metric.label is not None, metric.name
+    result = family(metric.name, documentation, labels=[metric.label])
     for key, value in values.items():
-        metric.add_metric([str(key)], value)
-    return metric
+        result.add_metric([str(key)], value)
+    return result
 
 
 def serve(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> int:

@@ -1,9 +1,11 @@
 """Build the Grafana dashboard JSON in `grafana/dashboards/` from this file.
 
 The dashboards are declared with Grafana's own dashboards-as-code SDK, grafana-foundation-sdk
-(the build for Grafana 10.4). The SQL lives here as readable text; the committed JSON is this
-script's output, and `tests/integration/test_grafana_dashboards.py` fails when the two drift
-apart. After editing, run `python grafana/build_dashboards.py` and commit both.
+(the build for Grafana 10.4). This file lays the panels out; the SQL each panel runs is a named
+constant of `heartbeat_platform/dashboard_queries.py`, and the PromQL is written from the metric
+names of `heartbeat_platform/metrics.py`. The committed JSON is this script's output, and
+`tests/integration/test_grafana_dashboards.py` fails when the two drift apart. After editing
+(here or in either module), run `python grafana/build_dashboards.py` and commit the JSON too.
 
 Target: Grafana 10.4 (dashboard schemaVersion 39), the PostgreSQL datasource provisioned in
 `grafana/provisioning/datasources/heartbeat.yaml` (uid below), connected as the SELECT-only
@@ -55,6 +57,7 @@ from grafana_foundation_sdk.models.piechart import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
+from heartbeat_platform import dashboard_queries as q
 from heartbeat_platform.metrics import (
     CONSUMER_BATCH_WRITE_SECONDS,
     CONSUMER_DATABASE_UNAVAILABLE,
@@ -72,69 +75,23 @@ from heartbeat_platform.metrics import (
 DASHBOARDS_DIR = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = DataSourceRef(type_val="grafana-postgresql-datasource", uid="heartbeat-postgres")
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="heartbeat-prometheus")
-CUSTOMER = "${customer:sqlstring}"  # quoted and escaped by Grafana: never raw SQL
-# Raw readings are kept 7 days and at 10,000 readings/s a dashboard range holds millions, so
-# ranges are read from the rollups (sql/006) plus the raw rows newer than their newest window:
-# the tail, a minute or an hour of readings whatever the history holds.
-HOURLY_TAIL = ("(SELECT coalesce(max(hour) + interval '1 hour', '-infinity'::timestamptz) "
-               "FROM customer_hourly_bpm_stats)")
-RANGE = "($__timeTo()::timestamptz - $__timeFrom()::timestamptz)"
-# A customer's raw readings over 6 hours are 21,600 rows at one a second: the limit for raw.
-RAW_CUSTOMER_RANGE = f"({RANGE} <= interval '6 hours')"
-# Consumer snapshots come about ten a second per consumer: an hour of them is the limit.
-SNAPSHOT_RANGE = f"({RANGE} <= interval '1 hour')"
 ANOMALY_COLORS = {"BRADYCARDIA": "blue", "TACHYCARDIA": "red", "INVALID": "orange"}
-# Alert episodes (sql/009): one column per kind, in this order, colored alike everywhere.
+# Alert episodes (sql/009): one column per kind, in the queries' order, colored alike everywhere.
 EPISODE_COLORS = {"TACHYCARDIA": "red", "BRADYCARDIA": "blue", "SENSOR_FAULT": "orange",
                   "NO_SIGNAL": "purple"}
+assert tuple(EPISODE_COLORS) == q.EPISODE_KINDS, "a color for each kind, in the queries' order"
 SCHEMA_VERSION = 39  # Grafana 10.4's dashboard schema
-
-
-def _sql(text: str) -> str:
-    """Strip the indentation the query has in this file."""
-    lines = text.strip("\n").splitlines()
-    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
-    return "\n".join(line[indent:] for line in lines)
-
-
-# The tail of the fleet rollup: heartbeat_records_tail and heartbeat_anomalies_tail
-# (sql/011) give the fleet rollup's columns for the minutes of the range after the newest
-# rolled-up minute, but at most the minute of the range's end and the one before it
-# (sql/010), from the counts the writer keeps per minute (no raw read). Older minutes the
-# rollups have not reached are not read: _not_rolled_up counts them. Fleet series count a
-# minute when its start lies in the range, from the rollup and the tail alike.
-RECORDS_TAIL = "heartbeat_records_tail($__timeFrom()::timestamptz, $__timeTo()::timestamptz)"
-ANOMALIES_TAIL = ("heartbeat_anomalies_tail($__timeFrom()::timestamptz, "
-                  "$__timeTo()::timestamptz)")
-NOT_ROLLED_UP_SERIES = "minutes not rolled up yet"
-
-
-def _not_rolled_up(where: str = "true") -> str:
-    """Per bucket, the minutes of the range with readings that neither the rollups nor the
-    tail hold yet (the rollups are behind: a stopped Dagster daemon, `consume` without
-    `maintain`); `where`: when the panel reads the fleet rollup at all."""
-    return _sql(
-        f"""
-        SELECT $__timeGroupAlias(minute, $__interval), count(*) AS "{NOT_ROLLED_UP_SERIES}"
-        FROM heartbeat_minutes_not_rolled_up($__timeFrom()::timestamptz,
-                                             $__timeTo()::timestamptz) AS pending(minute)
-        WHERE {where}
-        GROUP BY 1
-        ORDER BY 1
-        """
-    )
-
 
 NOT_ROLLED_UP_TEXT = (
     " When the rollups are more than a minute behind, older minutes are not read (their "
-    "raw readings would have to be scanned): the series \"minutes not rolled up yet\" (right axis) "
-    "counts them until the rollups reach them."
+    f"raw readings would have to be scanned): the series \"{q.NOT_ROLLED_UP_SERIES}\" (right "
+    "axis) counts them until the rollups reach them."
 )
 
 
 def _not_rolled_up_axis(panel: timeseries.Panel) -> timeseries.Panel:
-    """The _not_rolled_up series as bars on a right axis of its own."""
-    return panel.override_by_name(NOT_ROLLED_UP_SERIES, [
+    """The series of q.FLEET_NOT_ROLLED_UP and the like as bars on a right axis of its own."""
+    return panel.override_by_name(q.NOT_ROLLED_UP_SERIES, [
         DynamicConfigValue(id_val="unit", value="short"),
         DynamicConfigValue(id_val="custom.drawStyle", value=common.GraphDrawStyle.BARS),
         DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
@@ -177,10 +134,10 @@ class SqlQuery(cogvariants.Dataquery):
 
 
 class Sql(cogbuilder.Builder[SqlQuery]):
-    """`Sql('''SELECT ...''').time_series().ref_id("B")`: the indentation is stripped."""
+    """`Sql(q.FLEET_AVERAGE_BPM).time_series().ref_id("B")`: a query of dashboard_queries."""
 
     def __init__(self, sql: str) -> None:
-        self._internal = SqlQuery(_sql(sql), datasource=DATASOURCE)
+        self._internal = SqlQuery(sql, datasource=DATASOURCE)
 
     def build(self) -> SqlQuery:
         return self._internal
@@ -282,36 +239,31 @@ def pipeline_health(y: int) -> list[stat.Panel]:
     totals = ("since the platform started (reading_totals, which the consumer adds to in each "
               "batch's transaction: exact however far behind the rollups are)")
     health = [
-        ("Valid readings", "total_records", f"NORMAL readings stored {totals}.", "green", 4),
-        ("Anomalies", "total_anomalies",
+        ("Valid readings", q.VALID_READINGS, f"NORMAL readings stored {totals}.", "green", 4),
+        ("Anomalies", q.ANOMALIES,
          f"BRADYCARDIA, TACHYCARDIA and INVALID readings stored {totals}.", "orange", 3),
-        ("Anomalies (last 5 min)", "anomalies_last_5m",
+        ("Anomalies (last 5 min)", q.ANOMALIES_LAST_5_MIN,
          "Anomalies detected in the last five minutes (heartbeat_anomalies by detected_at).",
          "red", 3),
-        ("Active customers (5 min)", "active_customers_5m",
+        ("Active customers (5 min)", q.ACTIVE_CUSTOMERS_5_MIN,
          "Customers with a valid reading taken in the last five minutes (the customers table "
          "plus the readings newer than the newest rolled-up minute, at most this minute and "
          "the one before; a customer seen only in minutes not rolled up yet counts once the "
          "rollups reach them).", "blue", 4),
-        ("Dead letters", "dead_letter_count",
+        ("Dead letters", q.DEAD_LETTERS,
          "Messages that were not readings at all, in the raw retention window (see "
          "heartbeat_dead_letters.reason).", "purple", 3),
     ]
     panels, x = [], 0
-    for i, (title, column, text, color, width) in enumerate(health):
+    for i, (title, sql, text, color, width) in enumerate(health):
         panels.append(_stat(1 + i, title, _grid(x, y, width, 4),
-                            f"{text} Reads vw_pipeline_summary.",
-                            f'SELECT {column} AS "{title}" FROM vw_pipeline_summary', color))
+                            f"{text} Reads vw_pipeline_summary.", sql, color))
         x += width
     panels.append(_stat(
         6, "Latest reading", _grid(x, y, 4, 4),
         "Event time of the newest valid reading (reading_totals, kept by the consumer in "
         "each batch's transaction). Reads vw_pipeline_summary.",
-        """
-        SELECT extract(epoch FROM latest_reading_at) * 1000 AS "Latest reading"
-        FROM vw_pipeline_summary
-        """,
-        "text", unit="dateTimeFromNow",
+        q.LATEST_READING, "text", unit="dateTimeFromNow",
     ))
     panels.append(
         _stat(
@@ -322,11 +274,7 @@ def pipeline_health(y: int) -> list[stat.Panel]:
             "not, the fleet series and the breakdown leave those minutes out instead of "
             "scanning their raw readings (the totals still count them). Reads the pending "
             "marks (rollup_pending).",
-            """
-            SELECT count(*) AS "Minutes not rolled up yet"
-            FROM heartbeat_minutes_not_rolled_up('-infinity', now())
-            """,
-            "green",
+            q.MINUTES_NOT_ROLLED_UP, "green",
         )
         .thresholds(ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
             Threshold(color="green"), Threshold(value=1, color="orange"),
@@ -343,24 +291,8 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
         "event time): sums of fleet_minute_stats, plus the consumer's counts per minute "
         "(fleet_minute_live) for the minutes after its newest one." + NOT_ROLLED_UP_TEXT,
         "suffix: bpm",
-    ).with_target(Sql(
-        f"""
-        WITH minutes AS (
-            SELECT minute, reading_count, bpm_sum
-            FROM fleet_minute_stats
-            WHERE $__timeFilter(minute)
-            UNION ALL
-            SELECT minute, reading_count, bpm_sum
-            FROM {RECORDS_TAIL}
-        )
-        SELECT $__timeGroupAlias(minute, $__interval),
-               round(sum(bpm_sum)::numeric / sum(reading_count), 1) AS "fleet average bpm"
-        FROM minutes
-        GROUP BY 1
-        HAVING sum(reading_count) > 0
-        ORDER BY 1
-        """
-    ).time_series().ref_id("A")).with_target(Sql(_not_rolled_up()).time_series().ref_id("B"))
+    ).with_target(Sql(q.FLEET_AVERAGE_BPM).time_series().ref_id("A")).with_target(
+        Sql(q.FLEET_NOT_ROLLED_UP).time_series().ref_id("B"))
     bpm = _not_rolled_up_axis(bpm)
     pie = (
         piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
@@ -370,27 +302,7 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
                      "rollups are more than a minute behind, the minutes in between are not "
                      "counted: see Minutes not rolled up yet.")
         .datasource(DATASOURCE)
-        .with_target(Sql(
-            f"""
-            WITH counts AS (
-                SELECT bradycardia_count, tachycardia_count, invalid_count
-                FROM fleet_minute_stats
-                WHERE $__timeFilter(minute)
-                UNION ALL
-                SELECT bradycardia_count, tachycardia_count, invalid_count
-                FROM {ANOMALIES_TAIL}
-            ), slices AS (
-                SELECT unnest(ARRAY['BRADYCARDIA', 'TACHYCARDIA', 'INVALID']) AS "type",
-                       unnest(ARRAY[sum(bradycardia_count), sum(tachycardia_count),
-                                    sum(invalid_count)])::bigint AS "anomalies"
-                FROM counts
-            )
-            SELECT "type", "anomalies"
-            FROM slices
-            WHERE "anomalies" > 0
-            ORDER BY 1
-            """
-        ))
+        .with_target(Sql(q.ANOMALY_TYPE_BREAKDOWN))
         .unit("short")
         .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
         .reduce_options(_last_not_null(values=True))
@@ -420,49 +332,9 @@ def streaming(y: int) -> list[timeseries.Panel]:
             "consumer's counts per minute after its newest one." + NOT_ROLLED_UP_TEXT,
             "suffix: msg/s",
         )
-        .with_target(Sql(
-            f"""
-            SELECT $__timeGroupAlias(recorded_at, $__interval),
-                   sum(CASE WHEN delta >= 0 THEN delta ELSE metric_value END)
-                       / ($__interval_ms / 1000.0) AS "consumed msg/s"
-            FROM (
-                SELECT recorded_at, metric_value,
-                       metric_value - lag(metric_value) OVER (
-                           PARTITION BY labels->>'consumer' ORDER BY recorded_at, id
-                       ) AS delta
-                FROM pipeline_metrics
-                WHERE metric_name = 'stats_messages_consumed'
-                  AND $__timeFilter(recorded_at) AND {SNAPSHOT_RANGE}
-            ) AS snapshots
-            WHERE delta IS NOT NULL
-            GROUP BY 1
-            ORDER BY 1
-            """
-        ).time_series().ref_id("A"))
-        .with_target(Sql(
-            f"""
-            WITH minutes AS (
-                SELECT minute, reading_count + anomaly_count AS readings
-                FROM fleet_minute_stats
-                WHERE $__timeFilter(minute) AND NOT {SNAPSHOT_RANGE}
-                UNION ALL
-                SELECT minute, reading_count
-                FROM {RECORDS_TAIL}
-                WHERE NOT {SNAPSHOT_RANGE}
-                UNION ALL
-                SELECT minute, anomaly_count
-                FROM {ANOMALIES_TAIL}
-                WHERE NOT {SNAPSHOT_RANGE}
-            )
-            SELECT $__timeGroupAlias(minute, $__interval),
-                   sum(readings) / greatest($__interval_ms / 1000.0, 60) AS "stored readings/s"
-            FROM minutes
-            GROUP BY 1
-            HAVING sum(readings) > 0
-            ORDER BY 1
-            """
-        ).time_series().ref_id("B"))
-        .with_target(Sql(_not_rolled_up(f"NOT {SNAPSHOT_RANGE}")).time_series().ref_id("C"))
+        .with_target(Sql(q.THROUGHPUT_CONSUMED).time_series().ref_id("A"))
+        .with_target(Sql(q.THROUGHPUT_STORED).time_series().ref_id("B"))
+        .with_target(Sql(q.THROUGHPUT_NOT_ROLLED_UP).time_series().ref_id("C"))
     )
     throughput = _not_rolled_up_axis(throughput)
     lag = (
@@ -478,40 +350,8 @@ def streaming(y: int) -> list[timeseries.Panel]:
             "consumer falls behind.",
             "short", axis_label="messages behind",
         )
-        .with_target(Sql(
-            """
-            SELECT recorded_at AS "time",
-                   coalesce('partition ' || (labels->>'partition'), 'all partitions')
-                       || ' lag' AS metric,
-                   metric_value AS value
-            FROM pipeline_metrics
-            WHERE metric_name = 'health_consumer_lag' AND $__timeFilter(recorded_at)
-            ORDER BY 1, 2
-            """
-        ).time_series().ref_id("A"))
-        .with_target(Sql(
-            f"""
-            WITH samples AS (
-                SELECT moment, width
-                FROM (SELECT greatest($__interval_ms * interval '1 millisecond',
-                                      {RANGE} / 300) AS width) AS step,
-                     generate_series($__timeTo()::timestamptz, $__timeFrom()::timestamptz,
-                                     -width) AS moment
-            )
-            SELECT moment AS "time",
-                   max(extract(epoch FROM detected_at - event_timestamp)) AS "sampled delay"
-            FROM samples
-            CROSS JOIN LATERAL (
-                SELECT detected_at, event_timestamp
-                FROM heartbeat_anomalies
-                WHERE detected_at <= moment AND detected_at > moment - width
-                ORDER BY detected_at DESC
-                LIMIT 30
-            ) AS newest
-            GROUP BY 1
-            ORDER BY 1
-            """
-        ).time_series().ref_id("B"))
+        .with_target(Sql(q.CONSUMER_LAG_SNAPSHOTS).time_series().ref_id("A"))
+        .with_target(Sql(q.CONSUMER_LAG_DELAY).time_series().ref_id("B"))
         .override_by_regexp("/ delay$/", [
             DynamicConfigValue(id_val="unit", value="s"),
             DynamicConfigValue(id_val="custom.axisPlacement", value=common.AxisPlacement.RIGHT),
@@ -527,14 +367,7 @@ def recent_anomalies(y: int) -> list[table.Panel]:
     return [_table(
         11, "Recent Anomalies", _grid(0, y, 24, 9),
         "The newest 100 anomalies of the last 24 hours. Reads vw_recent_anomalies.",
-        """
-        SELECT detected_at AS "detected", event_timestamp AS "reading time",
-               customer_id AS "customer", heart_rate AS "bpm", anomaly_type AS "type",
-               severity, kafka_partition AS "partition", kafka_offset AS "offset"
-        FROM vw_recent_anomalies
-        ORDER BY detected_at DESC, id DESC
-        LIMIT 100
-        """,
+        q.RECENT_ANOMALIES,
     )]
 
 
@@ -542,16 +375,7 @@ def recent_anomalies(y: int) -> list[table.Panel]:
 # One stretch of trouble per customer and kind (sql/009_alert_episodes.sql), kept by the consumer
 # in each batch's transaction. The panels read firing episodes through the partial index on
 # state = 'firing', and resolved ones through the partial index on resolved_at: never the whole
-# history of episodes.
-
-def _episode_counts(where: str) -> str:
-    """One column per kind (a kind with no episode shows 0), from the rows `where` selects."""
-    columns = ",\n".join(
-        f"       count(*) FILTER (WHERE kind = '{kind}') AS \"{kind}\""
-        for kind in EPISODE_COLORS
-    )
-    return f"SELECT\n{columns}\n{_sql(where)}"
-
+# history of episodes (the queries say how).
 
 def _kind_colors(panel):
     for kind, color in EPISODE_COLORS.items():
@@ -570,13 +394,7 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
             "kind's first reading (HEARTBEAT_ALERT_MIN_READINGS) and resolves after "
             "HEARTBEAT_ALERT_RESOLVE_AFTER_NORMAL NORMAL readings in a row. Reads alert_episodes "
             "through its partial index on firing episodes.",
-            _episode_counts(
-                """
-                FROM alert_episodes
-                WHERE state = 'firing'
-                """
-            ),
-            "green",
+            q.OPEN_EPISODES_BY_KIND, "green",
         )
         # green while nothing is open, red from the first open episode of a kind
         .thresholds(ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
@@ -593,14 +411,7 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
                      "those resolved since the range began (partial indexes on state = "
                      "'firing' and on resolved_at), never older ones.")
         .datasource(DATASOURCE)
-        .with_target(Sql(_episode_counts(
-            """
-            FROM alert_episodes
-            WHERE state = 'firing' AND $__timeFilter(opened_at)
-               OR state = 'resolved' AND resolved_at >= $__timeFrom()::timestamptz
-                  AND $__timeFilter(opened_at)
-            """
-        )))
+        .with_target(Sql(q.EPISODES_OPENED_IN_RANGE))
         .unit("short")
         .min(0)
         .color_scheme(Color().mode(FieldColorModeId.THRESHOLDS))
@@ -622,17 +433,7 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
             "(heartbeat-platform alerts ack) and when it was escalated (firing "
             "unacknowledged for HEARTBEAT_ESCALATE_AFTER_S). Reads alert_episodes through its "
             "partial index on firing episodes.",
-            """
-            SELECT opened_at AS "opened", customer_id AS "customer", kind, severity,
-                   readings, worst_heart_rate AS "worst bpm",
-                   last_reading_at AS "last reading",
-                   acknowledged_by AS "acknowledged by", acknowledged_at AS "acknowledged",
-                   escalated_at AS "escalated", episode_id AS "episode"
-            FROM alert_episodes
-            WHERE state = 'firing'
-            ORDER BY opened_at DESC, episode_id DESC
-            LIMIT 200
-            """,
+            q.OPEN_EPISODES,
         )
         .override_by_name("kind", [
             DynamicConfigValue(id_val="mappings", value=[ValueMap(options={
@@ -666,34 +467,8 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
             "Anomalies as points by type (heartbeat_anomalies by its customer index).",
             "suffix: bpm",
         )
-        .with_target(Sql(
-            f"""
-            SELECT event_timestamp AS "time", heart_rate AS "bpm"
-            FROM heartbeat_records
-            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-              AND {RAW_CUSTOMER_RANGE}
-            UNION ALL
-            SELECT hour, round(bpm_sum::numeric / reading_count, 1)
-            FROM customer_hourly_bpm_stats
-            WHERE customer_id = {CUSTOMER} AND $__timeFilter(hour) AND reading_count > 0
-              AND NOT {RAW_CUSTOMER_RANGE}
-            UNION ALL
-            SELECT date_trunc('hour', event_timestamp), round(avg(heart_rate), 1)
-            FROM heartbeat_records
-            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-              AND event_timestamp >= {HOURLY_TAIL} AND NOT {RAW_CUSTOMER_RANGE}
-            GROUP BY 1
-            ORDER BY 1
-            """
-        ).time_series().ref_id("A"))
-        .with_target(Sql(
-            f"""
-            SELECT event_timestamp AS "time", anomaly_type AS metric, heart_rate AS value
-            FROM heartbeat_anomalies
-            WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-            ORDER BY 1, 2
-            """
-        ).time_series().ref_id("B"))
+        .with_target(Sql(q.CUSTOMER_BPM).time_series().ref_id("A"))
+        .with_target(Sql(q.CUSTOMER_ANOMALY_POINTS).time_series().ref_id("B"))
         .override_by_regexp("/^(BRADYCARDIA|TACHYCARDIA|INVALID)$/", [
             DynamicConfigValue(id_val="custom.drawStyle", value=common.GraphDrawStyle.POINTS),
             DynamicConfigValue(id_val="custom.pointSize", value=10),
@@ -710,32 +485,7 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
             "for ranges up to 6 hours the raw tables through their customer indexes, for "
             "longer ones customer_hourly_bpm_stats (whole hours) plus the raw readings newer "
             "than its newest hour. A reading stored twice counts once.",
-            f"""
-            WITH parts AS (
-                SELECT reading_count AS readings, bpm_sum, min_bpm, max_bpm,
-                       anomaly_count AS anomalies
-                FROM customer_hourly_bpm_stats
-                WHERE customer_id = {CUSTOMER} AND $__timeFilter(hour)
-                  AND NOT {RAW_CUSTOMER_RANGE}
-                UNION ALL
-                SELECT count(*), sum(heart_rate), min(heart_rate), max(heart_rate), 0
-                FROM heartbeat_records
-                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-                  AND ({RAW_CUSTOMER_RANGE} OR event_timestamp >= {HOURLY_TAIL})
-                UNION ALL
-                SELECT 0, 0, NULL, NULL, count(DISTINCT event_timestamp)
-                FROM heartbeat_anomalies
-                WHERE customer_id = {CUSTOMER} AND $__timeFilter(event_timestamp)
-                  AND ({RAW_CUSTOMER_RANGE} OR event_timestamp >= {HOURLY_TAIL})
-            )
-            SELECT sum(readings)::bigint AS "readings",
-                   round(sum(bpm_sum)::numeric / nullif(sum(readings), 0), 1) AS "avg bpm",
-                   min(min_bpm) AS "min bpm",
-                   max(max_bpm) AS "max bpm",
-                   sum(anomalies)::bigint AS "anomalies"
-            FROM parts
-            """,
-            "blue",
+            q.CUSTOMER_SUMMARY, "blue",
         )
         .orientation(common.VizOrientation.HORIZONTAL)
         .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
@@ -743,14 +493,7 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     anomalies = _table(
         15, "Anomalies of $customer (last 24 h)", _grid(0, y + 9, 24, 7),
         "The selected customer's newest 50 anomalies. Reads vw_recent_anomalies.",
-        f"""
-        SELECT detected_at AS "detected", event_timestamp AS "reading time",
-               heart_rate AS "bpm", anomaly_type AS "type", severity
-        FROM vw_recent_anomalies
-        WHERE customer_id = {CUSTOMER}
-        ORDER BY detected_at DESC, id DESC
-        LIMIT 50
-        """,
+        q.CUSTOMER_ANOMALIES,
     )
     return [row, bpm, summary, anomalies]
 
@@ -908,15 +651,6 @@ def pipeline_metrics(y: int) -> Row:
     return row
 
 
-CUSTOMER_QUERY = _sql(
-    """
-    SELECT customer_id
-    FROM customers
-    ORDER BY last_anomaly_at DESC NULLS LAST, customer_id
-    """
-)
-
-
 def customer_variable() -> QueryVariable:
     return (
         QueryVariable("customer").label("Customer")
@@ -925,7 +659,7 @@ def customer_variable() -> QueryVariable:
                      "first valid reading, the fleet-minute rollup keeps it current) once per "
                      "dashboard load.")
         .datasource(DATASOURCE)
-        .query(CUSTOMER_QUERY)
+        .query(q.CUSTOMER_VARIABLE)
         .refresh(VariableRefresh.ON_DASHBOARD_LOAD)
         .sort(VariableSort.DISABLED)
         .multi(False)

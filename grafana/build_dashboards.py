@@ -17,6 +17,7 @@ scrapes the consumer and producer runs' /metrics (heartbeat_platform/metrics.py)
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -168,11 +169,11 @@ def _last_not_null(values: bool) -> cb.ReduceDataOptions:
     return cb.ReduceDataOptions().values(values).calcs(["lastNotNull"]).fields("")
 
 
-def _stat(pid: int, title: str, grid: GridPos, description: str, sql: str,
+def _stat(title: str, grid: GridPos, description: str, sql: str,
           color: str, unit: str = "short") -> stat.Panel:
     """One number (or one per column), colored by a single threshold color."""
     return (
-        stat.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        stat.Panel().title(title).description(description).grid_pos(grid)
         .datasource(DATASOURCE).with_target(Sql(sql))
         .unit(unit)
         .color_scheme(Color().mode(FieldColorModeId.THRESHOLDS))
@@ -186,11 +187,11 @@ def _stat(pid: int, title: str, grid: GridPos, description: str, sql: str,
     )
 
 
-def _timeseries(pid: int, title: str, grid: GridPos, description: str, unit: str,
+def _timeseries(title: str, grid: GridPos, description: str, unit: str,
                 axis_label: str = "", datasource: DataSourceRef = DATASOURCE) -> timeseries.Panel:
     """Lines in the classic palette, a list legend below, a shared (multi) tooltip."""
     return (
-        timeseries.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        timeseries.Panel().title(title).description(description).grid_pos(grid)
         .datasource(datasource)
         .unit(unit)
         .color_scheme(Color().mode(FieldColorModeId.PALETTE_CLASSIC))
@@ -208,10 +209,10 @@ def _timeseries(pid: int, title: str, grid: GridPos, description: str, unit: str
     )
 
 
-def _table(pid: int, title: str, grid: GridPos, description: str, sql: str) -> table.Panel:
+def _table(title: str, grid: GridPos, description: str, sql: str) -> table.Panel:
     """Small rows, no footer; the anomaly type column colored like everywhere else."""
     return (
-        table.Panel().id(pid).title(title).description(description).grid_pos(grid)
+        table.Panel().title(title).description(description).grid_pos(grid)
         .datasource(DATASOURCE).with_target(Sql(sql))
         .show_header(True)
         .cell_height(common.TableCellHeight.SM)
@@ -255,19 +256,19 @@ def pipeline_health(y: int) -> list[stat.Panel]:
          "heartbeat_dead_letters.reason).", "purple", 3),
     ]
     panels, x = [], 0
-    for i, (title, sql, text, color, width) in enumerate(health):
-        panels.append(_stat(1 + i, title, _grid(x, y, width, 4),
+    for title, sql, text, color, width in health:
+        panels.append(_stat(title, _grid(x, y, width, 4),
                             f"{text} Reads vw_pipeline_summary.", sql, color))
         x += width
     panels.append(_stat(
-        6, "Latest reading", _grid(x, y, 4, 4),
+        "Latest reading", _grid(x, y, 4, 4),
         "Event time of the newest valid reading (reading_totals, kept by the consumer in "
         "each batch's transaction). Reads vw_pipeline_summary.",
         q.LATEST_READING, "text", unit="dateTimeFromNow",
     ))
     panels.append(
         _stat(
-            27, "Minutes not rolled up yet", _grid(x + 4, y, 3, 4),
+            "Minutes not rolled up yet", _grid(x + 4, y, 3, 4),
             "Minutes with readings that neither the rollups nor the tail the panels read "
             "(this minute and the one before) hold yet: the rollups are behind (a stopped "
             "Dagster daemon, or consume without maintain). 0 in normal operation; while it is "
@@ -286,7 +287,7 @@ def pipeline_health(y: int) -> list[stat.Panel]:
 def fleet(y: int) -> list[cogbuilder.Builder]:
     """Fleet series from the per-minute rollup: buckets are a minute or more."""
     bpm = _timeseries(
-        7, "Fleet Average BPM", _grid(0, y, 16, 8),
+        "Fleet Average BPM", _grid(0, y, 16, 8),
         "Average heart rate of all valid readings per time bucket of at least a minute (by "
         "event time): sums of fleet_minute_stats, plus the consumer's counts per minute "
         "(fleet_minute_live) for the minutes after its newest one." + NOT_ROLLED_UP_TEXT,
@@ -295,7 +296,7 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
         Sql(q.FLEET_NOT_ROLLED_UP).time_series().ref_id("B"))
     bpm = _not_rolled_up_axis(bpm)
     pie = (
-        piechart.Panel().id(8).title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
+        piechart.Panel().title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))
         .description("Anomalous readings by type, taken in the dashboard's time range (whole "
                      "minutes): counts of fleet_minute_stats, plus the consumer's counts per "
                      "minute after its newest one (a reading stored twice counts once). When the "
@@ -322,7 +323,7 @@ def fleet(y: int) -> list[cogbuilder.Builder]:
 def streaming(y: int) -> list[timeseries.Panel]:
     throughput = (
         _timeseries(
-            9, "Throughput", _grid(0, y, 12, 8),
+            "Throughput", _grid(0, y, 12, 8),
             "Ranges up to an hour: messages consumed per second, summed over consumers, from "
             "increases of each consumer's cumulative stats_messages_consumed snapshots in "
             "pipeline_metrics (a counter that restarts at a new consumer process is handled "
@@ -339,7 +340,7 @@ def streaming(y: int) -> list[timeseries.Panel]:
     throughput = _not_rolled_up_axis(throughput)
     lag = (
         _timeseries(
-            10, "Consumer lag", _grid(12, y, 12, 8),
+            "Consumer lag", _grid(12, y, 12, 8),
             "Left axis: messages behind the log end per partition, from the Dagster "
             "pipeline_health_snapshot (health_consumer_lag rows in pipeline_metrics). Right "
             "axis: delay from a reading's event time to its landing in PostgreSQL, sampled at "
@@ -365,7 +366,7 @@ def streaming(y: int) -> list[timeseries.Panel]:
 
 def recent_anomalies(y: int) -> list[table.Panel]:
     return [_table(
-        11, "Recent Anomalies", _grid(0, y, 24, 9),
+        "Recent Anomalies", _grid(0, y, 24, 9),
         "The newest 100 anomalies of the last 24 hours. Reads vw_recent_anomalies.",
         q.RECENT_ANOMALIES,
     )]
@@ -388,7 +389,7 @@ def _kind_colors(panel):
 def alert_episodes(y: int) -> list[cogbuilder.Builder]:
     open_now = (
         _stat(
-            24, "Open episodes by kind", _grid(0, y, 12, 5),
+            "Open episodes by kind", _grid(0, y, 12, 5),
             "Episodes firing now, by kind: TACHYCARDIA and BRADYCARDIA (critical), "
             "SENSOR_FAULT (INVALID readings) and NO_SIGNAL (warning). An episode opens at its "
             "kind's first reading (HEARTBEAT_ALERT_MIN_READINGS) and resolves after "
@@ -404,7 +405,7 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
         .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
     )
     opened = _kind_colors(
-        bargauge.Panel().id(25).title("Episodes opened in the time range")
+        bargauge.Panel().title("Episodes opened in the time range")
         .grid_pos(_grid(12, y, 12, 5))
         .description("Episodes that started firing in the dashboard's time range, by kind, "
                      "whether still open or resolved since. Reads the firing episodes and "
@@ -426,7 +427,7 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
     )
     table_panel = (
         _table(
-            26, "Open episodes", _grid(0, y + 5, 24, 9),
+            "Open episodes", _grid(0, y + 5, 24, 9),
             "Firing episodes, newest first (at most 200): the customer, kind and severity, "
             "when it opened, its readings so far and the worst heart rate among them (0, -1 "
             "or above 300 for a sensor fault), the newest reading, who acknowledged it "
@@ -457,10 +458,10 @@ def alert_episodes(y: int) -> list[cogbuilder.Builder]:
 
 def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
     # An expanded row: its panels follow it at the top level of the dashboard.
-    row = Row("Customer $customer").id(12).collapsed(False).grid_pos(_grid(0, y, 24, 1))
+    row = Row("Customer $customer").collapsed(False).grid_pos(_grid(0, y, 24, 1))
     bpm = (
         _timeseries(
-            13, "BPM of $customer", _grid(0, y + 1, 16, 8),
+            "BPM of $customer", _grid(0, y + 1, 16, 8),
             "The selected customer's valid readings as a line: every reading for ranges up to "
             "6 hours (heartbeat_records by its primary key), hourly averages for longer ones "
             "(customer_hourly_bpm_stats, plus the readings newer than its newest hour). "
@@ -480,7 +481,7 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
         )])
     summary = (
         _stat(
-            14, "$customer in the time range", _grid(16, y + 1, 8, 8),
+            "$customer in the time range", _grid(16, y + 1, 8, 8),
             "Readings and anomalies of the selected customer in the dashboard's time range: "
             "for ranges up to 6 hours the raw tables through their customer indexes, for "
             "longer ones customer_hourly_bpm_stats (whole hours) plus the raw readings newer "
@@ -491,7 +492,7 @@ def customer_drilldown(y: int) -> list[cogbuilder.Builder]:
         .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
     )
     anomalies = _table(
-        15, "Anomalies of $customer (last 24 h)", _grid(0, y + 9, 24, 7),
+        "Anomalies of $customer (last 24 h)", _grid(0, y + 9, 24, 7),
         "The selected customer's newest 50 anomalies. Reads vw_recent_anomalies.",
         q.CUSTOMER_ANOMALIES,
     )
@@ -534,9 +535,9 @@ def _legend(prefix: str, metric: Metric, suffix: str = "") -> str:
     return prefix + "{{" + str(metric.label) + "}}" + suffix
 
 
-def _prometheus_timeseries(pid: int, title: str, grid: GridPos, description: str,
+def _prometheus_timeseries(title: str, grid: GridPos, description: str,
                            unit: str, axis_label: str = "") -> timeseries.Panel:
-    return _timeseries(pid, title, grid, description, unit, axis_label, datasource=PROMETHEUS)
+    return _timeseries(title, grid, description, unit, axis_label, datasource=PROMETHEUS)
 
 
 def pipeline_metrics(y: int) -> Row:
@@ -545,7 +546,7 @@ def pipeline_metrics(y: int) -> Row:
     all SQL, which heartbeat_platform.grafana_queries, the tests and the benchmark run.)"""
     lag = (
         _prometheus_timeseries(
-            17, "Consumer lag per partition", _grid(0, y + 1, 12, 8),
+            "Consumer lag per partition", _grid(0, y + 1, 12, 8),
             "Messages behind the log end per partition, as the consumer that holds the "
             "partition sees it: log end minus the progress stored in PostgreSQL "
             f"({CONSUMER_LAG_MESSAGES.sample}). Live at the scrape interval, unlike the "
@@ -557,7 +558,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     throughput = (
         _prometheus_timeseries(
-            18, "Messages and rows per second", _grid(12, y + 1, 12, 8),
+            "Messages and rows per second", _grid(12, y + 1, 12, 8),
             f"Messages committed to PostgreSQL per second ({CONSUMER_MESSAGES.sample}) "
             f"and rows written per second by table ({CONSUMER_ROWS.sample}; "
             "pipeline_metrics rows are the alert rows), summed over consumers.",
@@ -570,7 +571,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     write_time = (
         _prometheus_timeseries(
-            19, "Batch write time", _grid(0, y + 9, 8, 8),
+            "Batch write time", _grid(0, y + 9, 8, 8),
             "Time to write and commit one batch in PostgreSQL, median and 99th percentile over "
             f"all consumers ({CONSUMER_BATCH_WRITE_SECONDS.name} histogram).",
             "s",
@@ -580,7 +581,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     delay = (
         _prometheus_timeseries(
-            20, "End-to-end delay", _grid(8, y + 9, 8, 8),
+            "End-to-end delay", _grid(8, y + 9, 8, 8),
             "From a reading's timestamp to its committed row, for one reading in 64 "
             f"({CONSUMER_END_TO_END_SECONDS.name} histogram): 99th percentile and median. "
             "Includes the producer's clock skew.",
@@ -591,7 +592,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     dead_letters = (
         _prometheus_timeseries(
-            21, "Dead letters by reason", _grid(16, y + 9, 8, 8),
+            "Dead letters by reason", _grid(16, y + 9, 8, 8),
             "Dead letters per minute by reason class: invalid (not a reading), out_of_window "
             "(older than the raw retention or too far in the future), oversized (over "
             "HEARTBEAT_MAX_MESSAGE_BYTES), refused (by a database constraint) "
@@ -605,7 +606,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     retries = (
         _prometheus_timeseries(
-            22, "Database and broker retries", _grid(0, y + 17, 12, 8),
+            "Database and broker retries", _grid(0, y + 17, 12, 8),
             "Left axis: consumers waiting for PostgreSQL to come back "
             f"({CONSUMER_DATABASE_UNAVAILABLE.sample}, 1 per waiting consumer); they retry and "
             "lose nothing. Right axis, per minute: errors the consumers' Kafka clients "
@@ -627,7 +628,7 @@ def pipeline_metrics(y: int) -> Row:
     )
     producer = (
         _prometheus_timeseries(
-            23, "Producer deliveries", _grid(12, y + 17, 12, 8),
+            "Producer deliveries", _grid(12, y + 17, 12, 8),
             "Messages per second by delivery outcome, summed over producers "
             f"({PRODUCER_MESSAGES.sample}): delivered (acknowledged by the broker), "
             "failed (certainly not in the topic) and uncertain (no acknowledgement, but "
@@ -645,7 +646,7 @@ def pipeline_metrics(y: int) -> Row:
         producer = producer.override_by_name(outcome, [DynamicConfigValue(
             id_val="color", value=Color().mode(FieldColorModeId.FIXED).fixed_color(color).build(),
         )])
-    row = Row("Pipeline metrics (Prometheus)").id(16).grid_pos(_grid(0, y, 24, 1))
+    row = Row("Pipeline metrics (Prometheus)").grid_pos(_grid(0, y, 24, 1))
     for panel in (lag, throughput, write_time, delay, dead_letters, retries, producer):
         row = row.with_panel(panel)  # which collapses the row
     return row
@@ -703,12 +704,25 @@ def heartbeat_monitoring() -> Dashboard:
 DASHBOARDS = {"heartbeat-monitoring.json": heartbeat_monitoring}
 
 
+def number_panels(panels: list) -> None:
+    """Panel ids 1, 2, 3, ... in layout order: each top-level panel and row as the dashboard
+    lists them, a collapsed row's panels right after it. No id is written by hand; the alert
+    rules' panelId links (grafana/provisioning/alerting/) name their panel's title beside the
+    id, and tests/integration/test_grafana_alerting.py checks the two agree."""
+    ids = itertools.count(1)
+    for panel in panels:
+        panel.id_val = next(ids)
+        for inner in getattr(panel, "panels", None) or []:
+            inner.id_val = next(ids)
+
+
 def to_dict(builder: Dashboard) -> dict:
     """The SDK's model as plain JSON data, with what the SDK cannot express added."""
     model = builder.build()
     # The SDK's model defaults to schemaVersion 36 and has no setter for it; we write
     # Grafana 10.4's format, so say so (Grafana would otherwise run its 36 -> 39 migrations).
     model.schema_version = SCHEMA_VERSION
+    number_panels(model.panels or [])
     data = json.loads(json.dumps(model, cls=JSONEncoder))
     # The SDK's VariableModel has no `definition`: the query text Grafana's variable list and
     # SQL variable editor show. Grafana saves it equal to the query for SQL datasources.

@@ -154,6 +154,23 @@ def test_rule_follows_the_10_4_format(uid: str) -> None:
     assert rule["panelId"] in panels, "the panel the rule links to"
 
 
+def test_each_rule_links_the_panel_it_names() -> None:
+    """The dashboard builder numbers panels in layout order, so a panel added above another
+    moves its id: each rule's panelId line names its panel's title in a comment, and the
+    dashboard's panel with that id has that title."""
+    text = (ALERTING / "heartbeat-rules.yaml").read_text()
+    links = re.findall(r'^\s*panelId: (\d+)\s+# "([^"]+)"$', text, re.MULTILINE)
+    assert len(links) == len(re.findall(r"^\s*panelId:", text, re.MULTILINE)) == len(RULES)
+    for rule in alert_rules():
+        assert rule["dashboardUid"] == "heartbeat-monitoring", rule["uid"]
+    dashboard = json.loads(
+        (ROOT / "grafana" / "dashboards" / "heartbeat-monitoring.json").read_text())
+    titles = {p["id"]: p["title"]
+              for top in dashboard["panels"] for p in (top, *top.get("panels", []))}
+    for panel_id, title in links:
+        assert titles.get(int(panel_id)) == title, f"panelId {panel_id} is not {title!r}"
+
+
 def _check_expression(model: dict, earlier: list[str]) -> None:
     """A reduce or threshold expression as Grafana 10.4's expression engine reads it."""
     assert model["type"] in {"reduce", "threshold"}, model["type"]

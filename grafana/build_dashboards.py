@@ -286,14 +286,17 @@ def pipeline_health(y: int) -> list[stat.Panel]:
 
 def fleet(y: int) -> list[cogbuilder.Builder]:
     """Fleet series from the per-minute rollup: buckets are a minute or more."""
-    bpm = _timeseries(
-        "Fleet Average BPM", _grid(0, y, 16, 8),
-        "Average heart rate of all valid readings per time bucket of at least a minute (by "
-        "event time): sums of fleet_minute_stats, plus the consumer's counts per minute "
-        "(fleet_minute_live) for the minutes after its newest one." + NOT_ROLLED_UP_TEXT,
-        "suffix: bpm",
-    ).with_target(Sql(q.FLEET_AVERAGE_BPM).time_series().ref_id("A")).with_target(
-        Sql(q.FLEET_NOT_ROLLED_UP).time_series().ref_id("B"))
+    bpm = (
+        _timeseries(
+            "Fleet Average BPM", _grid(0, y, 16, 8),
+            "Average heart rate of all valid readings per time bucket of at least a minute (by "
+            "event time): sums of fleet_minute_stats, plus the consumer's counts per minute "
+            "(fleet_minute_live) for the minutes after its newest one." + NOT_ROLLED_UP_TEXT,
+            "suffix: bpm",
+        )
+        .with_target(Sql(q.FLEET_AVERAGE_BPM).time_series().ref_id("A"))
+        .with_target(Sql(q.FLEET_NOT_ROLLED_UP).time_series().ref_id("B"))
+    )
     bpm = _not_rolled_up_axis(bpm)
     pie = (
         piechart.Panel().title("Anomaly Type breakdown").grid_pos(_grid(16, y, 8, 8))

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         description="copies an acks=all write needs (unset: 2 with 3+ copies, else broker's)",
     )
     heartbeat_state_dir: Path = Path(".heartbeat")
+    # Which broker the platform starts when KAFKA_BOOTSTRAP_SERVERS is unset: Tansu (in
+    # memory, quick to start) or one Apache Kafka node with its log on disk (README, "Which
+    # local broker"); `up --broker`, `demo --broker` set it for one run.
+    heartbeat_local_broker: Literal["tansu", "kafka"] = Field(
+        default="tansu", description="local broker to start: tansu or kafka"
+    )
+    heartbeat_kafka_home: Path | None = Field(
+        default=None, description="an unpacked Apache Kafka release (else jars from Maven)"
+    )
     # The embedded broker keeps every message in memory (no retention): at this much memory
     # (its RSS, ~51 bytes a reading plus ~15 MB) `up` rotates its log once every reading is
     # stored. 256 MB is 8-9 minutes at 10,000 readings/s (7 rotations in the README's

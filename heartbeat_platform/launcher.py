@@ -257,8 +257,9 @@ def _guard_broker(
     cleanup: contextlib.ExitStack,
 ) -> None:
     """The embedded broker keeps every message in memory: rotate its log at the limit
-    (`local.rotation`), and finish a rotation an earlier `up` left half done."""
-    if settings.kafka_bootstrap_servers is not None:
+    (`local.rotation`), and finish a rotation an earlier `up` left half done. Apache
+    Kafka (`--broker kafka`) keeps its log on disk and enforces retention: no rotation."""
+    if settings.kafka_bootstrap_servers is not None or settings.heartbeat_local_broker == "kafka":
         return
     rotation = BrokerRotation(settings, services.broker, endpoints.database_url)
     guard = BrokerGuard(rotation, settings.heartbeat_broker_check_interval_s)

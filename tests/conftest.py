@@ -25,6 +25,7 @@ SERVICE_FIXTURES = {
     "embedded_postgres": "postgres",
     "embedded_broker": "broker",
     "apache_kafka": "apache_kafka",
+    "kafka_jars": "apache_kafka",
     "kafka_cluster": "apache_kafka",
     "kafka_brokers": "apache_kafka",
 }

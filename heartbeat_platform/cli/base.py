@@ -30,6 +30,11 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 JSON = typer.Option("--json", help="Print machine-readable JSON.")
+LOCAL_BROKER = typer.Option(
+    "--broker",
+    help="The local broker to start when KAFKA_BOOTSTRAP_SERVERS is unset: tansu (in memory) "
+    "or kafka (Apache Kafka, log on disk). Default: HEARTBEAT_LOCAL_BROKER, else tansu.",
+)
 
 
 class Command(TyperCommand):
@@ -82,10 +87,11 @@ def error(message: str) -> None:
         err.print(f"[red]error:[/red] {escape(message)}")
 
 
-def settings_or_exit() -> Settings:
-    """The settings, or each configuration error on one line and exit 2."""
+def settings_or_exit(**overrides: Any) -> Settings:
+    """The settings (`overrides`: from the command's options; None leaves the setting as
+    configured), or each configuration error on one line and exit 2."""
     try:
-        return load_settings()
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         for problem in exc.errors():
             field = ".".join(str(p) for p in problem["loc"]).upper()

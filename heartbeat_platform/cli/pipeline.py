@@ -6,7 +6,7 @@ import json
 import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from prometheus_client import CollectorRegistry
@@ -16,6 +16,7 @@ from rich.table import Table
 from heartbeat_platform import metrics, readiness
 from heartbeat_platform.cli.base import (
     JSON,
+    LOCAL_BROKER,
     Command,
     console,
     err,
@@ -145,11 +146,12 @@ def demo(
     seed: Annotated[int | None, typer.Option(help="Seed for a repeatable stream.")] = None,
     as_json: Annotated[bool, JSON] = False,
     metrics_port: Annotated[int | None, _METRICS_PORT] = None,
+    broker: Annotated[Literal["tansu", "kafka"] | None, LOCAL_BROKER] = None,
 ) -> None:
     """Produce N events, consume them, print a summary; exit 1 if any is unaccounted for."""
     from heartbeat_platform.demo import run_demo
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(heartbeat_local_broker=broker)
     summary = run_demo(settings, events, rate=rate or None, seed=seed,
                        metrics=_metrics(settings, metrics_port))
     if as_json:

@@ -7,13 +7,20 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
 
 from heartbeat_platform import readiness
-from heartbeat_platform.cli.base import JSON, Command, console, print_table, settings_or_exit
+from heartbeat_platform.cli.base import (
+    JSON,
+    LOCAL_BROKER,
+    Command,
+    console,
+    print_table,
+    settings_or_exit,
+)
 from heartbeat_platform.local.services import LocalServices
 from heartbeat_platform.status import collect_status
 from heartbeat_platform.storage.database import describe
@@ -28,7 +35,9 @@ def init_db() -> None:
     services = LocalServices(settings)
     prepared = readiness.prepare(settings, services, describe_topic=True)
     for name in services.started:
-        console.print(f"started embedded {name} (stop it with `heartbeat-platform down`)")
+        what = "Apache Kafka" if name == "broker" and services.local_broker is services.kafka \
+            else f"embedded {name}"
+        console.print(f"started {what} (stop it with `heartbeat-platform down`)")
     applied = ", ".join(prepared.migrations_applied)
     layout = prepared.topic_layout
     console.print(
@@ -107,7 +116,8 @@ def _rows(count: dict) -> str:
 
 @app.command(cls=Command)
 def down() -> None:
-    """Stop the embedded PostgreSQL and broker of this state folder (data in the broker is lost)."""
+    """Stop the embedded PostgreSQL and broker of this state folder (Tansu's data is lost;
+    Apache Kafka's log stays on disk)."""
     stopped = LocalServices(settings_or_exit()).stop_all()
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing embedded was running")
 
@@ -118,11 +128,12 @@ def up(
     demo: Annotated[
         bool, typer.Option("--demo", help="Also start the producer at a modest rate.")
     ] = False,
+    broker: Annotated[Literal["tansu", "kafka"] | None, LOCAL_BROKER] = None,
 ) -> None:
     """Run the platform: services, schema, topic, Dagster webserver and daemon (Ctrl-C stops)."""
     from heartbeat_platform.launcher import run_up
 
-    code = run_up(settings_or_exit(), port=port, demo=demo)
+    code = run_up(settings_or_exit(heartbeat_local_broker=broker), port=port, demo=demo)
     # Everything is stopped and said: skip the interpreter's teardown of Dagster's modules,
     # which does nothing useful and kept the shell waiting 3-5 s after the final line
     # (measured under load).

@@ -2,9 +2,9 @@
 loopback ports, started, stopped, killed and restarted on the same ports and storage.
 
 The tests prove the guarantees on it (tests/support/apache_kafka.py); `up --broker kafka`
-is meant to use it too. Nothing is built: `apache_kafka_pom.xml` (next to this file) names
-`org.apache.kafka:kafka_2.13` 4.4.0 and friends, and Maven copies them with their runtime
-dependencies into a cache folder outside the repository, once:
+runs one node of it (`local.kafka_broker`). Nothing is built: `apache_kafka_pom.xml` (next
+to this file) names `org.apache.kafka:kafka_2.13` 4.4.0 and friends, and Maven copies them
+with their runtime dependencies into a cache folder outside the repository, once:
 
     mvn -q -f apache_kafka_pom.xml dependency:copy-dependencies -DincludeScope=runtime
         -DoutputDirectory=~/.cache/heartbeat-platform/kafka-4.4.0/libs
@@ -171,6 +171,7 @@ class KafkaNode:
     roles: str = "broker,controller"
     heap: str = DEFAULT_HEAP
     properties: dict[str, str] = field(default_factory=dict)
+    detached: bool = False  # outlives the process that started it (`up --broker kafka`)
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -255,7 +256,8 @@ class KafkaNode:
                        log_config="log4j2.properties"),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # PR_SET_PDEATHSIG follows the starting *thread*: only from the main thread
-            preexec_fn=_die_with_parent if in_main else None,
+            preexec_fn=_die_with_parent if in_main and not self.detached else None,
+            start_new_session=self.detached,  # and out of reach of the caller's Ctrl-C
         )
         out.close()
 

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import psycopg
 
+from heartbeat_platform.domain.events import HeartbeatClass
 from heartbeat_platform.storage.copy_format import (
     MINUTE,
     PG_EPOCH,
@@ -30,7 +31,10 @@ NOTE_CUSTOMERS = (
     "SELECT heartbeat_note_customers(%s::text[], %s::timestamptz[], %s::timestamptz[])"
 )
 KNOWN_CUSTOMERS = "SELECT customer_id, last_reading_at FROM customers"
-_KINDS = {"BRADYCARDIA": 2, "TACHYCARDIA": 3, "INVALID": 4}
+# an anomaly's class -> its place in a minute's counts (after records and the bpm sum), in
+# the domain's order, which is the order of heartbeat_count_readings' count arguments
+_KINDS = {kind.value: 2 + i
+          for i, kind in enumerate(k for k in HeartbeatClass if k is not HeartbeatClass.NORMAL)}
 _MICROSECOND = timedelta(microseconds=1)
 _MINUTE_US = 60_000_000
 

@@ -201,8 +201,8 @@ def pending_runs(
 def refresh_pending(conn: psycopg.Connection, now: datetime) -> list[RefreshResult]:
     """Bring every rollup up to date with what is settled at `now`: minutes, hours, days.
 
-    What the CLI's `rollups` command and the benchmark run; Dagster runs the same
-    `refresh` one partition at a time.
+    What `heartbeat-platform maintain` (`storage.maintenance`) and the benchmark run;
+    Dagster runs the same `refresh` one partition at a time.
     """
     results = []
     for rollup in Rollup:

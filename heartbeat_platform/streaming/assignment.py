@@ -8,9 +8,14 @@ a partition is assigned again at the offset instead, and paused again when it mu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from heartbeat_platform.streaming.quiet_log import QuietLog
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_WATERMARK = -1001
 LIST_OFFSETS_TIMEOUT_S = 5.0
@@ -27,6 +32,7 @@ class Assignment:
         self.topic = topic
         self.incremental = incremental
         self._positions = positions
+        self._quiet = QuietLog(log)
 
     def _tps(self, offsets: dict[int, int]) -> list[TopicPartition]:
         return [TopicPartition(self.topic, p, offset) for p, offset in offsets.items()]
@@ -88,8 +94,15 @@ class Assignment:
         return low, high
 
     def commit(self, offsets: dict[int, int], wait: bool) -> None:
-        """Commit offsets to Kafka (for lag tools); `wait` for the broker's answer."""
-        if wait:
-            self.client.commit(offsets=self._tps(offsets), asynchronous=False)
-        else:
-            self.client.commit(offsets=self._tps(offsets), asynchronous=True)
+        """Commit offsets to Kafka (for lag tools); `wait` for the broker's answer. A
+        failure is logged, never raised: a lag commit must not stop ingestion (PostgreSQL
+        holds the progress)."""
+        if not offsets:
+            return
+        try:
+            if wait:
+                self.client.commit(offsets=self._tps(offsets), asynchronous=False)
+            else:
+                self.client.commit(offsets=self._tps(offsets), asynchronous=True)
+        except Exception as exc:  # noqa: BLE001 - see above
+            self._quiet.warning("commit", "could not commit offsets to Kafka: %s", exc)

@@ -4,8 +4,9 @@ This module is the loop and the rebalance callbacks. Each step they call has one
 elsewhere: `batch_builder` (messages in, rows and progress out), `landing` (a batch into
 PostgreSQL on the writer's thread), `cursors` (where each partition stands, and the
 progress behind it), `log_checks` (is the stored offset still right for the broker's
-log?), `assignment` (the Kafka client's positions, pauses and commits) and `outage` (what
-to do while PostgreSQL is away). The steps never wait for the database: they raise
+log?), `assignment` (the Kafka client's positions, pauses and commits), `outage` (what
+to do while PostgreSQL is away), `day_partitions`, `topic_watch` (was the topic created
+again?) and `consumer_report`. The steps never wait for the database: they raise
 `DatabaseUnavailable`, and only the loop decides.
 
 One place polls: `run`. Every message it gets is built into a batch, or its partition is
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.alerting.delivery import AlertDelivery
@@ -39,14 +40,15 @@ from heartbeat_platform.streaming.consumer_config import (
     client_settings,
     no_assignment_hint,
 )
-from heartbeat_platform.streaming.consumer_report import ConsumerReport
+from heartbeat_platform.streaming.consumer_report import Activity, ConsumerReport
 from heartbeat_platform.streaming.cursors import Cursors, position
+from heartbeat_platform.streaming.day_partitions import DayPartitions
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
-from heartbeat_platform.streaming.log_checks import LogChecks, Suspect
+from heartbeat_platform.streaming.log_checks import LogChecks
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database
 from heartbeat_platform.streaming.quiet_log import QuietLog
-from heartbeat_platform.streaming.topics import topic_id
+from heartbeat_platform.streaming.topic_watch import TopicWatch
 
 __all__ = ["ConsumerReport", "HeartbeatConsumer"]
 
@@ -81,25 +83,23 @@ class HeartbeatConsumer:
         self._settings = client_settings(c, self._on_kafka_error)
         self._stop = threading.Event()
         self.assigned = threading.Event()  # set once the group gave this consumer partitions
-        self.cursors = Cursors(self.writer, c.topic, self._topic_id, self._stop.wait)
+        self.topics = TopicWatch(c.bootstrap_servers, c.topic, c.kafka_overrides,
+                                 c.topic_check_s)
+        self.cursors = Cursors(self.writer, c.topic, self.topics.current_id, self._stop.wait)
         self.builder = BatchBuilder(self.alerts, c.retention, c.max_message_bytes)
         self.metrics = ConsumerMetrics(metrics or CollectorRegistry(), lambda: self.snapshot)
         self.landing = Landing(self.writer, self.cursors, c.stats_every, c.name,
                                self.metrics.batch_committed, on_batch)
         self.logs = LogChecks(self.cursors)
+        self.day_partitions = DayPartitions(self.writer, c.retention, c.partition_check_every_s)
         self.outage = Outage()
+        self.activity = Activity()
         self.snapshot = ConsumerSnapshot()  # published by the loop once a round
         self.kafka_errors = 0
         self._quiet = QuietLog(log)
         self._kafka: Assignment | None = None
         self._unopened: set[int] = set()  # assigned while the database was away: paused
-        self._partitions_seen: set[int] = set()
         self._lag: dict[int, int] = {}
-        self._last_activity = time.monotonic()
-        self._first_message_at: float | None = None
-        self._partitions_checked_at: float | None = None
-        self._topic_checked_at = 0.0
-        self._rebalances = self._settled_in_rebalance = 0
 
     @property
     def stats(self) -> PipelineStats:
@@ -127,13 +127,12 @@ class HeartbeatConsumer:
     # -- the loop -------------------------------------------------------------------------
     @fewer_gc_pauses()
     def run(self, stop_when_idle: float | None = None) -> ConsumerReport:
-        started = time.monotonic()
         c = self.config
+        activity = self.activity = Activity()
         self._join()
         if self.delivery is not None:
             self.delivery.start()
         try:
-            warned = False
             while not self._stop.is_set():
                 self.snapshot = ConsumerSnapshot(self.stats, self._lag, self.outage.active,
                                                  self.kafka_errors,
@@ -145,8 +144,7 @@ class HeartbeatConsumer:
                     self._ensure_partitions()
                     messages = self.kafka.client.consume(c.batch_size, timeout=c.max_wait_s)
                     if messages:
-                        self._last_activity = time.monotonic()
-                        self._first_message_at = self._first_message_at or self._last_activity
+                        activity.received(time.monotonic())
                         self._process(messages)
                     else:
                         self._settle()  # nothing new: let the in-flight batch finish now
@@ -155,19 +153,19 @@ class HeartbeatConsumer:
                 except DatabaseUnavailable as exc:
                     self._lost_database(exc)
                     continue
-                if not (warned or self.assigned.is_set()) and (
-                        time.monotonic() - started > _NO_ASSIGNMENT_WARNING_S):
-                    warned = True
+                now = time.monotonic()
+                if activity.unassigned_too_long(now, self.assigned.is_set(),
+                                                _NO_ASSIGNMENT_WARNING_S):
                     log.warning("no partitions assigned %.0f s after joining group %s%s",
                                 _NO_ASSIGNMENT_WARNING_S, c.group_id,
                                 no_assignment_hint(self._settings))
-                if (not messages and stop_when_idle is not None and self._partitions_seen
-                        and time.monotonic() - self._last_activity >= stop_when_idle):
+                if not messages and stop_when_idle is not None and activity.idle(
+                        now, stop_when_idle):
                     log.info("no new message for %.1fs: stopping", stop_when_idle)
                     break
         finally:
             self._close(self.kafka.client)
-        return self._report(started)
+        return activity.report(self.stats, self.landing.inflight.last_commit_at)
 
     def _join(self) -> None:
         """A new client joins the group and subscribes."""
@@ -177,7 +175,7 @@ class HeartbeatConsumer:
         self._kafka = Assignment(client, c.topic, incremental, self._positions)
         client.subscribe([c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                          on_lost=self._on_lost)
-        self._topic_checked_at = time.monotonic()
+        self.topics.joined(time.monotonic())
         log.info("consumer %s subscribed to %s in group %s (%s assignment)", c.name, c.topic,
                  c.group_id, "incremental" if incremental else "eager")
 
@@ -200,73 +198,37 @@ class HeartbeatConsumer:
         return True
 
     def _ensure_partitions(self) -> None:
-        """The day partitions of the admissible window exist (at start, then hourly:
-        `HEARTBEAT_PARTITION_CHECK_S`), so a consumer never depends on the scheduler's job
-        to be able to write tomorrow's readings."""
-        now = time.monotonic()
-        checked = self._partitions_checked_at
-        if checked is not None and now - checked < self.config.partition_check_every_s:
-            return
-        self._settle()
-        with needs_database("ensure partitions"):
-            created = self.writer.ensure_partitions(self.config.retention)
-        if created is None:  # tables locked by a reader: again in a minute
-            log.warning("day partitions not checked: the tables are locked; retrying in 60 s")
-            now -= self.config.partition_check_every_s - 60
-        self._partitions_checked_at = now
+        if self.day_partitions.due(now := time.monotonic()):
+            self._settle()
+            self.day_partitions.ensure(now)
 
     def _check_logs(self) -> None:
-        """Ask the broker about the partitions `LogChecks` finds suspect, and act on it. A
-        check the broker did not answer in time is tried again on the next round."""
+        """Ask the broker about the partitions `LogChecks` finds suspect, and seek where it
+        says. A check the broker did not answer in time is tried again on the next round."""
         self._lag, suspects = self.logs.survey(self.kafka.cached_end)
         for suspect in suspects:
             if not self._settle():
                 return
-            offset = self._decide(suspect, self._topic_id)
+            offset = self.logs.check(suspect, self.kafka.listed_offsets, self.topics.current_id)
             if offset is not None:
                 self.kafka.seek({suspect.partition: offset}, paused=False)
-
-    def _decide(
-        self, suspect: Suspect, topic_id: Callable[[], str | None] | None = None
-    ) -> int | None:
-        """Ask the broker where a suspect partition's log starts and ends, and act on it;
-        where to read next, or None (nothing to do, or no answer yet: asked next round).
-        `topic_id` asks the topic's id now (None: the one the suspect was seen under)."""
-        try:
-            listed = self.kafka.listed_offsets(suspect.partition)
-        except KafkaException as exc:
-            self.logs.retry(suspect.partition)
-            self._quiet.warning(("list", suspect.partition), "partition %d: log start/end "
-                                "not known yet (%s); retrying", suspect.partition, exc)
-            return None
-        with needs_database("log check"):
-            return self.logs.act(suspect, listed,
-                                 topic_id() if topic_id else suspect.seen.topic_id)
 
     def _open(self, partitions: list[int]) -> dict[int, Cursor]:
         """Cursors at the stored progress; a partition the group never read starts where
         its log starts, and what retention deleted before that is counted lost."""
         opened = self.cursors.open(partitions)
         for suspect in self.logs.first_reads(opened):
-            self._decide(suspect)
+            self.logs.check(suspect, self.kafka.listed_offsets)
         return opened
 
     def _rejoin_if_created_again(self) -> None:
-        """Every `topic_check_s`: was the topic deleted and created again (a new id)?
-        librdkafka neither assigns a subscribed topic created again (it stays without
-        partitions) nor resets a position when the id changes, so a new client joins:
-        its assignment opens the partitions at the stored progress, and the new id starts
-        a new log (README, "Guarantees")."""
-        now = time.monotonic()
-        known = self.writer.topic_id
-        if known is None or now - self._topic_checked_at < self.config.topic_check_s:
-            return
-        self._topic_checked_at = now
-        current = self._topic_id()
-        if current is None or current == known:
+        """A topic created again (a new id) is read by a new client: its assignment opens
+        the partitions at the stored progress, and the new id starts a new log."""
+        current = self.topics.created_again(self.writer.topic_id, time.monotonic())
+        if current is None:
             return
         log.warning("topic %s was created again (its id is now %s, was %s): rejoining the "
-                    "group with a new client", self.config.topic, current, known)
+                    "group with a new client", self.config.topic, current, self.writer.topic_id)
         self._settle()
         self._commit_offsets(force=True)
         self.kafka.client.close()  # revokes what is assigned (`_on_revoke`)
@@ -303,9 +265,9 @@ class HeartbeatConsumer:
         self._watch(opened)
         self._seek_all()
         self.kafka.resume()
-        self._last_activity = time.monotonic()  # the outage is not idleness
+        self.activity.last = time.monotonic()  # the outage is not idleness
         log.info("database is back after %.1f s: resuming from the stored progress",
-                 self.outage.ended(self._last_activity))
+                 self.outage.ended(self.activity.last))
         if opened:
             log.info("assigned at offsets %s", {p: position(c) for p, c in opened.items()})
 
@@ -323,8 +285,8 @@ class HeartbeatConsumer:
         for tp in partitions:
             tp.offset = position(opened[tp.partition]) if opened else OFFSET_BEGINNING
         self.kafka.add(partitions)
-        self._partitions_seen.update(ids)
-        self._last_activity = time.monotonic()
+        self.activity.partitions_seen.update(ids)
+        self.activity.last = time.monotonic()
         self.assigned.set()
         if not ids:
             return
@@ -355,8 +317,8 @@ class HeartbeatConsumer:
         log.warning("lost partitions %s (session expired)", [tp.partition for tp in partitions])
 
     def _settle_for_rebalance(self) -> None:
-        self._rebalances += 1
-        self._settled_in_rebalance += self.landing.inflight.busy
+        self.activity.rebalances += 1
+        self.activity.settled_in_rebalance += self.landing.inflight.busy
         try:
             self._settle()
         except DatabaseUnavailable as exc:
@@ -386,17 +348,7 @@ class HeartbeatConsumer:
 
     def _commit_offsets(self, force: bool = False) -> None:
         """Tell Kafka what PostgreSQL holds, for lag tools (see `offset_commits`)."""
-        due = self.landing.offsets.due(time.monotonic(), force)
-        if not due:
-            return
-        try:
-            self.kafka.commit(due, wait=force)
-        except Exception as exc:  # noqa: BLE001 - a failed lag commit must not stop ingestion
-            self._quiet.warning("commit", "could not commit offsets to Kafka: %s", exc)
-
-    def _topic_id(self) -> str | None:
-        c = self.config
-        return topic_id(c.bootstrap_servers, c.topic, c.kafka_overrides)
+        self.kafka.commit(self.landing.offsets.due(time.monotonic(), force), wait=force)
 
     def _on_kafka_error(self, error: KafkaError) -> None:
         self.kafka_errors += 1
@@ -421,10 +373,3 @@ class HeartbeatConsumer:
                 self._kafka = None
                 if self.delivery is not None:
                     self.delivery.stop()
-
-    def _report(self, started: float) -> ConsumerReport:
-        last_commit_at = self.landing.inflight.last_commit_at
-        busy = (last_commit_at - self._first_message_at
-                if self._first_message_at is not None and last_commit_at is not None else 0.0)
-        return ConsumerReport(self.stats, set(self._partitions_seen), time.monotonic() - started,
-                              busy, self._rebalances, self._settled_in_rebalance)

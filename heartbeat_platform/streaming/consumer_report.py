@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from heartbeat_platform.domain.alerts import PipelineStats
 
@@ -36,3 +37,38 @@ class ConsumerReport:
             "busy_seconds": round(self.busy_seconds, 3),
             "messages_per_s": round(self.rate, 1),
         }
+
+
+@dataclass
+class Activity:
+    """When a run started, got its first message and last did something: for stopping
+    when idle, warning once when no partition came, and the report's rate."""
+
+    started: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=time.monotonic)
+    first_message_at: float | None = None
+    partitions_seen: set[int] = field(default_factory=set)
+    warned_unassigned: bool = False
+    rebalances: int = 0  # rebalance callbacks
+    settled_in_rebalance: int = 0  # batches in flight when partitions moved
+
+    def received(self, now: float) -> None:
+        self.last = now
+        self.first_message_at = self.first_message_at or now
+
+    def idle(self, now: float, for_s: float) -> bool:
+        """Partitions came, and no message or assignment for `for_s` since."""
+        return bool(self.partitions_seen) and now - self.last >= for_s
+
+    def unassigned_too_long(self, now: float, assigned: bool, after_s: float) -> bool:
+        """True once: no partition `after_s` after the start."""
+        if self.warned_unassigned or assigned or now - self.started <= after_s:
+            return False
+        self.warned_unassigned = True
+        return True
+
+    def report(self, stats: PipelineStats, last_commit_at: float | None) -> ConsumerReport:
+        first = self.first_message_at
+        busy = last_commit_at - first if first is not None and last_commit_at is not None else 0.0
+        return ConsumerReport(stats, set(self.partitions_seen), time.monotonic() - self.started,
+                              busy, self.rebalances, self.settled_in_rebalance)

@@ -1,15 +1,18 @@
 """Acting on what the client says about each partition's log (`log_decisions`).
 
-`LogWatch` says which partitions need a decision; the loop asks the broker for their log
-start and end and the topic's id, and `LogChecks.act` applies the decision to the cursors
-and the stored progress, returning where the client must read next. No client here: the
-loop does the asking and the seeking.
+`LogWatch` says which partitions need a decision; `LogChecks.check` asks the broker for
+their log start and end (through the function it is given) and applies the decision to
+the cursors and the stored progress, returning where the client must read next. No client
+here: the loop does the seeking.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+from confluent_kafka import KafkaException
 
 from heartbeat_platform.streaming.batch_builder import Cursor
 from heartbeat_platform.streaming.cursors import Cursors, position
@@ -21,6 +24,10 @@ from heartbeat_platform.streaming.log_decisions import (
     Resume,
     decide,
 )
+from heartbeat_platform.streaming.outage import needs_database
+from heartbeat_platform.streaming.quiet_log import QuietLog
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_END = -1  # no fetch watermark yet
 
@@ -38,6 +45,7 @@ class LogChecks:
     def __init__(self, cursors: Cursors):
         self.cursors = cursors
         self.watch = LogWatch()
+        self._quiet = QuietLog(log)
 
     def survey(self, cached_end: Callable[[int], int]) -> tuple[dict[int, int], list[Suspect]]:
         """Per assigned partition the lag (log end minus stored progress), and the
@@ -62,6 +70,24 @@ class LogChecks:
                                                         first_read=True))
             for partition, cursor in opened.items() if cursor.stored is None
         ]
+
+    def check(
+        self, suspect: Suspect, listed_offsets: Callable[[int], tuple[int, int]],
+        topic_id: Callable[[], str | None] | None = None,
+    ) -> int | None:
+        """Ask the broker where the suspect partition's log starts and ends, and act on it:
+        where to read next, or None (nothing to do, or no answer yet: asked next round).
+        `topic_id` asks the topic's id now (None: the one the suspect was seen under).
+        Raises `DatabaseUnavailable` when the decision could not be stored."""
+        try:
+            listed = listed_offsets(suspect.partition)
+        except KafkaException as exc:
+            self.retry(suspect.partition)
+            self._quiet.warning(("list", suspect.partition), "partition %d: log start/end "
+                                "not known yet (%s); retrying", suspect.partition, exc)
+            return None
+        with needs_database("log check"):
+            return self.act(suspect, listed, topic_id() if topic_id else suspect.seen.topic_id)
 
     def act(
         self, suspect: Suspect, listed: tuple[int, int], topic_id: str | None

@@ -83,10 +83,14 @@ def admin_client(bootstrap_servers: str, overrides: dict | None = None) -> Admin
     )
 
 
-def topic_id(bootstrap_servers: str, topic: str, overrides: dict | None = None) -> str | None:
+def topic_id(
+    bootstrap_servers: str, topic: str, overrides: dict | None = None,
+    admin: AdminClient | None = None,
+) -> str | None:
     """The broker's id of the topic (it changes when the topic is created again), or None
-    when the topic is missing, the broker does not give ids, or it did not answer."""
-    admin = admin_client(bootstrap_servers, overrides)  # must outlive the request
+    when the topic is missing, the broker does not give ids, or it did not answer.
+    `admin`: a client to ask through (one made here otherwise)."""
+    admin = admin or admin_client(bootstrap_servers, overrides)  # must outlive the request
     futures = admin.describe_topics(TopicCollection([topic]), request_timeout=ADMIN_TIMEOUT_S)
     try:
         found = futures[topic].result()

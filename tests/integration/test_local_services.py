@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from heartbeat_platform import status
 from heartbeat_platform.local.broker import EmbeddedBroker
@@ -57,6 +59,45 @@ def test_embedded_services_start_reuse_and_stop(settings_factory, tmp_path) -> N
         first.stop_started()
     assert not first.postgres.is_running()
     assert not first.broker.is_running()
+
+
+def test_the_local_apache_kafka_runs_detached_and_keeps_its_log_across_a_restart(
+    settings_factory, kafka_jars, tmp_path
+) -> None:
+    """`up --broker kafka`: one Apache Kafka node, reused while it runs, stopped by `down`,
+    started again on the same port with the messages it had (its log is on disk)."""
+    settings = settings_factory(kafka_bootstrap_servers=None, heartbeat_local_broker="kafka",
+                                heartbeat_state_dir=tmp_path / "hb")
+    first = LocalServices(settings)
+    try:
+        bootstrap = first.start().bootstrap_servers
+        assert first.started == ["broker"] and first.local_broker is first.kafka
+        state = json.loads(first.kafka.state_file.read_text())
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert admin.describe_cluster().result(timeout=30).cluster_id == state["cluster_id"]
+        assert os.getsid(state["pid"]) != os.getsid(0), "outlives the command that started it"
+        ensure_topic(bootstrap, settings.kafka_topic, partitions=3)
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        for i in range(30):
+            producer.produce(settings.kafka_topic, key=str(i), value=b"{}")
+        assert producer.flush(30) == 0
+
+        second = LocalServices(settings)
+        assert second.start().bootstrap_servers == bootstrap and second.started == []
+
+        assert LocalServices(settings).stop_all() == ["Apache Kafka"]
+        assert not first.kafka.is_running()
+        again = LocalServices(settings)
+        assert again.start().bootstrap_servers == bootstrap, "the same port again"
+        assert not first.broker.is_running(), "Tansu was never started"
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "check"})
+        ends = [consumer.get_watermark_offsets(TopicPartition(settings.kafka_topic, p),
+                                               timeout=30)[1] for p in range(3)]
+        consumer.close()
+        assert sum(ends) == 30, ends
+    finally:
+        LocalServices(settings).stop_all()
+    assert not first.kafka.is_running()
 
 
 def _without_password(url: str) -> str:

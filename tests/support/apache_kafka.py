@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,6 +40,13 @@ def _require_java_and_jars() -> None:
             pytest.fail(message)
         pytest.skip(message)
     ensure_jars()
+
+
+@pytest.fixture(scope="session")
+def kafka_jars() -> Path:
+    """Apache Kafka's jars (for a test that starts a broker by other means)."""
+    _require_java_and_jars()
+    return ensure_jars()
 
 
 @pytest.fixture(scope="session")

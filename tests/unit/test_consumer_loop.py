@@ -237,7 +237,7 @@ def start():
                            max_wait_s=0.01, **config),
             client=client, writer=database,
         )
-        consumer._topic_id = consumer.cursors.topic_id = lambda: None  # no broker to ask
+        consumer.topics.current_id = consumer.cursors.topic_id = lambda: None  # no broker to ask
         consumer.outage = Outage(first_wait_s=0.01, longest_wait_s=0.05)
         runner = threading.Thread(target=consumer.run, daemon=True)
         runner.start()

@@ -15,9 +15,11 @@ from heartbeat_platform.storage.progress import PartitionProgress
 from heartbeat_platform.streaming.assignment import Assignment
 from heartbeat_platform.streaming.batch_builder import BatchBuilder
 from heartbeat_platform.streaming.cursors import Cursors
+from heartbeat_platform.streaming.day_partitions import LOCKED_RETRY_S, DayPartitions
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.outage import DatabaseUnavailable
 from heartbeat_platform.streaming.quiet_log import QuietLog
+from heartbeat_platform.streaming.topic_watch import TopicWatch
 from tests.unit.test_consumer_loop import TOPIC, Broker, Client, Database, Message
 
 
@@ -95,3 +97,52 @@ def test_a_repeated_warning_is_logged_once_per_interval(caplog):
         quiet.warning("other", "another key: %s", "logged")
     assert [r.getMessage() for r in caplog.records] == [
         "could not commit: broker away", "another key: logged"]
+
+
+class LockedOnce(Database):
+    """ensure_partitions finds the tables locked by a reader the first time."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def ensure_partitions(self, policy) -> int | None:
+        self.calls += 1
+        return None if self.calls == 1 else super().ensure_partitions(policy)
+
+
+def test_day_partitions_are_checked_at_once_then_each_period_and_a_locked_check_in_a_minute():
+    database = LockedOnce()
+    days = DayPartitions(database, RetentionPolicy(), every_s=3600)
+    assert days.due(0.0)
+    days.ensure(0.0)  # locked
+    assert not days.due(LOCKED_RETRY_S - 1) and days.due(LOCKED_RETRY_S)
+    days.ensure(LOCKED_RETRY_S)
+    assert not days.due(LOCKED_RETRY_S + 3599) and days.due(LOCKED_RETRY_S + 3600)
+    database.down = True
+    with pytest.raises(DatabaseUnavailable):
+        days.ensure(LOCKED_RETRY_S + 3600)
+    assert days.due(LOCKED_RETRY_S + 3600), "a check the outage stopped is still due"
+    assert database.calls == 3
+
+
+def test_the_topic_id_is_asked_once_per_period_through_one_admin_client(monkeypatch):
+    made: list[dict] = []
+    answers = iter(["id-1", "id-1", "id-2"])
+
+    def admin(bootstrap_servers, overrides):
+        made.append(overrides)
+        return object()
+
+    monkeypatch.setattr("heartbeat_platform.streaming.topic_watch.admin_client", admin)
+    monkeypatch.setattr("heartbeat_platform.streaming.topic_watch.topic_id",
+                        lambda *args, admin: next(answers))
+    watch = TopicWatch("unused:9092", TOPIC, {"client.id": "x"}, every_s=15)
+    watch.joined(100.0)
+    assert watch.created_again("id-1", 110.0) is None  # not due: not asked
+    assert watch.created_again(None, 200.0) is None  # nothing known to compare: not asked
+    assert watch.created_again("id-1", 116.0) is None  # asked: the same id
+    assert watch.created_again("id-1", 125.0) is None  # asked 9 s ago: not asked again
+    assert watch.current_id() == "id-1"
+    assert watch.created_again("id-1", 131.0) == "id-2"
+    assert made == [{"client.id": "x"}], "one admin client for every question"

@@ -158,7 +158,12 @@ class Settings(BaseSettings):
         default=None, description="signs every webhook POST (HMAC-SHA256 header); unset: unsigned"
     )
     heartbeat_alertmanager_url: SecretStr | None = Field(
-        default=None, description="an Alertmanager's base URL: episodes go to its /api/v2/alerts"
+        default=None,
+        description="comma-separated Alertmanager base URLs: episodes go to /api/v2/alerts",
+    )
+    heartbeat_alertmanager_refresh_s: float = Field(
+        default=default_of(AlertingConfig, "alertmanager_refresh_s"), gt=0,
+        description="how often firing episodes go to Alertmanager again (< its resolve_timeout)",
     )
     heartbeat_pagerduty_routing_key: SecretStr | None = Field(
         default=None, description="a PagerDuty Events API v2 integration key: episodes go there"
@@ -242,12 +247,13 @@ class Settings(BaseSettings):
     @property
     def alert_receivers(self) -> tuple[Receiver, ...]:
         """Who hears of every transition but escalations: each webhook URL (signed with
-        HEARTBEAT_ALERT_WEBHOOK_SECRET when set), the Alertmanager, PagerDuty."""
+        HEARTBEAT_ALERT_WEBHOOK_SECRET when set), each Alertmanager, PagerDuty."""
         secret = _secret(self.heartbeat_alert_webhook_secret)
         found = [Receiver.of("webhook", url, secret)
                  for url in _url_list(_secret(self.heartbeat_alert_webhook_url))]
-        if self.heartbeat_alertmanager_url is not None:
-            found.append(Receiver.of("alertmanager", _secret(self.heartbeat_alertmanager_url)))
+        # several: each instance of an Alertmanager HA cluster (clients send to all)
+        found += [Receiver.of("alertmanager", url)
+                  for url in _url_list(_secret(self.heartbeat_alertmanager_url))]
         if self.heartbeat_pagerduty_routing_key is not None:
             found.append(Receiver.of("pagerduty", self.heartbeat_pagerduty_url,
                                      _secret(self.heartbeat_pagerduty_routing_key)))

@@ -163,6 +163,7 @@ def alerting_config(settings: Settings) -> AlertingConfig:
         escalation_receivers=settings.alert_escalation_receivers,
         escalate_after_s=settings.heartbeat_escalate_after_s,
         give_up_s=settings.heartbeat_alert_give_up_s,
+        alertmanager_refresh_s=settings.heartbeat_alertmanager_refresh_s,
     )
 
 

@@ -30,7 +30,7 @@ WHERE last_error ~ '^[A-Za-z][A-Za-z0-9+.-]*://\S*?: ';
 -- Whatever else still looks like a URL in an error: only its scheme and host stay.
 UPDATE alert_outbox
 SET last_error = regexp_replace(
-    last_error, '([A-Za-z][A-Za-z0-9+.-]*://)(?:[^@/\s]*@)?([^/?#\s]+)[^\s]*', '\1\2/…', 'g')
+    last_error, '([A-Za-z][A-Za-z0-9+.-]*://)(?:[^@/\s]*@)?([^/?#\s)]+)[^\s)]*', '\1\2/…', 'g')
 WHERE last_error ~ '://';
 
 ALTER TABLE alert_outbox DROP CONSTRAINT alert_outbox_state_check;

@@ -92,6 +92,9 @@ class AlertingConfig:
     escalate_after_s: float = 300.0
     give_up_s: float = 86_400.0
     timeout_s: float = 5.0  # each POST's total deadline: connect, send, answer
+    # every firing episode goes to each Alertmanager again this often (its resolve_timeout,
+    # 5 min by default, must be longer)
+    alertmanager_refresh_s: float = ALERTMANAGER_REFRESH_S
 
     def __post_init__(self) -> None:
         names: dict[str, Receiver] = {}
@@ -242,7 +245,7 @@ class AlertDelivery:
                     escalated_at = time.monotonic()
                 # Between rounds, never beside one: a resolution queued after the re-send
                 # read its episodes goes out after it, so Alertmanager ends with endsAt.
-                if time.monotonic() - refreshed_at >= ALERTMANAGER_REFRESH_S:
+                if time.monotonic() - refreshed_at >= self.config.alertmanager_refresh_s:
                     self.refresh_alertmanagers(conn)
                     refreshed_at = time.monotonic()
                 wait = self.deliver_once(conn, pool)

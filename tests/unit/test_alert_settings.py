@@ -45,6 +45,13 @@ def test_each_variable_makes_its_receiver() -> None:
     assert [r.name for r in built.alertmanagers] == [made.alert_receivers[2].name]
 
 
+def test_each_alertmanager_of_a_cluster_is_a_receiver() -> None:
+    made = settings(heartbeat_alertmanager_url="https://am1.example.com,https://am2.example.com")
+    assert [r.url for r in made.alert_receivers] == [
+        "https://am1.example.com", "https://am2.example.com"]
+    assert {r.type for r in made.alert_receivers} == {"alertmanager"}
+
+
 def test_no_variable_no_receiver_and_a_blank_one_is_unset() -> None:
     assert settings().alert_receivers == ()
     assert settings(heartbeat_alert_webhook_url="", heartbeat_alertmanager_url=" ",

@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.alerting.receivers import PAGERDUTY_URL, Receiver, check_url
 from heartbeat_platform.domain.episodes import NO_SIGNAL_AFTER, EpisodeKind, Rules
 from heartbeat_platform.domain.generator import (
     DEFAULT_ANOMALY_RATE,
@@ -43,8 +44,11 @@ def default_of(cls: type, name: str) -> Any:
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a refused setting's error never repeats the values given (a
+    # receiver's URL, a password); our own messages say what is wrong.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
+        hide_input_in_errors=True,
     )
 
     database_url: str | None = Field(
@@ -151,12 +155,33 @@ class Settings(BaseSettings):
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
     )
 
-    # Alerting (README, "Alerts: episodes and notifications")
-    heartbeat_alert_webhook_url: str | None = Field(
+    # Alerting (README, "Alerts: episodes and notifications"). URLs are secrets too: a
+    # webhook's path or query often carries its token.
+    heartbeat_alert_webhook_url: SecretStr | None = Field(
         default=None, description="comma-separated URLs that receive every episode transition"
     )
-    heartbeat_alert_escalation_url: str | None = Field(
-        default=None, description="comma-separated URLs for escalations; unset: the webhook URLs"
+    heartbeat_alert_escalation_url: SecretStr | None = Field(
+        default=None, description="comma-separated URLs for escalations; unset: the receivers"
+    )
+    heartbeat_alert_webhook_secret: SecretStr | None = Field(
+        default=None, description="signs every webhook POST (HMAC-SHA256 header); unset: unsigned"
+    )
+    heartbeat_alertmanager_url: SecretStr | None = Field(
+        default=None,
+        description="comma-separated Alertmanager base URLs: episodes go to /api/v2/alerts",
+    )
+    heartbeat_alertmanager_refresh_s: float = Field(
+        default=default_of(AlertingConfig, "alertmanager_refresh_s"), gt=0,
+        description="how often firing episodes go to Alertmanager again (< its resolve_timeout)",
+    )
+    heartbeat_pagerduty_routing_key: SecretStr | None = Field(
+        default=None, description="a PagerDuty Events API v2 integration key: episodes go there"
+    )
+    heartbeat_pagerduty_url: str = Field(
+        default=PAGERDUTY_URL, description="PagerDuty's Events API v2 enqueue URL"
+    )
+    heartbeat_alert_allow_http: bool = Field(
+        default=False, description="allow http:// receivers beyond loopback (unencrypted)"
     )
     heartbeat_alert_min_readings: str = Field(
         default="",
@@ -195,6 +220,9 @@ class Settings(BaseSettings):
         "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
         "kafka_sasl_password", "kafka_ssl_ca_location",
         "heartbeat_topic_replication_factor", "heartbeat_topic_min_insync_replicas",
+        "heartbeat_alert_webhook_url", "heartbeat_alert_escalation_url",
+        "heartbeat_alert_webhook_secret", "heartbeat_alertmanager_url",
+        "heartbeat_pagerduty_routing_key",
         mode="before",
     )
     @classmethod
@@ -226,12 +254,44 @@ class Settings(BaseSettings):
         )
 
     @property
-    def webhook_urls(self) -> tuple[str, ...]:
-        return _url_list(self.heartbeat_alert_webhook_url)
+    def alert_receivers(self) -> tuple[Receiver, ...]:
+        """Who hears of every transition but escalations: each webhook URL (signed with
+        HEARTBEAT_ALERT_WEBHOOK_SECRET when set), each Alertmanager, PagerDuty."""
+        secret = _secret(self.heartbeat_alert_webhook_secret)
+        found = [Receiver.of("webhook", url, secret)
+                 for url in _url_list(_secret(self.heartbeat_alert_webhook_url))]
+        # several: each instance of an Alertmanager HA cluster (clients send to all)
+        found += [Receiver.of("alertmanager", url)
+                  for url in _url_list(_secret(self.heartbeat_alertmanager_url))]
+        if self.heartbeat_pagerduty_routing_key is not None:
+            found.append(Receiver.of("pagerduty", self.heartbeat_pagerduty_url,
+                                     _secret(self.heartbeat_pagerduty_routing_key)))
+        return tuple(found)
 
     @property
-    def escalation_urls(self) -> tuple[str, ...]:
-        return _url_list(self.heartbeat_alert_escalation_url) or self.webhook_urls
+    def alert_escalation_receivers(self) -> tuple[Receiver, ...]:
+        """HEARTBEAT_ALERT_ESCALATION_URL's webhooks; empty: escalations go to the others."""
+        secret = _secret(self.heartbeat_alert_webhook_secret)
+        return tuple(Receiver.of("webhook", url, secret)
+                     for url in _url_list(_secret(self.heartbeat_alert_escalation_url)))
+
+    @model_validator(mode="after")
+    def _receiver_urls_allowed(self) -> Settings:
+        """https, or http to loopback (or anywhere with HEARTBEAT_ALERT_ALLOW_HTTP): a bad
+        URL is refused when the settings load, in one line that does not show it whole."""
+        allow = self.heartbeat_alert_allow_http
+        checked = [
+            ("HEARTBEAT_ALERT_WEBHOOK_URL", _url_list(_secret(self.heartbeat_alert_webhook_url))),
+            ("HEARTBEAT_ALERT_ESCALATION_URL",
+             _url_list(_secret(self.heartbeat_alert_escalation_url))),
+            ("HEARTBEAT_ALERTMANAGER_URL", _url_list(_secret(self.heartbeat_alertmanager_url))),
+        ]
+        if self.heartbeat_pagerduty_routing_key is not None:
+            checked.append(("HEARTBEAT_PAGERDUTY_URL", (self.heartbeat_pagerduty_url,)))
+        for setting, urls in checked:
+            for url in urls:
+                check_url(url, allow, setting)
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -329,6 +389,10 @@ def min_readings_by_kind(text: str) -> dict[EpisodeKind, int]:
             raise ValueError(f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} needs N >= 1")
         found[kind] = readings
     return found
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _url_list(text: str | None) -> tuple[str, ...]:

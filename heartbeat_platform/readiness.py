@@ -159,10 +159,11 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) 
 def alerting_config(settings: Settings) -> AlertingConfig:
     return AlertingConfig(
         rules=settings.alert_rules,
-        webhook_urls=settings.webhook_urls,
-        escalation_urls=settings.escalation_urls,
+        receivers=settings.alert_receivers,
+        escalation_receivers=settings.alert_escalation_receivers,
         escalate_after_s=settings.heartbeat_escalate_after_s,
         give_up_s=settings.heartbeat_alert_give_up_s,
+        alertmanager_refresh_s=settings.heartbeat_alertmanager_refresh_s,
     )
 
 

@@ -18,6 +18,8 @@ pytest_plugins = [
     # Apache Kafka 4.4 (one node, and a 3-node cluster) for the tests that prove the
     # guarantees on it
     "tests.support.apache_kafka",
+    # a real Alertmanager (Debian's prometheus-alertmanager) per test that asks for one
+    "tests.support.alertmanager",
 ]
 
 # a fixture that starts a real service -> the marker of every test that uses it

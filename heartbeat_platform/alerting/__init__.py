@@ -1,1 +1,1 @@
-"""Notifications of alert episodes: delivery of the outbox to webhooks."""
+"""Notifications of alert episodes: the outbox delivered to webhooks, Alertmanager, PagerDuty."""

@@ -1,4 +1,4 @@
-"""Deliver queued episode transitions (alert_outbox) to webhooks, at least once.
+"""Deliver queued episode transitions (alert_outbox) to receivers, at least once.
 
 A thread beside the consumer (`heartbeat-platform consume`, the Dagster consumer run). It
 is woken by the NOTIFY that a batch's transaction sends at commit, so a transition leaves
@@ -8,7 +8,10 @@ out in the order they were queued: a later one waits until the earlier one is de
 up only after `give_up_s`, and that is recorded (`gave_up_at`, `last_error`). Every POST of
 a transition carries the same `Idempotency-Key: <episode_id>:<state>`, so a receiver can
 drop the repeats that at-least-once delivery allows (after a crash between the POST and the
-row's update).
+row's update). What each receiver is sent (a signed webhook, an Alertmanager alert, a
+PagerDuty event) is `receivers.encode`'s; what the database and the logs keep of a receiver
+is its name, never its URL (which often carries a token), and each POST has a total
+deadline and reads at most `MAX_ANSWER_BYTES` of the answer.
 
 Several consumers may run: a PostgreSQL advisory lock elects one deliverer; the others
 wait and take over when it goes away. The deliverer also escalates episodes firing
@@ -31,8 +34,12 @@ commits within `wal_writer_delay`, 200 ms by default: slower).
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import http.client
+import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +50,14 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from heartbeat_platform.alerting.receivers import (
+    ALERTMANAGER_REFRESH_S,
+    Receiver,
+    Request,
+    alertmanager_refresh,
+    encode,
+    redact,
+)
 from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.storage import episodes
 from heartbeat_platform.storage.database import connect
@@ -56,6 +71,9 @@ BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
 ESCALATION_EVERY_S = 5.0
 IDLE_WAIT_S = 0.5  # longest wait for a NOTIFY before looking again (and at the stop flag)
 FLUSH_POLL_S = 0.01  # without pg_logical_emit_message: how often the flush LSN is read
+MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer; the rest is not read
+MAX_ERROR_CHARS = 300  # of a receiver's error kept in last_error and the log
+REFRESH_CHUNK = 500  # firing episodes per Alertmanager re-send POST
 # A synchronous commit of a transaction that wrote only a WAL message: it flushes the WAL
 # past every commit this session has seen (an XID alone writes no WAL, so no flush).
 _SYNCHRONOUS_FLUSH = (
@@ -69,11 +87,27 @@ class AlertingConfig:
     """What the consumer needs to run episodes and deliver their transitions."""
 
     rules: Rules = field(default_factory=Rules)
-    webhook_urls: tuple[str, ...] = ()
-    escalation_urls: tuple[str, ...] = ()  # empty: the webhook URLs
+    receivers: tuple[Receiver, ...] = ()  # every transition but escalations
+    escalation_receivers: tuple[Receiver, ...] = ()  # empty: the receivers
     escalate_after_s: float = 300.0
     give_up_s: float = 86_400.0
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # each POST's total deadline: connect, send, answer
+    # every firing episode goes to each Alertmanager again this often (its resolve_timeout,
+    # 5 min by default, must be longer)
+    alertmanager_refresh_s: float = ALERTMANAGER_REFRESH_S
+
+    def __post_init__(self) -> None:
+        names: dict[str, Receiver] = {}
+        for receiver in (*self.receivers, *self.escalation_receivers):
+            if names.setdefault(receiver.name, receiver) != receiver:
+                raise ValueError(f"two different receivers are named {receiver.name}")
+
+    @property
+    def alertmanagers(self) -> tuple[Receiver, ...]:
+        """The Alertmanager receivers, once each: re-sent every firing episode."""
+        found = {r.name: r for r in (*self.receivers, *self.escalation_receivers)
+                 if r.type == "alertmanager"}
+        return tuple(found.values())
 
 
 @dataclass(frozen=True)
@@ -82,8 +116,8 @@ class OutboxRow:
     episode_id: int
     customer_id: str
     state: str
-    payload: bytes  # the JSON object as PostgreSQL wrote it: sent as is, never parsed here
-    delivered_to: tuple[str, ...]
+    payload: bytes  # the JSON object as PostgreSQL wrote it: what webhooks get, as is
+    delivered_to: tuple[str, ...]  # names of the receivers that took it
     attempts: int
     next_attempt_at: datetime
     created_at: datetime
@@ -95,7 +129,8 @@ class OutboxRow:
 
 @dataclass(frozen=True)
 class Attempt:
-    """The outcome of one row's delivery round: URLs that took it, and the last error."""
+    """The outcome of one row's delivery round: receivers that took it (names), and the
+    last error (a receiver's name and what went wrong, never its URL)."""
 
     row: OutboxRow
     delivered: tuple[str, ...]
@@ -115,11 +150,21 @@ def backoff(attempts: int) -> float:
     return BACKOFF_S[min(attempts, len(BACKOFF_S)) - 1] if attempts else 0.0
 
 
-def targets(row: OutboxRow, config: AlertingConfig) -> tuple[str, ...]:
-    """The URLs this row still has to reach."""
-    urls = (config.escalation_urls or config.webhook_urls) if row.state == "escalated" \
-        else config.webhook_urls
-    return tuple(url for url in urls if url not in row.delivered_to)
+def targets(row: OutboxRow, config: AlertingConfig) -> tuple[Receiver, ...]:
+    """The receivers this row still has to reach."""
+    chosen = (config.escalation_receivers or config.receivers) if row.state == "escalated" \
+        else config.receivers
+    return tuple(r for r in chosen if r.name not in row.delivered_to)
+
+
+def failure(receiver: Receiver, exc: BaseException) -> str:
+    """What last_error and the log keep of a failed POST: the receiver's name and the
+    error, any copy of its URL replaced by the redacted one, cut to MAX_ERROR_CHARS."""
+    text = str(exc) or type(exc).__name__
+    text = text.replace(receiver.url, redact(receiver.url))
+    if receiver.secret:
+        text = text.replace(receiver.secret, "<secret>")
+    return f"{receiver.name}: {text}"[:MAX_ERROR_CHARS]
 
 
 _PENDING = f"""
@@ -128,7 +173,7 @@ SELECT outbox_id, episode_id, customer_id, state, payload::text, delivered_to, a
 FROM alert_outbox WHERE done_at IS NULL AND gave_up_at IS NULL
 ORDER BY outbox_id LIMIT {FETCH_LIMIT}
 """
-# One statement per round, whatever the number of rows (URLs hold no space).
+# One statement per round, whatever the number of rows (receiver names hold no space).
 _DELIVERED = """
 UPDATE alert_outbox o SET
     delivered_to = o.delivered_to || string_to_array(u.urls, ' '),
@@ -152,7 +197,7 @@ class AlertDelivery:
 
     def __init__(
         self, database_url: str, config: AlertingConfig,
-        post: Callable[[str, OutboxRow], None] | None = None,
+        post: Callable[[Receiver, OutboxRow], None] | None = None,
     ):
         self.database_url = database_url
         self.config = config
@@ -160,6 +205,7 @@ class AlertDelivery:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connections = _KeptAlive(config.timeout_s)
+        self._refresh_failing: set[str] = set()  # Alertmanagers whose last re-send failed
         self._wal_message = True  # pg_logical_emit_message allowed (until refused)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -191,12 +237,17 @@ class AlertDelivery:
                 break
             self._stop.wait(5.0)
         conn.execute(f"LISTEN {episodes.NOTIFY_CHANNEL}")
-        escalated_at = 0.0
+        escalated_at = refreshed_at = 0.0
         with ThreadPoolExecutor(SENDERS, thread_name_prefix="alert-post") as pool:
             while not self._stop.is_set():
                 if time.monotonic() - escalated_at >= ESCALATION_EVERY_S:
                     self.escalate(conn)
                     escalated_at = time.monotonic()
+                # Between rounds, never beside one: a resolution queued after the re-send
+                # read its episodes goes out after it, so Alertmanager ends with endsAt.
+                if time.monotonic() - refreshed_at >= self.config.alertmanager_refresh_s:
+                    self.refresh_alertmanagers(conn)
+                    refreshed_at = time.monotonic()
                 wait = self.deliver_once(conn, pool)
                 if wait > 0:
                     # short waits: a NOTIFY wakes it at once, and a stop is seen within one
@@ -230,6 +281,31 @@ class AlertDelivery:
         self._record(conn, attempts, now)
         return 0.0
 
+    def refresh_alertmanagers(self, conn: psycopg.Connection) -> int:
+        """Send every firing episode again to each Alertmanager receiver (it forgets an
+        alert not re-sent within its resolve_timeout); the episodes sent. Only episodes
+        whose firing notification was tried (and so made durable first) go. Best effort:
+        a failure is logged once until a re-send works again."""
+        if not self.config.alertmanagers:
+            return 0
+        payloads = episodes.firing_payloads(conn)
+        for receiver in self.config.alertmanagers:
+            try:
+                for start in range(0, len(payloads), REFRESH_CHUNK):
+                    request = alertmanager_refresh(
+                        receiver, payloads[start:start + REFRESH_CHUNK])
+                    self._send(request)
+            except Exception as exc:
+                if receiver.name not in self._refresh_failing:
+                    log.warning("re-sending %d firing episode(s) to %s failed: %s",
+                                len(payloads), receiver.name, failure(receiver, exc))
+                self._refresh_failing.add(receiver.name)
+            else:
+                if receiver.name in self._refresh_failing:
+                    log.info("re-sending firing episodes to %s works again", receiver.name)
+                self._refresh_failing.discard(receiver.name)
+        return len(payloads)
+
     def make_durable(self, conn: psycopg.Connection) -> bool:
         """Return once every commit this session has seen is flushed to the WAL (False:
         stopped before that)."""
@@ -249,12 +325,12 @@ class AlertDelivery:
 
     def _attempt(self, row: OutboxRow) -> Attempt:
         delivered, error = [], None
-        for url in targets(row, self.config):
+        for receiver in targets(row, self.config):
             try:
-                self._post(url, row)
-                delivered.append(url)
+                self._post(receiver, row)
+                delivered.append(receiver.name)
             except Exception as exc:  # any failure of a receiver means: try again later
-                error = f"{url}: {exc}"
+                error = failure(receiver, exc)
         return Attempt(row, tuple(delivered), error)
 
     def _record(self, conn: psycopg.Connection, attempts: Sequence[Attempt], now: datetime) -> None:
@@ -283,11 +359,11 @@ class AlertDelivery:
                 log.warning("notification of episode %d (%s) failed (try %d): %s",
                             row.episode_id, row.state, n, attempt.error)
 
-    def _http_post(self, url: str, row: OutboxRow) -> None:
-        status = self._connections.post(
-            url, row.payload,
-            {"Content-Type": "application/json", "Idempotency-Key": row.idempotency_key},
-        )
+    def _http_post(self, receiver: Receiver, row: OutboxRow) -> None:
+        self._send(encode(receiver, row.idempotency_key, row.payload, datetime.now(UTC)))
+
+    def _send(self, request: Request) -> None:
+        status = self._connections.post(request.url, request.body, dict(request.headers))
         if status >= 300:
             raise RuntimeError(f"HTTP {status}")
 
@@ -299,6 +375,12 @@ class _KeptAlive(threading.local):
     machine, a POST costs about 170 us of CPU here against 470 us through urllib3, and
     this thread shares the interpreter with the consumer at up to a thousand POSTs a
     second (the design rate with every anomaly opening an episode).
+
+    Each POST has `timeout_s` in all: the connection is made within it (per socket
+    operation, as http.client does), then `_WATCHDOG` shuts the socket down when the
+    POST's deadline passes, whatever the receiver does (a per-operation timeout alone
+    lets an answer that drips in a byte at a time hold a sender for ever). At most
+    MAX_ANSWER_BYTES of the answer are read; a longer one closes the connection.
     """
 
     def __init__(self, timeout_s: float):
@@ -310,32 +392,94 @@ class _KeptAlive(threading.local):
         origin = (parts.scheme, parts.hostname or "", parts.port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         reused = origin in self.open
+        deadline = time.monotonic() + self.timeout_s
         try:
-            return self._post(origin, path, body, headers)
+            return self._post(origin, path, body, headers, deadline)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
-            return self._post(origin, path, body, headers)  # the receiver closed an idle one
+            # the receiver closed an idle one: once more, within what is left
+            return self._post(origin, path, body, headers, deadline)
 
     def _post(self, origin: tuple[str, str, int | None], path: str, body: bytes,
-              headers: dict[str, str]) -> int:
+              headers: dict[str, str], deadline: float) -> int:
         connection = self.open.get(origin)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {self.timeout_s:g} s")
         if connection is None:
             scheme, host, port = origin
             kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-            connection = self.open[origin] = kind(host, port, timeout=self.timeout_s)
+            connection = self.open[origin] = kind(host, port, timeout=left)
+        token = None
         try:
+            if connection.sock is None:
+                connection.connect()
+            connection.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            token = _WATCHDOG.watch(connection.sock, deadline)
             connection.request("POST", path, body=body, headers=headers)
             response = connection.getresponse()
-            response.read()
-        except (OSError, http.client.HTTPException):
+            answer = response.read(MAX_ANSWER_BYTES + 1)
+        except (OSError, http.client.HTTPException) as exc:
             connection.close()
             del self.open[origin]
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no answer within {self.timeout_s:g} s") from exc
             raise
-        if response.will_close:
-            connection.close()
+        finally:
+            if token is not None:
+                _WATCHDOG.release(token)
+        if response.will_close or not response.isclosed() or len(answer) > MAX_ANSWER_BYTES:
+            connection.close()  # closing, or an answer left unread
             del self.open[origin]
         return response.status
+
+
+class _Watchdog:
+    """Shuts down sockets whose deadline has passed: one thread for the process, woken
+    every TICK_S (a deadline is kept within that much)."""
+
+    TICK_S = 0.1
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._released: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        with self._lock:
+            token = next(self._tokens)
+            heapq.heappush(self._heap, (deadline, token, sock))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="alert-post-deadline", daemon=True)
+                self._thread.start()
+        return token
+
+    def release(self, token: int) -> None:
+        with self._lock:
+            self._released.add(token)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK_S)
+            now, expired = time.monotonic(), []
+            with self._lock:
+                while self._heap and (self._heap[0][0] <= now
+                                      or self._heap[0][1] in self._released):
+                    _, token, sock = heapq.heappop(self._heap)
+                    if token in self._released:
+                        self._released.discard(token)
+                    else:
+                        expired.append(sock)
+            for sock in expired:
+                with contextlib.suppress(OSError):  # already closed
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+_WATCHDOG = _Watchdog()
 
 
 def wait_until_flushed(conn: psycopg.Connection, stop: threading.Event) -> bool:

@@ -139,7 +139,8 @@ def acknowledge(
     """Record that `by` has seen this firing episode (when: the database's clock).
 
     Refused for an unknown, pending, resolved or already acknowledged episode; the first
-    acknowledgement stays. An acknowledged episode is not escalated.
+    acknowledgement stays. An acknowledged episode is not escalated. Its `acknowledged`
+    notification is queued in the same transaction.
     """
     person = _person(by)
     with conn.transaction():
@@ -152,6 +153,7 @@ def acknowledge(
         ).fetchone()
         if row is None:
             raise _refusal(conn, episode_id, "acknowledge")
+        enqueue(conn, [episode_id], "acknowledged")  # PagerDuty's acknowledge, and others
     return EpisodeView(*row)
 
 

@@ -6,8 +6,9 @@ and the changed episodes and one outbox row per transition are written before th
 A batch that rolls back leaves no episode change and no notification behind; a replayed
 batch finds its readings already applied (`last_evaluated_at`) and changes nothing.
 
-The JSON a webhook receives is built here, in SQL, from the episode row (`enqueue`), so the
-writer, escalation and a person's `alerts resolve` send the same object.
+The JSON a webhook receives (and the other receivers' encoders read) is built here, in
+SQL, from the episode row (`enqueue`), so the writer, escalation and a person's `alerts
+ack` and `alerts resolve` send the same object.
 """
 
 from __future__ import annotations
@@ -104,6 +105,23 @@ JOIN alert_episodes e USING (episode_id)
 ORDER BY t.n
 ON CONFLICT (episode_id, state) DO NOTHING
 """
+
+
+# Firing episodes whose firing notification was tried (so made durable first), as the
+# JSON a `firing` notification of them would carry now: what an Alertmanager is sent
+# again every minute. Through the partial index alert_episodes_firing.
+_FIRING_PAYLOADS = f"""
+SELECT {_PAYLOAD}::text FROM alert_episodes e CROSS JOIN (SELECT 'firing' AS state) t
+WHERE e.state = 'firing' AND EXISTS (
+    SELECT FROM alert_outbox o
+    WHERE o.episode_id = e.episode_id AND o.state = 'firing' AND o.attempts > 0)
+ORDER BY e.episode_id
+"""
+
+
+def firing_payloads(conn: psycopg.Connection) -> list[bytes]:
+    """The firing episodes' current JSON (state `firing`), for re-sending."""
+    return [text.encode() for (text,) in conn.execute(_FIRING_PAYLOADS)]
 
 
 def apply_batch(

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from heartbeat_platform.alerting.delivery import AlertDelivery, AlertingConfig, OutboxRow
+from heartbeat_platform.alerting.receivers import Receiver
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import wait_until
 from heartbeat_platform.storage.migrations import migrate
@@ -95,7 +96,7 @@ def test_a_notification_is_sent_only_once_a_crash_cannot_take_it_back(
 
     sent: list[tuple[int, str, bool]] = []
 
-    def post(_url: str, row: OutboxRow) -> None:
+    def post(_receiver: Receiver, row: OutboxRow) -> None:
         """The receiver takes the row, and the server crashes before the row's update."""
         with psycopg.connect(url, autocommit=True) as probe:
             flushed = probe.execute(
@@ -105,7 +106,9 @@ def test_a_notification_is_sent_only_once_a_crash_cannot_take_it_back(
         crash(server)
 
     delivery = AlertDelivery(
-        delivery_url, AlertingConfig(webhook_urls=("http://receiver.invalid/hook",)), post=post
+        delivery_url,
+        AlertingConfig(receivers=(Receiver.of("webhook", "http://receiver.invalid/hook"),)),
+        post=post,
     )
     with (
         psycopg.connect(delivery_url, autocommit=True) as conn,

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 import psycopg
 import pytest
 
+from heartbeat_platform.alerting.receivers import TRANSITIONS
 from heartbeat_platform.defs.landing.checks import WHOLE_CUSTOMER_ID
 from heartbeat_platform.domain.episodes import Episode, EpisodeKind, EpisodeState
 from heartbeat_platform.domain.events import (
@@ -123,6 +124,21 @@ def test_alert_episodes_takes_every_kind_and_state_and_nothing_else(schema) -> N
     states = stored(schema, episode_insert("'TACHYCARDIA'", "%(v)s::text"),
                     [*EpisodeState, "escalated"])
     assert states == set(EpisodeState)
+
+
+def test_alert_outbox_takes_every_notified_transition_and_nothing_else(schema) -> None:
+    """receivers.TRANSITIONS (each with its PagerDuty action) and sql/013's CHECK."""
+    (episode_id,) = schema.execute(
+        episode_insert("'TACHYCARDIA'", "'firing'") + " RETURNING episode_id", {"n": "C"}
+    ).fetchone()
+    states = stored(
+        schema,
+        "INSERT INTO alert_outbox (episode_id, customer_id, state, payload) "
+        f"VALUES ({episode_id}, 'C', %(v)s, '{{}}')",
+        [*TRANSITIONS, "pending", "acknowledge"],
+    )
+    schema.rollback()
+    assert states == set(TRANSITIONS)
 
 
 def test_postgresql_matches_customer_ids_as_validate_message_does(schema) -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from heartbeat_platform.alerting.delivery import (
     BACKOFF_S,
     AlertingConfig,
     OutboxRow,
     backoff,
+    failure,
     sendable,
     targets,
 )
+from heartbeat_platform.alerting.receivers import Receiver
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -42,14 +46,33 @@ def test_backoff_grows_then_stays_at_the_last_step() -> None:
     assert backoff(50) == BACKOFF_S[-1]
 
 
-def test_escalations_go_to_the_escalation_urls_others_to_the_webhooks() -> None:
-    config = AlertingConfig(webhook_urls=("http://a", "http://b"), escalation_urls=("http://e",))
-    assert targets(row(1, "A"), config) == ("http://a", "http://b")
-    assert targets(row(1, "A", "escalated"), config) == ("http://e",)
-    plain = AlertingConfig(webhook_urls=("http://a",))
-    assert targets(row(1, "A", "escalated"), plain) == ("http://a",)
+A, B, E = (Receiver.of("webhook", f"https://{n}.example.com/") for n in "abe")
+AM = Receiver.of("alertmanager", "http://127.0.0.1:9093")
 
 
-def test_a_url_that_took_the_row_is_not_sent_it_again() -> None:
-    config = AlertingConfig(webhook_urls=("http://a", "http://b"))
-    assert targets(row(1, "A", delivered_to=("http://a",)), config) == ("http://b",)
+def test_escalations_go_to_the_escalation_receivers_others_to_the_receivers() -> None:
+    config = AlertingConfig(receivers=(A, B), escalation_receivers=(E,))
+    assert targets(row(1, "A"), config) == (A, B)
+    assert targets(row(1, "A", "acknowledged"), config) == (A, B)
+    assert targets(row(1, "A", "escalated"), config) == (E,)
+    plain = AlertingConfig(receivers=(A,))
+    assert targets(row(1, "A", "escalated"), plain) == (A,)
+
+
+def test_a_receiver_that_took_the_row_is_not_sent_it_again() -> None:
+    config = AlertingConfig(receivers=(A, B))
+    assert targets(row(1, "A", delivered_to=(A.name,)), config) == (B,)
+
+
+def test_receivers_are_told_apart_by_name() -> None:
+    with pytest.raises(ValueError, match="two different receivers"):
+        AlertingConfig(receivers=(A, Receiver(A.name, "webhook", "https://other.example.com/")))
+    assert AlertingConfig(receivers=(A, AM), escalation_receivers=(AM,)).alertmanagers == (AM,)
+
+
+def test_a_failure_names_the_receiver_and_hides_its_url_and_secret() -> None:
+    receiver = Receiver.of("pagerduty", "https://events.example.com/v2/enqueue?k=1", "rk-1234")
+    text = failure(receiver, OSError(f"refused by {receiver.url} for key rk-1234"))
+    assert text.startswith(receiver.name + ": ")
+    assert "k=1" not in text and "rk-1234" not in text and "https://events.example.com/…" in text
+    assert len(failure(receiver, RuntimeError("x" * 10_000))) == 300

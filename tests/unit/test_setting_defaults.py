@@ -31,6 +31,7 @@ READ_FROM = {
     "heartbeat_alert_resolve_after_normal": (Rules, "resolve_after_normal"),
     "heartbeat_escalate_after_s": (AlertingConfig, "escalate_after_s"),
     "heartbeat_alert_give_up_s": (AlertingConfig, "give_up_s"),
+    "heartbeat_alertmanager_refresh_s": (AlertingConfig, "alertmanager_refresh_s"),
 }
 
 

@@ -33,7 +33,7 @@ alert_episodes = dg.AssetSpec(
     description="Episodes: one stretch of trouble per customer and kind (TACHYCARDIA, "
     "BRADYCARDIA, SENSOR_FAULT, NO_SIGNAL), pending -> firing -> resolved, acknowledged and "
     "resolved by people with `heartbeat-platform alerts`. Each transition queues one "
-    "alert_outbox row that the consumer's delivery thread sends to the webhooks. Written "
+    "alert_outbox row that the consumer's delivery thread sends to the receivers. Written "
     "by heartbeat_consumer in each batch's transaction and by the no_signal job.",
     deps=[ANOMALIES],
     group_name="alerting",

@@ -411,7 +411,7 @@ class _KeptAlive(threading.local):
             scheme, host, port = origin
             kind = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
             connection = self.open[origin] = kind(host, port, timeout=left)
-        token = None
+        token, cut_off = None, False
         try:
             if connection.sock is None:
                 connection.connect()
@@ -428,7 +428,11 @@ class _KeptAlive(threading.local):
             raise
         finally:
             if token is not None:
-                _WATCHDOG.release(token)
+                cut_off = _WATCHDOG.release(token)
+        if cut_off:  # http.client takes the EOF of a shut-down socket as an answer's end
+            connection.close()
+            del self.open[origin]
+            raise TimeoutError(f"no answer within {self.timeout_s:g} s")
         if response.will_close or not response.isclosed() or len(answer) > MAX_ANSWER_BYTES:
             connection.close()  # closing, or an answer left unread
             del self.open[origin]
@@ -445,6 +449,7 @@ class _Watchdog:
         self._lock = threading.Lock()
         self._heap: list[tuple[float, int, socket.socket]] = []
         self._released: set[int] = set()
+        self._shut: set[int] = set()  # shut down, not released yet
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -458,9 +463,14 @@ class _Watchdog:
                 self._thread.start()
         return token
 
-    def release(self, token: int) -> None:
+    def release(self, token: int) -> bool:
+        """The POST is over; True when its deadline passed first (its socket was shut)."""
         with self._lock:
+            if token in self._shut:
+                self._shut.discard(token)
+                return True
             self._released.add(token)
+            return False
 
     def _run(self) -> None:
         while True:
@@ -474,6 +484,7 @@ class _Watchdog:
                         self._released.discard(token)
                     else:
                         expired.append(sock)
+                        self._shut.add(token)
             for sock in expired:
                 with contextlib.suppress(OSError):  # already closed
                     sock.shutdown(socket.SHUT_RDWR)

@@ -267,11 +267,9 @@ def test_a_wrong_password_is_reported_as_an_authentication_failure(
     as_principal, database_url, tmp_path
 ) -> None:
     migrate(database_url)  # so that Kafka is what fails
-    started = time.monotonic()
     result = _cli("produce", "--events", "1",
                   env=as_principal("pipeline", password="not-the-password"), cwd=tmp_path,
                   timeout=120)
     assert result.returncode != 0
-    assert time.monotonic() - started < 60
     assert "authentication" in result.stderr.lower(), result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3, result.stderr

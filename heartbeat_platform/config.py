@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.alerting.receivers import PAGERDUTY_URL, Receiver, check_url
 from heartbeat_platform.domain.episodes import NO_SIGNAL_AFTER, EpisodeKind, Rules
 from heartbeat_platform.domain.generator import (

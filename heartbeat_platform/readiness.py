@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.local.broker import EmbeddedBroker

@@ -44,21 +44,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import psycopg
 
+from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.alerting.receivers import (
-    ALERTMANAGER_REFRESH_S,
     Receiver,
     Request,
     alertmanager_refresh,
     encode,
     redact,
 )
-from heartbeat_platform.domain.episodes import Rules
 from heartbeat_platform.storage import episodes
 from heartbeat_platform.storage.database import connect
 
@@ -80,34 +79,6 @@ _SYNCHRONOUS_FLUSH = (
     "SELECT set_config('synchronous_commit', 'on', true), "
     "pg_logical_emit_message(true, 'heartbeat_alert_delivery', '')"
 )
-
-
-@dataclass(frozen=True)
-class AlertingConfig:
-    """What the consumer needs to run episodes and deliver their transitions."""
-
-    rules: Rules = field(default_factory=Rules)
-    receivers: tuple[Receiver, ...] = ()  # every transition but escalations
-    escalation_receivers: tuple[Receiver, ...] = ()  # empty: the receivers
-    escalate_after_s: float = 300.0
-    give_up_s: float = 86_400.0
-    timeout_s: float = 5.0  # each POST's total deadline: connect, send, answer
-    # every firing episode goes to each Alertmanager again this often (its resolve_timeout,
-    # 5 min by default, must be longer)
-    alertmanager_refresh_s: float = ALERTMANAGER_REFRESH_S
-
-    def __post_init__(self) -> None:
-        names: dict[str, Receiver] = {}
-        for receiver in (*self.receivers, *self.escalation_receivers):
-            if names.setdefault(receiver.name, receiver) != receiver:
-                raise ValueError(f"two different receivers are named {receiver.name}")
-
-    @property
-    def alertmanagers(self) -> tuple[Receiver, ...]:
-        """The Alertmanager receivers, once each: re-sent every firing episode."""
-        found = {r.name: r for r in (*self.receivers, *self.escalation_receivers)
-                 if r.type == "alertmanager"}
-        return tuple(found.values())
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from heartbeat_platform.domain.events import (
 from heartbeat_platform.domain.retention import RetentionPolicy
 from heartbeat_platform.storage.progress import KafkaLog, PartitionProgress, epoch_at
 from heartbeat_platform.storage.writer import Batch, Position, RawMessage
+from heartbeat_platform.streaming.consumer_config import DEFAULT_MAX_MESSAGE_BYTES
 
-DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 KEPT_BYTES = 1_024  # of a message over the limit, what its dead letter keeps
 
 _NORMAL = HeartbeatClass.NORMAL

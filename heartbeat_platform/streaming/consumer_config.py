@@ -11,14 +11,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.domain.alerts import STATS_EVERY
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.streaming.batch_builder import DEFAULT_MAX_MESSAGE_BYTES
 from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
 from heartbeat_platform.streaming.quiet_log import client_logger
 
 GROUP_PROTOCOLS = ("classic", "consumer")
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576  # larger messages are dead letters (README)
 
 
 @dataclass

@@ -22,7 +22,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from heartbeat_platform.alerting.delivery import AlertDelivery, AlertingConfig, OutboxRow
+from heartbeat_platform.alerting.config import AlertingConfig
+from heartbeat_platform.alerting.delivery import AlertDelivery, OutboxRow
 from heartbeat_platform.alerting.receivers import Receiver
 from heartbeat_platform.local.postgres import EmbeddedPostgres
 from heartbeat_platform.local.process import wait_until

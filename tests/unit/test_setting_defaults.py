@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from heartbeat_platform import config, readiness
-from heartbeat_platform.alerting.delivery import AlertingConfig
+from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.domain.episodes import Rules, silent_customers
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.domain.retention import RetentionPolicy

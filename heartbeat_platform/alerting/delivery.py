@@ -44,10 +44,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import orjson
 import psycopg
 
 from heartbeat_platform.alerting.config import AlertingConfig
@@ -58,7 +59,7 @@ from heartbeat_platform.alerting.receivers import (
     encode,
     redact,
 )
-from heartbeat_platform.storage import episodes
+from heartbeat_platform.storage import alert_receivers, episodes
 from heartbeat_platform.storage.database import connect
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ FETCH_LIMIT = 2_000
 SENDERS = 4  # concurrent POSTs (to different customers)
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30, 60)  # then every 60 s until given up
 ESCALATION_EVERY_S = 5.0
+RECEIVERS_RELOAD_S = 2.0  # a receiver added or removed is in force within this
 IDLE_WAIT_S = 0.5  # longest wait for a NOTIFY before looking again (and at the stop flag)
 FLUSH_POLL_S = 0.01  # without pg_logical_emit_message: how often the flush LSN is read
 MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer; the rest is not read
@@ -92,6 +94,9 @@ class OutboxRow:
     attempts: int
     next_attempt_at: datetime
     created_at: datetime
+    # names of the receivers that took the episode's firing or escalated notification: the
+    # only ones told of its later transitions
+    told: tuple[str, ...] = ()
 
     @property
     def idempotency_key(self) -> str:
@@ -122,9 +127,18 @@ def backoff(attempts: int) -> float:
 
 
 def targets(row: OutboxRow, config: AlertingConfig) -> tuple[Receiver, ...]:
-    """The receivers this row still has to reach."""
-    chosen = (config.escalation_receivers or config.receivers) if row.state == "escalated" \
-        else config.receivers
+    """The receivers this row still has to reach. A firing episode goes to the receivers,
+    an escalation to the escalation receivers (if there are any); every later transition
+    (resolved, acknowledged, an escalation to the receivers themselves) only to those that
+    took the firing or the escalation: none hears of an episode's end, or its escalation,
+    out of nowhere (a receiver added since it fired, one that was down all along)."""
+    if row.state == "firing":
+        chosen = config.receivers
+    elif row.state == "escalated" and config.escalation_receivers:
+        chosen = config.escalation_receivers
+    else:
+        everyone = {r.name: r for r in (*config.receivers, *config.escalation_receivers)}
+        chosen = tuple(r for name, r in everyone.items() if name in row.told)
     return tuple(r for r in chosen if r.name not in row.delivered_to)
 
 
@@ -139,10 +153,13 @@ def failure(receiver: Receiver, exc: BaseException) -> str:
 
 
 _PENDING = f"""
-SELECT outbox_id, episode_id, customer_id, state, payload::text, delivered_to, attempts,
-       next_attempt_at, created_at
-FROM alert_outbox WHERE done_at IS NULL AND gave_up_at IS NULL
-ORDER BY outbox_id LIMIT {FETCH_LIMIT}
+SELECT o.outbox_id, o.episode_id, o.customer_id, o.state, o.payload::text, o.delivered_to,
+       o.attempts, o.next_attempt_at, o.created_at,
+       ARRAY(SELECT DISTINCT n FROM alert_outbox f, unnest(f.delivered_to) AS n
+             WHERE f.episode_id = o.episode_id AND f.state IN ('firing', 'escalated')
+               AND o.state <> 'firing')
+FROM alert_outbox o WHERE o.done_at IS NULL AND o.gave_up_at IS NULL
+ORDER BY o.outbox_id LIMIT {FETCH_LIMIT}
 """
 # One statement per round, whatever the number of rows (receiver names hold no space).
 _DELIVERED = """
@@ -171,7 +188,9 @@ class AlertDelivery:
         post: Callable[[Receiver, OutboxRow], None] | None = None,
     ):
         self.database_url = database_url
-        self.config = config
+        self.config = config  # the settings' receivers
+        self.in_force = config  # and the stored ones (`alerts receivers`), reloaded
+        self._unusable: set[str] = set()  # stored receivers skipped, logged once
         self._post = post or self._http_post
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -208,9 +227,12 @@ class AlertDelivery:
                 break
             self._stop.wait(5.0)
         conn.execute(f"LISTEN {episodes.NOTIFY_CHANNEL}")
-        escalated_at = refreshed_at = 0.0
+        escalated_at = refreshed_at = reloaded_at = 0.0
         with ThreadPoolExecutor(SENDERS, thread_name_prefix="alert-post") as pool:
             while not self._stop.is_set():
+                if time.monotonic() - reloaded_at >= RECEIVERS_RELOAD_S:
+                    self.reload_receivers(conn)
+                    reloaded_at = time.monotonic()
                 if time.monotonic() - escalated_at >= ESCALATION_EVERY_S:
                     self.escalate(conn)
                     escalated_at = time.monotonic()
@@ -226,6 +248,26 @@ class AlertDelivery:
                         pass
 
     # -- one round ----------------------------------------------------------------------
+    def reload_receivers(self, conn: psycopg.Connection) -> AlertingConfig:
+        """The settings' receivers and the stored ones in force now; a stored one named
+        like one of the settings' is skipped (logged once)."""
+        taken = {r.name for r in (*self.config.receivers, *self.config.escalation_receivers)}
+        stored = []
+        for receiver in alert_receivers.load(conn, self._unusable):
+            if receiver.name in taken:
+                if receiver.name not in self._unusable:
+                    log.error("alert receiver %s is skipped: the settings name one so too",
+                              receiver.name)
+                    self._unusable.add(receiver.name)
+                continue
+            stored.append(receiver)
+        before = self.in_force.receivers
+        self.in_force = replace(self.config, receivers=(*self.config.receivers, *stored))
+        if self.in_force.receivers != before:
+            log.info("alert receivers in force: %s",
+                     ", ".join(str(r) for r in self.in_force.receivers) or "none")
+        return self.in_force
+
     def escalate(self, conn: psycopg.Connection) -> list[int]:
         now = datetime.now(UTC)
         with conn.transaction():
@@ -257,10 +299,10 @@ class AlertDelivery:
         alert not re-sent within its resolve_timeout); the episodes sent. Only episodes
         whose firing notification was tried (and so made durable first) go. Best effort:
         a failure is logged once until a re-send works again."""
-        if not self.config.alertmanagers:
+        if not self.in_force.alertmanagers:
             return 0
         payloads = episodes.firing_payloads(conn)
-        for receiver in self.config.alertmanagers:
+        for receiver in self.in_force.alertmanagers:
             try:
                 for start in range(0, len(payloads), REFRESH_CHUNK):
                     request = alertmanager_refresh(
@@ -296,7 +338,7 @@ class AlertDelivery:
 
     def _attempt(self, row: OutboxRow) -> Attempt:
         delivered, error = [], None
-        for receiver in targets(row, self.config):
+        for receiver in targets(row, self.in_force):
             try:
                 self._post(receiver, row)
                 delivered.append(receiver.name)
@@ -337,6 +379,37 @@ class AlertDelivery:
         status = self._connections.post(request.url, request.body, dict(request.headers))
         if status >= 300:
             raise RuntimeError(f"HTTP {status}")
+
+
+TEST_EPISODE_ID = 0  # no stored episode has it (ids start at 1)
+TEST_CUSTOMER = "HEARTBEAT_TEST"
+
+
+def test_payloads(now: datetime) -> list[tuple[str, bytes]]:
+    """A made-up episode's firing and resolution (episode 0 of customer HEARTBEAT_TEST),
+    shaped like the outbox's: what `alerts receivers test` sends, so a receiver shows
+    it, and clears it, as it would a real one."""
+    stamp = now.isoformat()
+    episode = {"episode_id": TEST_EPISODE_ID, "customer_id": TEST_CUSTOMER,
+               "kind": "TACHYCARDIA", "severity": "critical", "opened_at": stamp,
+               "resolved_at": None, "first_heart_rate": 190, "worst_heart_rate": 190,
+               "readings": 1, "first_reading_at": stamp, "last_reading_at": stamp,
+               "acknowledged_at": None, "acknowledged_by": None, "resolved_by": "test",
+               "test": True}
+    return [(state, orjson.dumps({**episode, "state": state,
+                                  "resolved_at": stamp if state == "resolved" else None}))
+            for state in ("firing", "resolved")]
+
+
+def send_test(receiver: Receiver, timeout_s: float = 5.0) -> list[tuple[str, int]]:
+    """POST the test episode's two transitions to `receiver`; each state and the HTTP
+    status it got. Raises what the POST raised (a refused connection, a deadline)."""
+    sender, now, answered = _KeptAlive(timeout_s), datetime.now(UTC), []
+    for state, payload in test_payloads(now):
+        request = encode(receiver, f"{TEST_EPISODE_ID}:{state}:{now.timestamp():.0f}",
+                         payload, now)
+        answered.append((state, sender.post(request.url, request.body, dict(request.headers))))
+    return answered
 
 
 class _KeptAlive(threading.local):
@@ -489,6 +562,6 @@ def episodes_lock(conn: psycopg.Connection) -> bool:
 
 def _row(values: tuple) -> OutboxRow:
     (outbox_id, episode_id, customer_id, state, payload, delivered_to, attempts,
-     next_attempt_at, created_at) = values
+     next_attempt_at, created_at, told) = values
     return OutboxRow(outbox_id, episode_id, customer_id, state, payload.encode(),
-                     tuple(delivered_to), attempts, next_attempt_at, created_at)
+                     tuple(delivered_to), attempts, next_attempt_at, created_at, tuple(told))

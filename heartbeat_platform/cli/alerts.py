@@ -42,6 +42,19 @@ override_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(override_app, name="override")
+receivers_app = typer.Typer(
+    cls=Group,
+    help="Where notifications go, kept in PostgreSQL and in force within seconds (no "
+    "restart), beside the ones the settings name (HEARTBEAT_ALERT_WEBHOOK_URL, ...).",
+    no_args_is_help=True,
+)
+app.add_typer(receivers_app, name="receivers")
+
+
+class ReceiverKind(StrEnum):
+    WEBHOOK = "webhook"
+    ALERTMANAGER = "alertmanager"
+    PAGERDUTY = "pagerduty"
 
 
 class OverrideKind(StrEnum):
@@ -251,3 +264,98 @@ def override_list(
                       "cleared" if r.threshold is None else str(r.threshold),
                       r.set_by, _at(r.set_at), r.note or "")
     print_table(table)
+
+
+@receivers_app.command("add", cls=Command)
+def receivers_add(
+    name: Annotated[str, typer.Argument(help="What the logs and the outbox call it.")],
+    url: Annotated[str, typer.Option(help="https:// (http only to loopback, or with "
+                                          "--allow-http); Alertmanager: its base URL.")],
+    kind: Annotated[ReceiverKind, typer.Option("--type", case_sensitive=False)] = (
+        ReceiverKind.WEBHOOK),
+    secret_env: Annotated[str | None, typer.Option(
+        metavar="VAR", help="The environment variable holding the webhook's signing secret "
+        "or PagerDuty's routing key, in the consumer's environment (never stored).",
+    )] = None,
+    allow_http: Annotated[bool, typer.Option(
+        "--allow-http", help="Allow plain http to a host that is not loopback.")] = False,
+    by: Annotated[str | None, typer.Option("--by", help="Who adds it (default: $USER).")] = None,
+) -> None:
+    """Send every episode that fires from now on to a new receiver (within seconds)."""
+    import getpass
+
+    from heartbeat_platform.alerting.receivers import redact
+    from heartbeat_platform.storage import alert_receivers
+
+    with _alerts_db() as conn:
+        done = alert_receivers.add(conn, name, kind.value, url, secret_env=secret_env,
+                                   allow_http=allow_http, by=by or getpass.getuser())
+    console.print(f"receiver {done.name} ({done.type}, {redact(done.url)}) added by "
+                  f"{done.added_by}: in force within seconds for episodes that fire from now",
+                  highlight=False)
+
+
+@receivers_app.command("list", cls=Command)
+def receivers_list(as_json: Annotated[bool, JSON] = False) -> None:
+    """The stored receivers (URLs shown as scheme://host/…: they may carry a token)."""
+    from heartbeat_platform.storage import alert_receivers
+
+    with _alerts_db(read_only=True) as conn:
+        rows = alert_receivers.stored(conn)
+    if as_json:
+        console.print_json(json.dumps([r.as_dict() for r in rows]))
+        return
+    if not rows:
+        console.print("no stored receiver (the settings may name some: see README, Alerts)")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "type", "url", "secret from", "added by", "added at"):
+        table.add_column(column)
+    for r in rows:
+        shown = r.as_dict()
+        table.add_row(r.name, r.type, str(shown["url"]), f"${r.secret_env}" if r.secret_env
+                      else "", r.added_by, _at(r.added_at))
+    print_table(table)
+
+
+@receivers_app.command("remove", cls=Command)
+def receivers_remove(name: Annotated[str, typer.Argument()]) -> None:
+    """Stop sending to a stored receiver (within seconds)."""
+    from heartbeat_platform.storage import alert_receivers
+
+    with _alerts_db() as conn:
+        alert_receivers.remove(conn, name)
+    console.print(f"receiver {name} removed", highlight=False)
+
+
+@receivers_app.command("test", cls=Command)
+def receivers_test(name: Annotated[str, typer.Argument(
+        help="A stored receiver, or one the settings name (as the logs call it).")]) -> None:
+    """Send a made-up episode (0, customer HEARTBEAT_TEST) firing, then resolved."""
+    import os
+
+    from heartbeat_platform.alerting.delivery import failure, send_test
+    from heartbeat_platform.storage import alert_receivers
+    from heartbeat_platform.storage.alert_operations import AlertOperationError
+
+    settings = settings_or_exit()
+    named = {r.name: r for r in (*settings.alert_receivers,
+                                 *settings.alert_escalation_receivers)}
+    receiver = named.get(name)
+    if receiver is None:
+        with _alerts_db(read_only=True) as conn:
+            stored = alert_receivers.get(conn, name)
+        try:
+            receiver = stored.receiver(os.environ)
+        except ValueError as exc:
+            error(str(exc))
+            raise typer.Exit(1) from None
+    try:
+        answers = send_test(receiver)
+    except (OSError, AlertOperationError, ValueError) as exc:
+        error(f"test of {failure(receiver, exc)}")
+        raise typer.Exit(1) from None
+    for state, status in answers:
+        console.print(f"{receiver}: test episode {state}: HTTP {status}", highlight=False)
+    raise typer.Exit(0 if all(status < 300 for _, status in answers) else 1)
+

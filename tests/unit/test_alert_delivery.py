@@ -21,11 +21,11 @@ NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
 
 def row(outbox_id: int, customer: str, state: str = "firing", due_in_s: float = 0,
-        delivered_to: tuple[str, ...] = ()) -> OutboxRow:
+        delivered_to: tuple[str, ...] = (), told: tuple[str, ...] = ()) -> OutboxRow:
     return OutboxRow(
         outbox_id=outbox_id, episode_id=100 + outbox_id, customer_id=customer, state=state,
         payload=b"{}", delivered_to=delivered_to, attempts=0,
-        next_attempt_at=NOW + timedelta(seconds=due_in_s), created_at=NOW,
+        next_attempt_at=NOW + timedelta(seconds=due_in_s), created_at=NOW, told=told,
     )
 
 
@@ -53,10 +53,23 @@ AM = Receiver.of("alertmanager", "http://127.0.0.1:9093")
 def test_escalations_go_to_the_escalation_receivers_others_to_the_receivers() -> None:
     config = AlertingConfig(receivers=(A, B), escalation_receivers=(E,))
     assert targets(row(1, "A"), config) == (A, B)
-    assert targets(row(1, "A", "acknowledged"), config) == (A, B)
+    assert targets(row(1, "A", "acknowledged", told=(A.name, B.name)), config) == (A, B)
     assert targets(row(1, "A", "escalated"), config) == (E,)
     plain = AlertingConfig(receivers=(A,))
-    assert targets(row(1, "A", "escalated"), plain) == (A,)
+    assert targets(row(1, "A", "escalated", told=(A.name,)), plain) == (A,)
+
+
+def test_later_transitions_reach_only_the_receivers_told_of_the_episode() -> None:
+    """A receiver added after an episode fired (or down when it fired, until given up)
+    hears nothing of its end or its escalation; one told of its escalation hears its end."""
+    config = AlertingConfig(receivers=(A, B), escalation_receivers=(E,))
+    for state in ("resolved", "acknowledged"):
+        assert targets(row(1, "A", state, told=(A.name,)), config) == (A,)
+        assert targets(row(1, "A", state, told=()), config) == ()
+        assert targets(row(1, "A", state, told=(A.name, E.name)), config) == (A, E)
+    plain = AlertingConfig(receivers=(A, B))
+    assert targets(row(1, "A", "escalated", told=(B.name,)), plain) == (B,)
+    assert targets(row(1, "A", "firing", told=()), plain) == (A, B), "firing opens"
 
 
 def test_a_receiver_that_took_the_row_is_not_sent_it_again() -> None:

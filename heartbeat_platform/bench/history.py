@@ -2,7 +2,10 @@
 
 Kafka would take hours to bring tens of millions of readings, so the history is drawn and
 written by PostgreSQL itself (INSERT ... SELECT over generate_series), the generator's way
-and as the consumer would have left it.
+and as the consumer would have left it. The generator's draw and the classification are
+the Python's (`domain.generator`, `domain.events`): the SQL gets their numbers as query
+parameters (`HISTORY_FACTS`) and spells none of them, and
+tests/integration/test_bench_history.py holds what it stores against the Python.
 """
 
 from __future__ import annotations
@@ -14,14 +17,24 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from heartbeat_platform.config import Settings
-from heartbeat_platform.domain.generator import DESIGN_RATE
+from heartbeat_platform.domain.events import MAX_HEART_RATE, NORMAL_HIGH, NORMAL_LOW
+from heartbeat_platform.domain.generator import (
+    BRADYCARDIA_RATES,
+    BRADYCARDIA_SHARE,
+    DESIGN_RATE,
+    NORMAL_MEAN,
+    NORMAL_SD,
+    SENSOR_FAULT_VALUES,
+    TACHYCARDIA_RATES,
+)
 from heartbeat_platform.storage.database import connect, one_row
 from heartbeat_platform.storage.rollups import Rollup, window_start
 
 HISTORY_CHUNK = 1_000_000  # readings per INSERT ... SELECT (one transaction, one log line)
 
-# Readings are stored a little after their event time, as by a consumer; alerts with them.
-_MAX_INGEST_DELAY = timedelta(milliseconds=250)
+# Readings are stored a little after their event time, as by a consumer (alerts with them):
+# uniformly between these two delays.
+INGEST_DELAY = (timedelta(milliseconds=20), timedelta(milliseconds=250))
 
 
 class HistoryPlanError(ValueError):
@@ -111,7 +124,7 @@ class HistoryPlan:
 
     def days(self) -> tuple[date, date]:
         """First and last UTC day whose partitions the history (and its alert rows) needs."""
-        latest = self.last_reading_at + _MAX_INGEST_DELAY
+        latest = self.last_reading_at + INGEST_DELAY[1]
         return self.start.astimezone(UTC).date(), latest.astimezone(UTC).date()
 
     def windows(self, rollup: Rollup) -> list[datetime]:
@@ -124,7 +137,7 @@ class HistoryPlan:
         return found
 
     def sql_params(self, lo: int, hi: int, anomaly_rate: float, fault_rate: float) -> dict:
-        """HISTORY_CHUNK_SQL's layout and rates for readings [lo, hi)."""
+        """HISTORY_CHUNK_SQL's layout and rates for readings [lo, hi) (with HISTORY_FACTS)."""
         return {
             "lo": lo, "hi": hi, "start": self.start, "customers": self.customers,
             "partitions": self.kafka_partitions,
@@ -144,44 +157,84 @@ class HistoryPlan:
         }
 
 
+# The numbers HISTORY_CHUNK_SQL and CLASSIFY_SQL take from the Python, as query parameters.
+HISTORY_FACTS: dict[str, object] = {
+    # domain.events: the classification's limits
+    "normal_low": NORMAL_LOW,
+    "normal_high": NORMAL_HIGH,
+    "max_heart_rate": MAX_HEART_RATE,
+    # domain.generator: the draw
+    "fault_values": list(SENSOR_FAULT_VALUES),
+    "bradycardia_share": BRADYCARDIA_SHARE,
+    "bradycardia_from": BRADYCARDIA_RATES.start,
+    "bradycardia_span": len(BRADYCARDIA_RATES),
+    "tachycardia_from": TACHYCARDIA_RATES.start,
+    "tachycardia_span": len(TACHYCARDIA_RATES),
+    "normal_mean": NORMAL_MEAN,
+    "normal_sd": NORMAL_SD,
+    # this module: when a reading is stored
+    "delay_min_ms": INGEST_DELAY[0] // timedelta(milliseconds=1),
+    "delay_span_ms": (INGEST_DELAY[1] - INGEST_DELAY[0]) // timedelta(milliseconds=1),
+}
+
+# `domain.events.classify_heart_rate` of the column `heart_rate` in SQL, with
+# HISTORY_FACTS' limits: the anomaly type, NULL for NORMAL.
+CLASSIFY_SQL = """CASE WHEN heart_rate <= 0 OR heart_rate > %(max_heart_rate)s THEN 'INVALID'
+                WHEN heart_rate < %(normal_low)s THEN 'BRADYCARDIA'
+                WHEN heart_rate > %(normal_high)s THEN 'TACHYCARDIA'
+           END"""
+
 # One chunk of history, drawn the generator's way (a sensor fault with `fault_rate`, else
-# an anomaly with `anomaly_rate`, half slow, half fast, else N(75, 15) clamped to 40..180)
-# and written as the consumer would: NORMAL to heartbeat_records; anomalies with their raw
-# JSON to heartbeat_anomalies, each with its alert row (as AlertManager writes it: the
-# heart rate as the value, the Kafka position) in pipeline_metrics; the readings counted as
-# the writer counts them (sql/011; as a bulk load, partition -1). The draws are
-# materialised once so all three tables see the same readings. Answers the number of
-# anomalies.
-HISTORY_CHUNK_SQL = """
+# an anomaly with `anomaly_rate`, slow with `bradycardia_share`, else fast, else a normal
+# rate: Box-Muller's N(normal_mean, normal_sd) clamped to the NORMAL range), classified as
+# the consumer classifies (CLASSIFY_SQL) and written as the consumer would: NORMAL to
+# heartbeat_records; anomalies with their raw JSON to heartbeat_anomalies, each with its
+# alert row (as AlertManager writes it: the heart rate as the value, the Kafka position) in
+# pipeline_metrics; the readings counted as the writer counts them (sql/011; as a bulk
+# load, partition -1). The draws are materialised once so all three tables see the same
+# readings. Answers the number of anomalies. Parameters: HistoryPlan.sql_params and
+# HISTORY_FACTS.
+HISTORY_CHUNK_SQL = f"""
 WITH readings AS MATERIALIZED (
-    SELECT customer_id, event_timestamp, kafka_partition, kafka_offset, anomaly_type,
-           event_timestamp + (20 + 230 * u_delay) * interval '1 millisecond' AS stored_at,
-           CASE anomaly_type
-               WHEN 'INVALID' THEN (ARRAY[0, -1, 301, 400])[1 + floor(u_value * 4)::int]
-               WHEN 'BRADYCARDIA' THEN 15 + floor(u_value * 25)::int
-               WHEN 'TACHYCARDIA' THEN 181 + floor(u_value * 40)::int
-               ELSE least(180, greatest(40, round(
-                   75 + 15 * sqrt(-2 * ln(1 - u_value)) * cos(2 * pi() * u_angle))))::int
-           END AS heart_rate
+    SELECT customer_id, event_timestamp, kafka_partition, kafka_offset, stored_at,
+           heart_rate,
+           {CLASSIFY_SQL} AS anomaly_type
     FROM (
-        SELECT 'CUST_' || lpad(c::text, greatest(5, length(c::text)), '0') AS customer_id,
-               %(start)s::timestamptz + (tick * %(step_us)s + (c - 1) * %(step_us)s
-                                         / %(customers)s) * interval '1 microsecond'
-                   AS event_timestamp,
-               ((c - 1) %% %(partitions)s)::int AS kafka_partition,
-               -- customers of this partition per tick, times ticks, plus the rank in it
-               tick * ((%(customers)s - (c - 1) %% %(partitions)s + %(partitions)s - 1)
-                       / %(partitions)s) + (c - 1) / %(partitions)s AS kafka_offset,
-               CASE WHEN u_fault < %(fault_rate)s THEN 'INVALID'
-                    WHEN u_anomaly < %(anomaly_rate)s
-                        THEN CASE WHEN u_kind < 0.5 THEN 'BRADYCARDIA' ELSE 'TACHYCARDIA' END
-               END AS anomaly_type,
-               u_value, u_angle, u_delay
-        FROM (SELECT i / %(customers)s AS tick, i %% %(customers)s + 1 AS c,
-                     random() AS u_fault, random() AS u_anomaly, random() AS u_kind,
-                     random() AS u_value, random() AS u_angle, random() AS u_delay
-              FROM generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) AS i) AS draws
-    ) AS placed
+        SELECT customer_id, event_timestamp, kafka_partition, kafka_offset,
+               event_timestamp + (%(delay_min_ms)s + %(delay_span_ms)s * u_delay)
+                   * interval '1 millisecond' AS stored_at,
+               CASE draw
+                   WHEN 'fault' THEN (%(fault_values)s::int[])[
+                       1 + floor(u_value * cardinality(%(fault_values)s::int[]))::int]
+                   WHEN 'slow'
+                       THEN %(bradycardia_from)s + floor(u_value * %(bradycardia_span)s)::int
+                   WHEN 'fast'
+                       THEN %(tachycardia_from)s + floor(u_value * %(tachycardia_span)s)::int
+                   ELSE least(%(normal_high)s, greatest(%(normal_low)s, round(
+                       %(normal_mean)s + %(normal_sd)s * sqrt(-2 * ln(1 - u_value))
+                           * cos(2 * pi() * u_angle))))::int
+               END AS heart_rate
+        FROM (
+            SELECT 'CUST_' || lpad(c::text, greatest(5, length(c::text)), '0') AS customer_id,
+                   %(start)s::timestamptz + (tick * %(step_us)s + (c - 1) * %(step_us)s
+                                             / %(customers)s) * interval '1 microsecond'
+                       AS event_timestamp,
+                   ((c - 1) %% %(partitions)s)::int AS kafka_partition,
+                   -- customers of this partition per tick, times ticks, plus the rank in it
+                   tick * ((%(customers)s - (c - 1) %% %(partitions)s + %(partitions)s - 1)
+                           / %(partitions)s) + (c - 1) / %(partitions)s AS kafka_offset,
+                   CASE WHEN u_fault < %(fault_rate)s THEN 'fault'
+                        WHEN u_anomaly < %(anomaly_rate)s
+                            THEN CASE WHEN u_kind < %(bradycardia_share)s THEN 'slow'
+                                      ELSE 'fast' END
+                   END AS draw,
+                   u_value, u_angle, u_delay
+            FROM (SELECT i / %(customers)s AS tick, i %% %(customers)s + 1 AS c,
+                         random() AS u_fault, random() AS u_anomaly, random() AS u_kind,
+                         random() AS u_value, random() AS u_angle, random() AS u_delay
+                  FROM generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) AS i) AS draws
+        ) AS placed
+    ) AS drawn
 ), records AS (
     INSERT INTO heartbeat_records (event_timestamp, kafka_offset, ingested_at, heart_rate,
                                    log_epoch, kafka_partition, customer_id)
@@ -193,17 +246,17 @@ WITH readings AS MATERIALIZED (
                                      raw_payload, log_epoch, kafka_partition, kafka_offset,
                                      detected_at)
     SELECT customer_id, event_timestamp, heart_rate, anomaly_type,
-           '{"customer_id":"' || customer_id || '","heart_rate":' || heart_rate
+           '{{"customer_id":"' || customer_id || '","heart_rate":' || heart_rate
                || ',"timestamp":"'
                || to_char(event_timestamp AT TIME ZONE 'UTC',
-                          'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"}',
+                          'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"}}',
            0, kafka_partition, kafka_offset, stored_at
     FROM readings WHERE anomaly_type IS NOT NULL
 ), alerts AS (
     INSERT INTO pipeline_metrics (metric_name, metric_value, customer_id, log_epoch,
                                   kafka_partition, kafka_offset, labels, recorded_at)
     SELECT 'alert_' || lower(anomaly_type), heart_rate, customer_id, 0, kafka_partition,
-           kafka_offset, '{"count": 1}'::jsonb, stored_at
+           kafka_offset, '{{"count": 1}}'::jsonb, stored_at
     FROM readings WHERE anomaly_type IS NOT NULL
 ), minutes AS (
     SELECT date_trunc('minute', event_timestamp, 'UTC') AS minute,
@@ -247,7 +300,7 @@ def load_history(url: str, plan: HistoryPlan, settings: Settings,
             params = plan.sql_params(
                 lo, hi, settings.heartbeat_anomaly_rate, settings.heartbeat_fault_rate
             )
-            anomalies += one_row(conn.execute(HISTORY_CHUNK_SQL, params))[0]
+            anomalies += one_row(conn.execute(HISTORY_CHUNK_SQL, {**HISTORY_FACTS, **params}))[0]
             conn.commit()
             elapsed = time.perf_counter() - started
             log(f"growth: history chunk {number}/{len(chunks)}: {hi:,}/{plan.readings:,} "

@@ -7,7 +7,12 @@ import time
 
 from heartbeat_platform import readiness
 from heartbeat_platform.config import Settings
-from heartbeat_platform.domain.events import classify_heart_rate, encode_event, validate_message
+from heartbeat_platform.domain.events import (
+    HeartbeatClass,
+    classify_heart_rate,
+    encode_event,
+    validate_message,
+)
 from heartbeat_platform.storage.copy_format import encode_records
 from heartbeat_platform.storage.database import connect
 
@@ -19,7 +24,7 @@ def copy_baseline(database_url: str, events: int, settings: Settings) -> float:
     rows = [
         (r.customer_id, r.timestamp, r.heart_rate, 0, i % 3, i)
         for i, r in enumerate(readings)
-        if 40 <= r.heart_rate <= 180
+        if classify_heart_rate(r.heart_rate) is HeartbeatClass.NORMAL
     ]
     size = settings.heartbeat_consume_batch_size
     chunks = [encode_records(rows[i : i + size]) for i in range(0, len(rows), size)]

@@ -25,8 +25,10 @@ import uuid
 from datetime import UTC, datetime
 
 from heartbeat_platform import readiness
+from heartbeat_platform.bench.services import BENCH_DATABASE
 from heartbeat_platform.config import Settings
 from heartbeat_platform.domain.broker_rotation import MB
+from heartbeat_platform.domain.generator import DESIGN_RATE
 from heartbeat_platform.local.rotation import BrokerGuard, BrokerRotation, broker_memory
 from heartbeat_platform.local.services import Endpoints, LocalServices
 from heartbeat_platform.storage.database import connect, ensure_database
@@ -35,8 +37,6 @@ from heartbeat_platform.storage.progress import load_all_progress
 from heartbeat_platform.streaming.lag import log_end_offsets
 from heartbeat_platform.streaming.producer import HeartbeatProducer
 from heartbeat_platform.streaming.topics import ensure_topic
-
-BENCH_DATABASE = "heartbeat_bench"
 
 _WINDOWS = """
 SELECT date_bin(make_interval(secs => %(window)s), ingested_at, %(origin)s) AS w,
@@ -53,7 +53,7 @@ GROUP BY w ORDER BY w
 def run_soak(
     settings: Settings,
     seconds: float,
-    rate: float = 10_000,
+    rate: float = DESIGN_RATE,
     window_s: float = 15,
     log=lambda message: None,
 ) -> dict:

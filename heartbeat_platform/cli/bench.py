@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from heartbeat_platform.cli.base import Command, err, settings_or_exit
+from heartbeat_platform.domain.generator import DESIGN_RATE
 
 app = typer.Typer()
 
@@ -17,7 +18,7 @@ def bench(
     events: Annotated[int, typer.Option(help="Events for the throughput stages.", min=1)] = 400_000,
     latency_rate: Annotated[
         float, typer.Option(help="Produce rate for the latency stage.", min=1)
-    ] = 10_000,
+    ] = DESIGN_RATE,
     latency_seconds: Annotated[
         float, typer.Option(help="Duration of the latency stage.", min=1)
     ] = 15,
@@ -56,7 +57,7 @@ def bench(
             min=1,
         ),
     ] = None,
-    soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = 10_000,
+    soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = DESIGN_RATE,
     window: Annotated[float, typer.Option(help="Window of --soak, seconds.", min=1)] = 15,
 ) -> None:
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).

@@ -21,25 +21,42 @@ from heartbeat_platform.domain.events import (
 )
 
 __all__ = [
+    "BRADYCARDIA_RATES",
+    "BRADYCARDIA_SHARE",
     "DEFAULT_ANOMALY_RATE",
     "DEFAULT_CUSTOMER_COUNT",
     "DEFAULT_FAULT_RATE",
+    "DESIGN_RATE",
     "MAX_CUSTOMER_COUNT",
+    "NORMAL_MEAN",
+    "NORMAL_SD",
     "SENSOR_FAULT_VALUES",
+    "TACHYCARDIA_RATES",
     "HeartbeatGenerator",
     "customer_id",
 ]
 
 DEFAULT_CUSTOMER_COUNT = 10_000
+# The design rate (DESIGN.md, README "Performance"): the default pool, every customer once a
+# second; readings a second.
+DESIGN_RATE = DEFAULT_CUSTOMER_COUNT
 DEFAULT_ANOMALY_RATE = 0.05
 DEFAULT_FAULT_RATE = 0.005
 SENSOR_FAULT_VALUES = (0, -1, 301, 400)
 MAX_CUSTOMER_COUNT = MAX_CUSTOMER_NUMBER  # the most digits a customer id the consumer accepts
-# Cardiac anomalies: bradycardia from 15 up to the NORMAL range, tachycardia from just above
-# it up to 220 (the classification's limits, domain.events, draw the line).
-_SLOWEST, _FASTEST = 15, 220
-_BRADYCARDIA_SPAN = NORMAL_LOW - _SLOWEST  # 15..39
-_TACHYCARDIA_FROM, _TACHYCARDIA_SPAN = NORMAL_HIGH + 1, _FASTEST - NORMAL_HIGH  # 181..220
+# The draw's parameters, public because `heartbeat-platform bench` draws its history the
+# same way in SQL (bench.history reads them from here). A normal rate is
+# round(gauss(NORMAL_MEAN, NORMAL_SD)) clamped to the NORMAL range; a cardiac anomaly is
+# bradycardia with BRADYCARDIA_SHARE, from 15 up to the NORMAL range, else tachycardia from
+# just above it up to 220 (the classification's limits, domain.events, draw the line).
+NORMAL_MEAN, NORMAL_SD = 75.0, 15.0
+BRADYCARDIA_SHARE = 0.5
+BRADYCARDIA_RATES = range(15, NORMAL_LOW)  # 15..39
+TACHYCARDIA_RATES = range(NORMAL_HIGH + 1, 221)  # 181..220
+# Module-level ints: the hot path reads no range attributes.
+_SLOWEST, _BRADYCARDIA_SPAN = BRADYCARDIA_RATES.start, len(BRADYCARDIA_RATES)
+_TACHYCARDIA_FROM, _TACHYCARDIA_SPAN = TACHYCARDIA_RATES.start, len(TACHYCARDIA_RATES)
+_FAULTS = len(SENSOR_FAULT_VALUES)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MICROSECOND = timedelta(microseconds=1)
@@ -100,12 +117,12 @@ class HeartbeatGenerator:
         rng = self._rng
         random_ = rng.random
         if random_() < self.fault_rate:
-            return SENSOR_FAULT_VALUES[int(random_() * 4)]
+            return SENSOR_FAULT_VALUES[int(random_() * _FAULTS)]
         if random_() < self.anomaly_rate:
-            if random_() < 0.5:
+            if random_() < BRADYCARDIA_SHARE:
                 return _SLOWEST + int(random_() * _BRADYCARDIA_SPAN)
             return _TACHYCARDIA_FROM + int(random_() * _TACHYCARDIA_SPAN)
-        bpm = round(rng.gauss(75.0, 15.0))
+        bpm = round(rng.gauss(NORMAL_MEAN, NORMAL_SD))
         return NORMAL_LOW if bpm < NORMAL_LOW else NORMAL_HIGH if bpm > NORMAL_HIGH else bpm
 
     def generate_heartbeat_event(self) -> dict:

@@ -1,4 +1,4 @@
-"""`heartbeat-platform bench --soak SECONDS`: the design rate on the embedded broker, long.
+"""`heartbeat-platform bench --soak SECONDS`: the design rate on the local broker, long.
 
 What bounds the embedded broker's memory (log rotation, `local.rotation`) must not cost
 more than a pause we can see. This runs a producer at a steady rate (in this process,
@@ -10,7 +10,9 @@ anomalies add ~5.5%), and the reading-to-stored-row delay
 
 It uses a topic and consumer group of its own and the `heartbeat_bench` database
 (recreated), on the broker of HEARTBEAT_STATE_DIR. A rotation restarts the whole broker,
-so run it on a state folder no `up` is using (its topics would be emptied too).
+so run it on a state folder no `up` is using (its topics would be emptied too). On Apache
+Kafka (`--broker kafka`, or KAFKA_BOOTSTRAP_SERVERS) nothing rotates and no broker memory
+is sampled: the windows give the delays and rates alone.
 """
 
 from __future__ import annotations

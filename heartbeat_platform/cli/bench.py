@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from heartbeat_platform.cli.base import Command, err, settings_or_exit
+from heartbeat_platform.cli.base import LOCAL_BROKER, Command, err, settings_or_exit
 from heartbeat_platform.domain.generator import DESIGN_RATE
 
 app = typer.Typer()
@@ -59,6 +59,7 @@ def bench(
     ] = None,
     soak_rate: Annotated[float, typer.Option(help="Produce rate of --soak.", min=1)] = DESIGN_RATE,
     window: Annotated[float, typer.Option(help="Window of --soak, seconds.", min=1)] = 15,
+    broker: Annotated[Literal["tansu", "kafka"] | None, LOCAL_BROKER] = None,
 ) -> None:
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
@@ -66,11 +67,12 @@ def bench(
     (with --dashboard-only, only the dashboard's rollup states on N readings).
     With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
     """
+    settings = settings_or_exit(heartbeat_local_broker=broker)
     if soak is not None:
         from heartbeat_platform.soak import dumps, run_soak
 
         results = run_soak(
-            settings_or_exit(), soak, rate=soak_rate, window_s=window,
+            settings, soak, rate=soak_rate, window_s=window,
             log=lambda message: err.print(f"[dim]soak: {message}[/dim]"),
         )
         text = dumps(results)
@@ -82,7 +84,7 @@ def bench(
 
     try:
         results = run_bench(
-            settings_or_exit(), events=events, latency_rate=latency_rate,
+            settings, events=events, latency_rate=latency_rate,
             latency_seconds=latency_seconds, history=history,
             history_span_hours=history_span_hours, dashboard_only=dashboard_only,
             log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),

@@ -1,5 +1,5 @@
-"""The issue's targets, and what a run measured next to them: benchmark numbers, never test
-assertions (DESIGN.md, Conventions)."""
+"""The targets, and what a run measured next to them: benchmark numbers, never test
+assertions (README, "Performance")."""
 
 from __future__ import annotations
 

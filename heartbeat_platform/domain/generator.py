@@ -37,8 +37,8 @@ __all__ = [
 ]
 
 DEFAULT_CUSTOMER_COUNT = 10_000
-# The design rate (DESIGN.md, README "Performance"): the default pool, every customer once a
-# second; readings a second.
+# The design rate (README, "Performance"): the default pool, every customer once a second;
+# readings a second.
 DESIGN_RATE = DEFAULT_CUSTOMER_COUNT
 DEFAULT_ANOMALY_RATE = 0.05
 DEFAULT_FAULT_RATE = 0.005

@@ -71,6 +71,7 @@ class BuiltBatch:
     batch: Batch
     counts: dict[str, int]  # anomalies per stats field of PipelineStats
     out_of_range: set[int] = field(default_factory=set)  # partitions the client reported
+    resets: dict[int, str] = field(default_factory=dict)  # their reports' text (last one)
     errors: list[KafkaError] = field(default_factory=list)  # other client errors, to log
 
 
@@ -112,6 +113,7 @@ class BatchBuilder:
                 if error.code() == KafkaError._AUTO_OFFSET_RESET:
                     if partition in cursors:
                         built.out_of_range.add(partition)
+                        built.resets[partition] = error.str()
                 elif error.code() != KafkaError._PARTITION_EOF:
                     built.errors.append(error)
                 continue

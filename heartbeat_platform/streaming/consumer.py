@@ -136,7 +136,8 @@ class HeartbeatConsumer:
             while not self._stop.is_set():
                 self.snapshot = ConsumerSnapshot(self.stats, self._lag, self.outage.active,
                                                  self.kafka_errors,
-                                                 dict(self.cursors.lost_at_source))
+                                                 dict(self.cursors.lost_at_source),
+                                                 dict(self.cursors.truncated_stored))
                 if self.outage.active:
                     self._wait_for_database()
                     continue
@@ -181,7 +182,9 @@ class HeartbeatConsumer:
 
     def _process(self, messages: list) -> None:
         built = self.builder.build(messages, self.cursors, datetime.now(UTC))
-        self.logs.watch.out_of_range(built.out_of_range)
+        for partition, text in built.resets.items():
+            log.warning("partition %d: the Kafka client reset its position: %s", partition, text)
+            self.logs.watch.reset(partition, text)
         for error in built.errors:
             self._quiet.warning(error.code(), "Kafka error: %s", error)
         if not self.landing.take(built):  # another consumer moved progress on

@@ -97,6 +97,7 @@ def test_out_of_range_is_reported_for_assigned_partitions_even_before_a_first_ba
     built = builder().build([Message(0, -1, None, error), Message(5, -1, None, error)],
                             cursors, NOW)
     assert built.out_of_range == {0}  # partition 5 is not ours
+    assert built.resets == {0: error.str()}  # its text, for a divergence point in it
     assert not built.batch.progress
 
 

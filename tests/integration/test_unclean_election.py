@@ -30,6 +30,7 @@ from collections import Counter
 from datetime import datetime
 
 import orjson
+import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ElectionType, TopicPartition
 from confluent_kafka.admin import NewTopic
@@ -38,8 +39,8 @@ from prometheus_client import CollectorRegistry
 from heartbeat_platform import readiness
 from heartbeat_platform.local.apache_kafka import KafkaCluster
 from heartbeat_platform.streaming.consumer import HeartbeatConsumer
-from tests.integration.test_apache_kafka import lost_at_source, on, wait_isr
-from tests.integration.test_kafka_correctness import produce
+from tests.integration.test_apache_kafka import lost_at_source, metered_consumer, on, wait_isr
+from tests.integration.test_kafka_correctness import consumer, produce
 
 log = logging.getLogger(__name__)
 
@@ -164,46 +165,13 @@ def running_consumer():
         thread.join(60)
 
 
-def test_unclean_election_under_a_running_consumer_stores_the_final_log_exactly_once(
-    kafka_brokers, settings_factory, database_url, db, running_consumer, caplog
-):
-    kafka = kafka_brokers
-    settings = on(kafka, settings_factory, database_url, heartbeat_consume_batch_size=500)
-    topic = settings.kafka_topic
-    create_unclean_topic(kafka, topic)
-    readiness.prepare(settings)
-    registry = CollectorRegistry()
-    caplog.set_level(logging.INFO)
-    member = running_consumer(settings, registry)
-
-    a = produce(settings, 1_500, seed=71)  # on both replicas
-    assert wait_rows(db, 1_500) == 1_500
-    kafka.kill(2)
-    wait_isr(kafka, topic, [1])
-    divergence = {p: high + 1 for p, (_, high) in a.delivered_offsets.items()}  # T
-    b = produce(settings, 1_500, seed=72)  # on broker 1 only, acknowledged
-    old = final_log(kafka, topic)
-    lost_b = {identity(v) for (p, o), (v, _) in old.items() if o >= divergence[p]}
-    assert len(lost_b) == 1_500
-    assert wait_rows(db, 3_000) == 3_000
-    kafka.kill(1)
-    kafka.node(2).start()
-    kafka.wait_ready(node_ids=[2])
-    elect_uncleanly(kafka, topic, leader=2)
-    c = produce(settings, 6_000, seed=73)  # the new log from T on, past the old end
-    kafka.restart(1)
-    kafka.wait_in_sync(topic)
-
-    final = final_log(kafka, topic)
-    in_log = {identity(value): position for position, (value, _) in final.items()}
-    wait_rows(db, len(final) + len(lost_b), timeout=120)
-    member.request_stop()
+def check_exactly_once(db, final, divergence, lost_stored, lost_unstored) -> dict:
+    """Every message of the final log stored once, at its place and in its log (below T
+    the first one, from T on the new one); the readings the broker lost after this
+    consumer stored them stored once, in the first log; those it lost before: nowhere.
+    Returns the rows per reading."""
     stored = stored_readings(db)
-
-    print(f"T={divergence} A={a.delivered_offsets} B={b.delivered_offsets} "
-          f"C={c.delivered_offsets}: final log {len(final)}, rows "
-          f"{sum(map(len, stored.values()))}, B lost by the broker {len(lost_b)}")
-    # every message of the final log stored exactly once, at its place, in its log
+    in_log = {identity(value): position for position, (value, _) in final.items()}
     doubled = {k: v for k, v in stored.items() if len(v) > 1}
     assert not doubled, f"{len(doubled)} doubled, e.g. {list(doubled.items())[:3]}"
     missing = {k: pos for k, pos in in_log.items() if k not in stored}
@@ -211,13 +179,85 @@ def test_unclean_election_under_a_running_consumer_stores_the_final_log_exactly_
                          f"{sorted(missing.values())[:5]}")
     for key, (p, o) in in_log.items():
         assert stored[key] == [(0 if o < divergence[p] else 1, p, o)], (key, p, o, stored[key])
-    # the B readings the broker lost after the consumer stored them: stored once, first log
-    assert not lost_b & set(in_log), "B readings survived: no divergence was made"
-    assert all(len(stored[k]) == 1 and stored[k][0][0] == 0 for k in lost_b)
-    assert set(stored) == set(in_log) | lost_b
-    reported = {int(m.group(1)): int(m.group(3)) for m in LOST_BY_BROKER.finditer(caplog.text)}
-    assert reported == {p: b.delivered_offsets[p][1] + 1 - divergence[p]
-                        for p in range(PARTITIONS)}, caplog.text
-    assert truncated_stored(registry) == reported
-    assert lost_at_source(registry) in ({}, dict.fromkeys(range(PARTITIONS), 0))  # caught up
-    assert Counter(n for v in stored.values() for n, _, _ in v)[1] == c.delivered == 6_000
+    assert all(stored[k][0][0] == 0 for k in lost_stored)
+    assert set(stored) == set(in_log) | lost_stored
+    assert not lost_unstored & set(stored)
+    return stored
+
+
+def reported_lost(text: str) -> dict[int, int]:
+    """partition -> stored messages the consumer logged the broker's log no longer holds."""
+    return {int(m.group(1)): int(m.group(3)) for m in LOST_BY_BROKER.finditer(text)}
+
+
+def test_unclean_election_stores_the_final_log_exactly_once_and_reports_what_the_broker_lost(
+    kafka_brokers, settings_factory, database_factory, running_consumer, caplog
+):
+    """Two consumer groups, each with its own database, see the same election: one runs
+    through it (librdkafka validates its fetch position's leader epoch when the leader
+    changes), one is stopped before the last readings B2 reach the old leader and started
+    again after the election (it seeks with the leader epoch stored with its progress)."""
+    kafka = kafka_brokers
+    settings = on(kafka, settings_factory, database_factory(), heartbeat_consume_batch_size=500)
+    stopped = on(kafka, settings_factory, database_factory(), heartbeat_consume_batch_size=500,
+                 kafka_group_id=settings.kafka_group_id + "-stopped")
+    topic = settings.kafka_topic
+    create_unclean_topic(kafka, topic)
+    readiness.prepare(stopped)
+    caplog.set_level(logging.INFO)
+    registry = CollectorRegistry()
+    running = running_consumer(settings, registry)
+    with psycopg.connect(settings.database_url, autocommit=True) as db, psycopg.connect(
+            stopped.database_url, autocommit=True) as stopped_db:
+        a = produce(settings, 1_500, seed=71)  # on both replicas
+        assert wait_rows(db, 1_500) == 1_500
+        kafka.kill(2)
+        wait_isr(kafka, topic, [1])
+        divergence = {p: high + 1 for p, (_, high) in a.delivered_offsets.items()}  # T
+        b1 = produce(settings, 750, seed=72)  # on broker 1 only, acknowledged
+        assert consumer(stopped).run(stop_when_idle=2).stats.messages_consumed == 2_250
+        b2 = produce(settings, 750, seed=73)  # the stopped group never reads these
+        old = final_log(kafka, topic)
+        b1_readings = {identity(v) for (p, o), (v, _) in old.items()
+                       if divergence[p] <= o <= b1.delivered_offsets[p][1]}
+        b2_readings = {identity(v) for (p, o), (v, _) in old.items()
+                       if o > b1.delivered_offsets[p][1]}
+        assert (len(b1_readings), len(b2_readings)) == (750, 750)
+        assert wait_rows(db, 3_000) == 3_000
+        kafka.kill(1)
+        kafka.node(2).start()
+        kafka.wait_ready(node_ids=[2])
+        elect_uncleanly(kafka, topic, leader=2)
+        c = produce(settings, 6_000, seed=74)  # the new log from T on, past the old end
+        kafka.restart(1)
+        kafka.wait_in_sync(topic)
+
+        final = final_log(kafka, topic)
+        lost = b1_readings | b2_readings
+        assert not lost & {identity(v) for v, _ in final.values()}, "no divergence was made"
+        print(f"T={divergence} A={a.delivered_offsets} B1={b1.delivered_offsets} "
+              f"B2={b2.delivered_offsets} C={c.delivered_offsets}: final log {len(final)}, "
+              f"B lost by the broker {len(lost)}")
+
+        # The running group stored all of B before the election.
+        wait_rows(db, len(final) + len(lost), timeout=120)
+        running.request_stop()
+        rows = check_exactly_once(db, final, divergence, lost, set())
+        assert Counter(n for v in rows.values() for n, _, _ in v)[1] == c.delivered == 6_000
+        b_per_partition = {p: b2.delivered_offsets[p][1] + 1 - divergence[p]
+                           for p in range(PARTITIONS)}
+        assert reported_lost(caplog.text) == b_per_partition, caplog.text
+        assert truncated_stored(registry) == b_per_partition
+        assert lost_at_source(registry) in ({}, dict.fromkeys(range(PARTITIONS), 0))
+
+        # The stopped group stored A and B1; B2 was acknowledged and lost before it read
+        # them: no consumer can see them any more (the producer's reports are their record).
+        caplog.clear()
+        again = CollectorRegistry()
+        stats = metered_consumer(stopped, again).run(stop_when_idle=3).stats
+        assert stats.messages_consumed == 6_000
+        check_exactly_once(stopped_db, final, divergence, b1_readings, b2_readings)
+        b1_per_partition = {p: b1.delivered_offsets[p][1] + 1 - divergence[p]
+                            for p in range(PARTITIONS)}
+        assert reported_lost(caplog.text) == b1_per_partition, caplog.text
+        assert truncated_stored(again) == b1_per_partition

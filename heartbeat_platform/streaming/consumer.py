@@ -308,7 +308,8 @@ class HeartbeatConsumer:
         self._watch(opened)
         # An assign does not validate an offset with its leader epoch; a seek does, once
         # the partition fetches: until then it stays paused (`_validate_positions`).
-        held = [tp for tp in partitions if tp.partition in self._epochs()]
+        epochs = self._epochs()
+        held = [tp for tp in partitions if tp.partition in epochs]
         if held:
             consumer.pause(held)
             self._unvalidated.update(tp.partition for tp in held)

@@ -43,7 +43,8 @@ CASES = [
     ("out of range, broker not asked yet", seen(out_of_range=True), AskBroker()),
     ("retention deleted unread messages: resume at the log start, count the loss",
      seen(out_of_range=True, listed=(700, 900)), Resume(700, lost=200)),
-    ("unclean leader election truncated the log under the same topic id",
+    ("log end below the stored offset under the same topic id, no divergence point (a "
+     "position without a leader epoch): a new log from the end",
      seen(out_of_range=True, listed=(0, 300)), NewLog(300, 300, "truncated")),
     ("truncation seen through the fetch watermark, confirmed by the broker",
      seen(fetched_end=300, listed=(0, 300)), NewLog(300, 300, "truncated")),

@@ -15,9 +15,11 @@ What "exactly once" means here: every message of the final log is stored exactly
 its (partition, offset), under the log epoch of the log that holds it (offsets below T:
 the first log; from T on: a new log starting at T). The B readings the consumer stored
 before the election were acknowledged and stored: they stay stored once, under the first
-log's epoch, at the offsets they had (the broker no longer holds them). B readings the
-consumer never stored are lost by the broker; the consumer counts and logs those it knew
-existed (the old leader's watermark), and the readings it stored that the broker lost.
+log's epoch, at the offsets they had (the broker no longer holds them); the consumer logs
+and meters them (heartbeat_consumer_truncated_stored). B readings a consumer never stored
+are lost by the broker: one that saw them in the old leader's watermark counts them lost
+at the source; the group stopped here before they were written cannot know of them (the
+producer's delivery reports are their only record), and the test checks they are nowhere.
 """
 
 from __future__ import annotations

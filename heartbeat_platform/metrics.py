@@ -61,6 +61,7 @@ CONSUMER_LAG_MESSAGES = Metric("heartbeat_consumer_lag_messages", "gauge", "part
 CONSUMER_DATABASE_UNAVAILABLE = Metric("heartbeat_consumer_database_unavailable", "gauge")
 CONSUMER_KAFKA_ERRORS = Metric("heartbeat_consumer_kafka_errors", "counter")
 CONSUMER_LOST_AT_SOURCE = Metric("heartbeat_consumer_lost_at_source", "counter", "partition")
+CONSUMER_TRUNCATED_STORED = Metric("heartbeat_consumer_truncated_stored", "counter", "partition")
 PRODUCER_MESSAGES = Metric("heartbeat_producer_messages", "counter", "outcome")
 PRODUCER_RECREATED = Metric("heartbeat_producer_recreated", "counter")
 
@@ -68,7 +69,7 @@ CONSUMER_METRICS = (
     CONSUMER_BATCH_MESSAGES, CONSUMER_BATCH_WRITE_SECONDS, CONSUMER_END_TO_END_SECONDS,
     CONSUMER_MESSAGES, CONSUMER_ROWS, CONSUMER_DUPLICATES, CONSUMER_DEAD_LETTERS,
     CONSUMER_LAG_MESSAGES, CONSUMER_DATABASE_UNAVAILABLE, CONSUMER_KAFKA_ERRORS,
-    CONSUMER_LOST_AT_SOURCE,
+    CONSUMER_LOST_AT_SOURCE, CONSUMER_TRUNCATED_STORED,
 )
 PRODUCER_METRICS = (PRODUCER_MESSAGES, PRODUCER_RECREATED)
 
@@ -82,6 +83,7 @@ class ConsumerSnapshot:
     database_unavailable: bool = False
     kafka_errors: int = 0  # errors the Kafka client reported (it retries)
     lost_at_source: dict[int, int] = field(default_factory=dict)  # per partition
+    truncated_stored: dict[int, int] = field(default_factory=dict)  # per partition
 
 
 class DeliveryCounts(Protocol):
@@ -161,8 +163,13 @@ class ConsumerCollector(Collector):
                                   "Errors the Kafka client reported (it retries)",
                                   now.kafka_errors)
         yield _labelled(CounterMetricFamily, CONSUMER_LOST_AT_SOURCE,
-                        "Messages the broker deleted (retention) before this consumer read "
-                        "them, per partition", now.lost_at_source)
+                        "Messages the broker deleted (retention) or lost (an unclean leader "
+                        "election) before this consumer read them, per partition",
+                        now.lost_at_source)
+        yield _labelled(CounterMetricFamily, CONSUMER_TRUNCATED_STORED,
+                        "Stored messages the broker's log no longer holds (an unclean leader "
+                        "election truncated it; their rows stay), per partition",
+                        now.truncated_stored)
 
 
 class ProducerCollector(Collector):

@@ -19,10 +19,13 @@ from heartbeat_platform.storage.database import connect, one_row
 
 @dataclass(frozen=True, slots=True)
 class PartitionProgress:
-    """Where a partition stands: the epoch of its log and the next offset to read."""
+    """Where a partition stands: the epoch of its log and the next offset to read, and
+    Kafka's leader epoch of the message before it (KIP-320; None: not known), for the
+    client to validate the offset with (sql/014)."""
 
     log_epoch: int
     next_offset: int
+    leader_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,15 +57,16 @@ ProgressMove = tuple[PartitionProgress | None, PartitionProgress]
 _ADVANCE = """
 UPDATE consumer_progress
 SET next_offset = %(next_offset)s, log_epoch = %(new_epoch)s, updated_at = now(),
-    topic_id = coalesce(%(topic_id)s, topic_id)
+    topic_id = coalesce(%(topic_id)s, topic_id), leader_epoch = %(leader_epoch)s
 WHERE consumer_group = %(group)s AND topic = %(topic)s AND kafka_partition = %(partition)s
   AND next_offset = %(expected_offset)s AND log_epoch = %(expected_epoch)s
 """
 
 _CLAIM = """
 INSERT INTO consumer_progress
-    (consumer_group, topic, kafka_partition, log_epoch, next_offset, topic_id)
-VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s, %(topic_id)s)
+    (consumer_group, topic, kafka_partition, log_epoch, next_offset, topic_id, leader_epoch)
+VALUES (%(group)s, %(topic)s, %(partition)s, %(new_epoch)s, %(next_offset)s, %(topic_id)s,
+        %(leader_epoch)s)
 ON CONFLICT DO NOTHING
 """
 
@@ -79,11 +83,13 @@ class ProgressStore:
     ) -> dict[int, StoredProgress]:
         """Stored progress of these partitions; missing ones were never consumed."""
         rows = conn.execute(
-            "SELECT kafka_partition, log_epoch, next_offset, topic_id FROM consumer_progress "
+            "SELECT kafka_partition, log_epoch, next_offset, topic_id, leader_epoch "
+            "FROM consumer_progress "
             "WHERE consumer_group = %s AND topic = %s AND kafka_partition = ANY(%s)",
             (self.group, self.topic, list(partitions)),
         ).fetchall()
-        return {p: StoredProgress(PartitionProgress(e, o), tid) for p, e, o, tid in rows}
+        return {p: StoredProgress(PartitionProgress(e, o, le), tid)
+                for p, e, o, tid, le in rows}
 
     def advance(
         self, conn: psycopg.Connection, moves: dict[int, ProgressMove], topic_id: str | None
@@ -96,6 +102,7 @@ class ProgressStore:
             params = {
                 "group": self.group, "topic": self.topic, "partition": partition,
                 "next_offset": new.next_offset, "new_epoch": new.log_epoch, "topic_id": topic_id,
+                "leader_epoch": new.leader_epoch,
             }
             if expected is None:
                 moved = conn.execute(_CLAIM, params).rowcount

@@ -34,8 +34,16 @@ class Assignment:
         self._positions = positions
         self._quiet = QuietLog(log)
 
-    def _tps(self, offsets: dict[int, int]) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p, offset) for p, offset in offsets.items()]
+    def _tps(
+        self, offsets: dict[int, int], epochs: dict[int, int] | None = None
+    ) -> list[TopicPartition]:
+        epochs = epochs or {}
+        return [self._tp(p, offset, epochs.get(p)) for p, offset in offsets.items()]
+
+    def _tp(self, partition: int, offset: int, epoch: int | None) -> TopicPartition:
+        if epoch is None or offset < 0:
+            return TopicPartition(self.topic, partition, offset)
+        return TopicPartition(self.topic, partition, offset, leader_epoch=epoch)
 
     def add(self, partitions: list[TopicPartition]) -> None:
         """Take the partitions the group gave (at the offsets they carry)."""
@@ -50,10 +58,14 @@ class Assignment:
         else:
             self.client.unassign()
 
-    def seek(self, offsets: dict[int, int], paused: bool) -> None:
-        """Read each partition next from its offset; `paused`: keep them paused."""
+    def seek(
+        self, offsets: dict[int, int], paused: bool, epochs: dict[int, int] | None = None
+    ) -> None:
+        """Read each partition next from its offset; `paused`: keep them paused. A partition
+        with a leader epoch in `epochs` (of the message before its offset) is validated by
+        the client first (see `validate`); one assigned again instead is not."""
         failed = {}
-        for tp in self._tps(offsets):
+        for tp in self._tps(offsets, epochs):
             try:
                 self.client.seek(tp)
             except KafkaException:  # not fetching yet: assign it again at that offset
@@ -69,6 +81,18 @@ class Assignment:
             self.client.assign(moved)
         if paused:
             self.client.pause(moved)
+
+    def validate(self, partition: int, offset: int, epoch: int) -> bool:
+        """Seek to `offset` with the leader epoch of the message before it (KIP-320): before
+        fetching, librdkafka asks the leader where that epoch ends (OffsetForLeaderEpoch)
+        and reports a log truncated below `offset` as an offset reset whose text gives the
+        divergence point; a seek or an assign without an epoch skips that. False: the
+        partition is not fetching yet (try again later)."""
+        try:
+            self.client.seek(self._tp(partition, offset, epoch))
+        except KafkaException:
+            return False
+        return True
 
     def pause_all(self) -> None:
         self.client.pause(self.client.assignment())

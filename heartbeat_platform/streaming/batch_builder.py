@@ -47,6 +47,7 @@ class ConsumedMessage(Protocol):
     def error(self) -> KafkaError | None: ...
     def partition(self) -> int: ...
     def offset(self) -> int: ...
+    def leader_epoch(self) -> int | None: ...
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
 
@@ -71,6 +72,7 @@ class BuiltBatch:
     batch: Batch
     counts: dict[str, int]  # anomalies per stats field of PipelineStats
     out_of_range: set[int] = field(default_factory=set)  # partitions the client reported
+    resets: dict[int, str] = field(default_factory=dict)  # their reports' text (last one)
     errors: list[KafkaError] = field(default_factory=list)  # other client errors, to log
 
 
@@ -104,6 +106,7 @@ class BatchBuilder:
         window = self.retention.admissible(now)
         oldest, newest = window.oldest, window.newest
         started = {p: c.next_offset for p, c in cursors.items()}
+        leader_epochs: dict[int, int | None] = {}  # of each partition's last message
         spans: dict[int, tuple[int, int | None]] = {}  # partition -> (epoch, next log's start)
         for message in messages:
             error = message.error()
@@ -112,6 +115,7 @@ class BatchBuilder:
                 if error.code() == KafkaError._AUTO_OFFSET_RESET:
                     if partition in cursors:
                         built.out_of_range.add(partition)
+                        built.resets[partition] = error.str()
                 elif error.code() != KafkaError._PARTITION_EOF:
                     built.errors.append(error)
                 continue
@@ -130,6 +134,7 @@ class BatchBuilder:
                              f"(HEARTBEAT_MAX_MESSAGE_BYTES); its first {KEPT_BYTES} are kept",
                              _OVERSIZED))
                 cursor.next_offset = offset + 1
+                leader_epochs[partition] = message.leader_epoch()
                 continue
             try:
                 reading = validate_message(raw)
@@ -153,10 +158,12 @@ class BatchBuilder:
                     counts[ANOMALY_STATS[klass]] += 1
                     metrics.append(trigger(reading, klass, partition, offset, epoch))
             cursor.next_offset = offset + 1
+            leader_epochs[partition] = message.leader_epoch()
         for partition, cursor in cursors.items():
             if cursor.next_offset != started.get(partition):
                 next_offset = cursor.next_offset
-                after = PartitionProgress(cursor.epoch_at(next_offset)[0], next_offset)
+                after = PartitionProgress(cursor.epoch_at(next_offset)[0], next_offset,
+                                          leader_epochs.get(partition))
                 batch.progress[partition] = (cursor.stored, after)
                 cursor.stored = after
         return built

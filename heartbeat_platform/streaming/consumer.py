@@ -99,6 +99,7 @@ class HeartbeatConsumer:
         self._quiet = QuietLog(log)
         self._kafka: Assignment | None = None
         self._unopened: set[int] = set()  # assigned while the database was away: paused
+        self._unvalidated: set[int] = set()  # assigned at a stored leader epoch: paused
         self._lag: dict[int, int] = {}
 
     @property
@@ -136,12 +137,14 @@ class HeartbeatConsumer:
             while not self._stop.is_set():
                 self.snapshot = ConsumerSnapshot(self.stats, self._lag, self.outage.active,
                                                  self.kafka_errors,
-                                                 dict(self.cursors.lost_at_source))
+                                                 dict(self.cursors.lost_at_source),
+                                                 dict(self.cursors.truncated_stored))
                 if self.outage.active:
                     self._wait_for_database()
                     continue
                 try:
                     self._ensure_partitions()
+                    self._validate_positions()
                     messages = self.kafka.client.consume(c.batch_size, timeout=c.max_wait_s)
                     if messages:
                         activity.received(time.monotonic())
@@ -181,7 +184,9 @@ class HeartbeatConsumer:
 
     def _process(self, messages: list) -> None:
         built = self.builder.build(messages, self.cursors, datetime.now(UTC))
-        self.logs.watch.out_of_range(built.out_of_range)
+        for partition, text in built.resets.items():
+            log.warning("partition %d: the Kafka client reset its position: %s", partition, text)
+            self.logs.watch.reset(partition, text)
         for error in built.errors:
             self._quiet.warning(error.code(), "Kafka error: %s", error)
         if not self.landing.take(built):  # another consumer moved progress on
@@ -263,7 +268,8 @@ class HeartbeatConsumer:
             return
         self._unopened.clear()
         self._watch(opened)
-        self._seek_all()
+        self._seek_all()  # with the stored leader epochs: validated by the client
+        self._unvalidated.clear()
         self.kafka.resume()
         self.activity.last = time.monotonic()  # the outage is not idleness
         log.info("database is back after %.1f s: resuming from the stored progress",
@@ -300,6 +306,13 @@ class HeartbeatConsumer:
         # outage, revoked and given back would otherwise never be read again.
         self.kafka.resume(partitions)
         self._watch(opened)
+        # An assign does not validate an offset with its leader epoch; a seek does, once
+        # the partition fetches: until then it stays paused (`_validate_positions`).
+        epochs = self._epochs()
+        held = [tp for tp in partitions if tp.partition in epochs]
+        if held:
+            consumer.pause(held)
+            self._unvalidated.update(tp.partition for tp in held)
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -332,6 +345,7 @@ class HeartbeatConsumer:
         for tp in partitions:
             self.cursors.pop(tp.partition, None)
             self._unopened.discard(tp.partition)
+            self._unvalidated.discard(tp.partition)
             self.logs.watch.forget(tp.partition)
         self.kafka.remove(partitions)
 
@@ -344,7 +358,28 @@ class HeartbeatConsumer:
 
     def _seek_all(self) -> None:
         self.kafka.seek({p: position(c) for p, c in self.cursors.items()},
-                        paused=self.outage.active)
+                        paused=self.outage.active, epochs=self._epochs())
+
+    def _epochs(self) -> dict[int, int]:
+        """The leader epoch of the message before each cursor's offset, where it is known
+        (stored with the progress, sql/014): a seek with it lets the client find a log
+        truncated below the offset (an unclean leader election), and where it diverged."""
+        return {p: c.stored.leader_epoch for p, c in self.cursors.items()
+                if c.stored is not None and c.stored.leader_epoch is not None
+                and c.stored.next_offset == c.next_offset}
+
+    def _validate_positions(self) -> None:
+        """Seek each partition assigned at a stored leader epoch with it, and read it."""
+        if not self._unvalidated:
+            return
+        epochs = self._epochs()
+        for partition in sorted(self._unvalidated):
+            cursor, epoch = self.cursors.get(partition), epochs.get(partition)
+            if cursor is not None and epoch is not None and not self.kafka.validate(
+                    partition, cursor.next_offset, epoch):
+                continue  # not fetching yet: next round
+            self._unvalidated.discard(partition)
+            self.kafka.resume([TopicPartition(self.config.topic, partition)])
 
     def _commit_offsets(self, force: bool = False) -> None:
         """Tell Kafka what PostgreSQL holds, for lag tools (see `offset_commits`)."""

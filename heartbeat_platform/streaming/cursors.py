@@ -54,7 +54,8 @@ class Cursors(dict[int, Cursor]):
         self.topic = topic
         self.topic_id = topic_id  # asks the broker for the topic's id now
         self._wait = wait  # sleeps; True when stopping
-        self.lost_at_source: dict[int, int] = {}  # per partition: deleted before consumed
+        self.lost_at_source: dict[int, int] = {}  # per partition: lost before consumed
+        self.truncated_stored: dict[int, int] = {}  # per partition: stored, then truncated
 
     def open(self, partitions: list[int]) -> dict[int, Cursor]:
         """Cursors at the stored progress, each with the logs its offsets belong to; a
@@ -139,6 +140,20 @@ class Cursors(dict[int, Cursor]):
         new = PartitionProgress(registered.log_epoch, start)
         if cursor.stored is None or self.move_progress(partition, cursor, new):
             cursor.next_offset = start
+            self._count_truncation(partition, action)
+
+    def _count_truncation(self, partition: int, action: NewLog) -> None:
+        """What an unclean leader election took from the broker's log, counted once (by the
+        consumer whose move of the progress won)."""
+        if action.stored_lost:
+            self.truncated_stored[partition] = (
+                self.truncated_stored.get(partition, 0) + action.stored_lost)
+        if action.unread_lost:
+            log.error("partition %d: %d readings are lost at the source: the broker lost "
+                      "them in an unclean leader election before they were consumed",
+                      partition, action.unread_lost)
+            self.lost_at_source[partition] = (
+                self.lost_at_source.get(partition, 0) + action.unread_lost)
 
     def skip_deleted(self, partition: int, cursor: Cursor, offset: int, lost: int) -> int:
         """Read on from `offset`; retention deleted the `lost` messages before it that were

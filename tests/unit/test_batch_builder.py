@@ -23,9 +23,13 @@ class Message:
     value_: bytes | None
     error_: KafkaError | None = None
     key_: bytes | None = b"CUST_00001"
+    leader_epoch_: int | None = None
 
     def error(self):
         return self.error_
+
+    def leader_epoch(self):
+        return self.leader_epoch_
 
     def partition(self):
         return self.partition_
@@ -91,12 +95,24 @@ def test_offsets_past_a_truncation_take_the_new_epoch() -> None:
     assert built.batch.progress[0][1] == PartitionProgress(4, 103)
 
 
+def test_progress_keeps_the_leader_epoch_of_the_partitions_last_message() -> None:
+    """A later seek validates the stored offset with it (KIP-320)."""
+    cursors = {0: Cursor(PartitionProgress(1, 10), 10, [KafkaLog(1, "A", 0)]),
+               1: Cursor(PartitionProgress(1, 0), 0, [KafkaLog(1, "A", 0)])}
+    built = builder().build([Message(0, 10, reading(70), leader_epoch_=3),
+                             Message(0, 11, b"not json", leader_epoch_=4),
+                             Message(1, 0, reading(71), leader_epoch_=None)], cursors, NOW)
+    assert built.batch.progress[0][1] == PartitionProgress(1, 12, leader_epoch=4)
+    assert built.batch.progress[1][1] == PartitionProgress(1, 1, leader_epoch=None)
+
+
 def test_out_of_range_is_reported_for_assigned_partitions_even_before_a_first_batch() -> None:
     cursors = {0: Cursor(None, 0, [KafkaLog(1, "A", 0)])}
     error = KafkaError(KafkaError._AUTO_OFFSET_RESET)
     built = builder().build([Message(0, -1, None, error), Message(5, -1, None, error)],
                             cursors, NOW)
     assert built.out_of_range == {0}  # partition 5 is not ours
+    assert built.resets == {0: error.str()}  # its text, for a divergence point in it
     assert not built.batch.progress
 
 

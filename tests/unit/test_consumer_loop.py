@@ -42,6 +42,9 @@ class Message:
     def error(self):
         return None
 
+    def leader_epoch(self) -> int:
+        return 0
+
     def partition(self) -> int:
         return self._partition
 
@@ -85,6 +88,7 @@ class Client:
         self.paused: set[int] = set()
         self.pending: list[tuple[str, list[int]]] = [("assign", list(broker.logs))]
         self.handed_out = 0
+        self.seeks: list[TopicPartition] = []
 
     def subscribe(self, topics, on_assign, on_revoke, on_lost) -> None:
         self.callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
@@ -142,6 +146,7 @@ class Client:
 
     def seek(self, tp) -> None:
         assert tp.partition in self.position, "seek of a partition not assigned"
+        self.seeks.append(tp)
         self.position[tp.partition] = 0 if tp.offset == OFFSET_BEGINNING else tp.offset
 
     def get_watermark_offsets(self, tp, cached=False, timeout=None) -> tuple[int, int]:
@@ -277,6 +282,27 @@ def test_the_issue_18_reproduction_stores_7000_of_7000(start):
     broker.produce(1_000)
     assert wait_for(lambda: len(database.rows) == 7_000), len(database.rows)
     time.sleep(0.1)
+    assert stored_once(broker, database)
+
+
+def test_a_partition_assigned_at_a_stored_leader_epoch_is_sought_with_it_before_reading(
+    pipeline,
+):
+    """An assign skips the client's leader-epoch validation (KIP-320), a seek with the epoch
+    of the last stored message does not: the partition waits paused until it is sought."""
+    broker, client, database, consumer = pipeline
+    broker.produce(300)
+    assert wait_for(lambda: len(database.rows) == 300)
+    stored = database.progress[0]
+    assert stored.leader_epoch == 0  # the last message's, kept with the progress
+    client.rebalance("revoke", [0])
+    client.rebalance("assign", [0])
+    assert wait_for(lambda: any(tp.partition == 0 and tp.leader_epoch == 0 for tp in client.seeks))
+    sought = next(tp for tp in client.seeks if tp.partition == 0)
+    assert (sought.offset, sought.leader_epoch) == (stored.next_offset, 0)
+    assert 0 not in client.paused
+    broker.produce(300)
+    assert wait_for(lambda: len(database.rows) == 600), len(database.rows)
     assert stored_once(broker, database)
 
 

@@ -24,6 +24,7 @@ LIMIT = 2_000
 def message(offset: int, value: bytes) -> SimpleNamespace:
     """What the builder reads of a consumed message, on partition 0."""
     return SimpleNamespace(error=lambda: None, partition=lambda: 0, offset=lambda: offset,
+                           leader_epoch=lambda: 0,
                            key=lambda: None, value=lambda: value)
 
 

@@ -17,6 +17,7 @@ from heartbeat_platform.streaming.log_decisions import (
     Resume,
     decide,
     topic_id_to_decide,
+    truncation_point,
 )
 
 ID = "topic-id-A"
@@ -42,7 +43,8 @@ CASES = [
     ("out of range, broker not asked yet", seen(out_of_range=True), AskBroker()),
     ("retention deleted unread messages: resume at the log start, count the loss",
      seen(out_of_range=True, listed=(700, 900)), Resume(700, lost=200)),
-    ("unclean leader election truncated the log under the same topic id",
+    ("log end below the stored offset under the same topic id, no divergence point (a "
+     "position without a leader epoch): a new log from the end",
      seen(out_of_range=True, listed=(0, 300)), NewLog(300, 300, "truncated")),
     ("truncation seen through the fetch watermark, confirmed by the broker",
      seen(fetched_end=300, listed=(0, 300)), NewLog(300, 300, "truncated")),
@@ -70,6 +72,21 @@ CASES = [
      seen(next_offset=None, out_of_range=True), AskBroker()),
     ("never consumed, another topic id: nothing stored to move",
      seen(next_offset=None, topic_id="topic-id-B"), Continue()),
+    # An unclean leader election: the client's leader-epoch validation (KIP-320) found the
+    # divergence point T=300; the new leader appends from T, so its log end says nothing
+    # about where its messages start.
+    ("unclean election, the new leader took no write yet: a new log from T",
+     seen(out_of_range=True, truncated_at=300, listed=(0, 300)), NewLog(300, 300, "T")),
+    ("unclean election, the new leader's log already past the stored offset: a new log "
+     "from T, not Resume(stored), which would skip [T, stored)",
+     seen(out_of_range=True, truncated_at=300, listed=(0, 900)), NewLog(300, 300, "T")),
+    ("unclean election, the new log shorter than stored but past T: a new log from T, not "
+     "from its end, which would skip [T, end)",
+     seen(out_of_range=True, truncated_at=300, listed=(0, 450)), NewLog(300, 300, "T")),
+    ("unclean election seen before the broker is asked: T is enough",
+     seen(out_of_range=True, truncated_at=300), NewLog(300, 300, "T")),
+    ("truncated past the stored offset: nothing stored was lost; the new epoch owns T on",
+     seen(out_of_range=True, truncated_at=650, listed=(0, 900)), NewLog(650, 500, "T")),
 ]
 
 
@@ -90,6 +107,40 @@ def test_a_new_log_says_why() -> None:
     assert "truncated" in truncated.reason and "300" in truncated.reason
     recreated = decide(seen(topic_id="topic-id-B"))
     assert "topic-id-B" in recreated.reason and ID in recreated.reason
+
+
+def test_a_truncation_counts_what_was_stored_and_what_was_lost_unread() -> None:
+    # stored up to 500, the old leader's watermark was 560, the log diverged at 300
+    action = decide(seen(out_of_range=True, truncated_at=300, seen_end=560))
+    assert isinstance(action, NewLog)
+    assert (action.stored_lost, action.unread_lost) == (200, 60)
+    assert "300..499" in action.reason and "500..559" in action.reason
+    # caught up: nothing unread; diverged past what was stored: nothing stored lost
+    assert decide(seen(truncated_at=300, seen_end=500)).unread_lost == 0
+    past = decide(seen(truncated_at=650, seen_end=700))
+    assert (past.stored_lost, past.unread_lost) == (0, 50)
+
+
+LIBRDKAFKA_TRUNCATION = (
+    "Partition log truncation detected at offset 500 (leader epoch 0): broker end offset is "
+    "300 (offset leader epoch 0). Reset to INVALID.: Local: Partition log truncation "
+    "detected (broker 2)"
+)
+
+
+def test_the_divergence_point_is_read_from_librdkafkas_reset_error() -> None:
+    assert truncation_point(LIBRDKAFKA_TRUNCATION) == 300
+    assert truncation_point("fetch failed due to requested offset not available on the "
+                            "broker: Broker: Offset out of range (broker 1)") is None
+    watch = LogWatch()
+    watch.assigned(0, 480)
+    watch.reset(0, LIBRDKAFKA_TRUNCATION)
+    observed = watch.observe(0, 500, ID, 520)
+    assert (observed.out_of_range, observed.truncated_at, observed.seen_end) == (True, 300, 520)
+    watch.decided(0, 520)
+    assert watch.observe(0, 300, ID, 520).truncated_at is None
+    watch.reset(0, "Offset out of range")
+    assert watch.observe(0, 300, ID, 520).truncated_at is None
 
 
 def test_log_watch_ignores_the_watermark_cached_before_any_fetch() -> None:

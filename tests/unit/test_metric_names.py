@@ -29,7 +29,8 @@ DASHBOARD = ROOT / "grafana" / "dashboards" / "heartbeat-monitoring.json"
 def registries() -> tuple[CollectorRegistry, CollectorRegistry]:
     """A consumer's and a producer's registry, with a sample in every labelled family."""
     consumer, producer = CollectorRegistry(), CollectorRegistry()
-    ConsumerMetrics(consumer, lambda: ConsumerSnapshot(lag={0: 3}, lost_at_source={0: 0}))
+    ConsumerMetrics(consumer, lambda: ConsumerSnapshot(lag={0: 3}, lost_at_source={0: 0},
+                                                          truncated_stored={0: 0}))
     producer.register(ProducerCollector(lambda: SimpleNamespace(
         sent=2, delivered=1, failed=0, uncertain=1, recreated=0)))
     return consumer, producer

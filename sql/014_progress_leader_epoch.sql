@@ -1,0 +1,11 @@
+-- Kafka's leader epoch of the last message stored before next_offset (KIP-320).
+--
+-- After an unclean leader election the new leader appends from its divergence point T, so
+-- the offsets from T on are other messages. A consumer that starts again (or seeks after a
+-- database outage) at the stored offset learns T only if it seeks with the leader epoch of
+-- the message before it: the Kafka client then asks the leader where that epoch ends
+-- (OffsetForLeaderEpoch) and reports a truncation. A seek without an epoch skips that
+-- validation and reads the new leader's messages from the stored offset, passing over
+-- [T, stored offset) in silence. NULL: not known (progress moved without a message, or
+-- stored before this column).
+ALTER TABLE consumer_progress ADD COLUMN leader_epoch integer;

@@ -38,6 +38,7 @@ EXPECTED_TABLES = {
     "alert_episodes",
     "alert_outbox",
     "alert_overrides",
+    "alert_receivers",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
                "pipeline_metrics", "customer_minute_stats"}

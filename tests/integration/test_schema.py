@@ -38,9 +38,11 @@ EXPECTED_TABLES = {
     "alert_episodes",
     "alert_outbox",
     "alert_overrides",
+    "heartbeat_cold",
+    "heartbeat_cold_days",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
-               "pipeline_metrics", "customer_minute_stats"}
+               "pipeline_metrics", "customer_minute_stats", "heartbeat_cold"}
 
 VIEW_COLUMNS = {
     "vw_customer_bpm_summary": [

@@ -1,0 +1,131 @@
+"""The cold tier's pack format (domain.cold_pack): unpack(pack(rows)) is the rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from heartbeat_platform.domain.cold_pack import (
+    ColdReading,
+    hour_of,
+    pack,
+    pack_hours,
+    sort_key,
+    unpack,
+)
+from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
+
+HOUR = timedelta(hours=1)
+# A night on which Berlin's clocks go back (02:00-03:00 local happens twice) and one on
+# which New York's go forward: packs are UTC hours, whatever the zone a time is given in.
+BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
+DST_NIGHTS = [datetime(2026, 10, 25, 0, tzinfo=UTC), datetime(2026, 3, 8, 6, tzinfo=UTC)]
+INT4 = st.integers(-(2**31), 2**31 - 1)
+# What the schema stores: a record's rate is 40..180, an anomaly's any int4 outside it.
+RATES = st.one_of(
+    st.integers(40, 180), st.integers(15, 39), st.integers(181, 220),
+    st.sampled_from([0, -1, 301, 400, -(2**15), 2**15 - 1, 2**15, -(2**15) - 1,
+                     -(2**31), 2**31 - 1]),
+    INT4,
+)
+
+# A raw payload is text PostgreSQL can hold (no NUL), in any script.
+PAYLOADS = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+                   max_size=20)
+
+
+def reading(when: datetime, bpm: int, payload: str = "{}") -> ColdReading:
+    normal = classify_heart_rate(bpm) is HeartbeatClass.NORMAL
+    return ColdReading(when, bpm, None if normal else payload)
+
+
+@st.composite
+def hours_of_readings(draw: st.DrawFn, hours: int = 3) -> list[ColdReading]:
+    """Readings of one customer over a few hours around a DST night or anywhere: gaps,
+    duplicates (the same reading again), ties in time, the edges of every hour."""
+    start = draw(st.one_of(
+        st.sampled_from(DST_NIGHTS),
+        st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1),
+                     timezones=st.just(UTC)).map(hour_of),
+    ))
+    span_us = hours * 3600 * 10**6
+    offsets = st.one_of(
+        st.integers(0, span_us - 1),
+        st.sampled_from([0, 1, 3600 * 10**6 - 1, 3600 * 10**6, 999_999, 1_000_000]),
+    )
+    zone = draw(st.sampled_from([UTC, BERLIN, NEW_YORK]))
+    rows = draw(st.lists(
+        st.builds(lambda us, bpm, text: reading((start + timedelta(microseconds=us))
+                                                .astimezone(zone), bpm, text),
+                  offsets, RATES, PAYLOADS),
+        min_size=1, max_size=60,
+    ))
+    repeats = draw(st.lists(st.sampled_from(rows), max_size=5))
+    return draw(st.permutations(rows + repeats))
+
+
+def as_utc(rows: list[ColdReading]) -> list[ColdReading]:
+    """The rows in UTC, sorted (an ambiguous local time never equals another zone's time:
+    PEP 495), as the pack returns them."""
+    return sorted((r._replace(when=r.when.astimezone(UTC)) for r in rows), key=sort_key)
+
+
+@given(hours_of_readings(hours=1).filter(lambda rows: len({hour_of(r.when) for r in rows}) == 1))
+def test_unpack_of_a_pack_is_its_readings_sorted(rows: list[ColdReading]) -> None:
+    unpacked = unpack(pack(rows))
+    assert unpacked == as_utc(rows)
+    assert all(r.when.tzinfo is UTC for r in unpacked)
+
+
+@given(hours_of_readings())
+def test_packs_per_hour_hold_every_reading_once_in_its_own_utc_hour(
+        rows: list[ColdReading]) -> None:
+    packs = pack_hours(rows)
+    assert [p.hour for p in packs] == sorted({hour_of(r.when) for r in rows})
+    back = [r for p in packs for r in unpack(p)]
+    assert as_utc(back) == as_utc(rows)
+    for p in packs:
+        assert all(hour_of(r.when) == p.hour for r in unpack(p))
+        assert all(0 <= s < 3600 for s in p.seconds)  # int2
+        assert len(p.micros) == 3 * p.readings
+
+
+@given(hours_of_readings(hours=1), st.randoms())
+def test_a_pack_does_not_depend_on_the_order_of_its_rows(rows, rng) -> None:
+    rows = [r for r in rows if hour_of(r.when) == hour_of(rows[0].when)]
+    shuffled = list(rows)
+    rng.shuffle(shuffled)
+    assert pack(shuffled) == pack(rows)
+
+
+def test_rates_outside_int2_make_the_whole_pack_int4() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    narrow = pack([reading(start, 75), reading(start, 400), reading(start, -(2**15))])
+    wide = pack([reading(start, 75), reading(start, 2**15)])
+    assert narrow.bpm == [-(2**15), 75, 400] and narrow.bpm_wide is None
+    assert wide.bpm is None and wide.bpm_wide == [75, 2**15]
+    assert [r.bpm for r in unpack(wide)] == [75, 2**15]
+
+
+def test_seconds_are_delta_coded_and_micros_three_bytes_each() -> None:
+    start = datetime(2026, 1, 1, 5, tzinfo=UTC)
+    packed = pack([reading(start + timedelta(seconds=s, microseconds=u), 70)
+                   for s, u in [(0, 999_999), (1, 0), (1, 5), (3599, 999_999)]])
+    assert packed.seconds == [0, 1, 0, 3598]
+    assert packed.micros == bytes.fromhex("0f423f" "000000" "000005" "0f423f")
+
+
+def test_a_pack_refuses_readings_of_two_hours_and_a_class_without_its_payload() -> None:
+    start = datetime(2026, 1, 1, 5, tzinfo=UTC)
+    with pytest.raises(ValueError, match="not in the hour"):
+        pack([reading(start, 70), reading(start + HOUR, 70)])
+    with pytest.raises(ValueError, match="lacks a raw payload"):
+        pack([ColdReading(start, 30, None)])
+    with pytest.raises(ValueError, match="has a raw payload"):
+        pack([ColdReading(start, 70, "{}")])
+    with pytest.raises(ValueError, match="at least one"):
+        pack([])

@@ -1079,7 +1079,7 @@ def test_migration_011_counts_every_stored_reading_rolled_up_or_not(
     mark_pending(db, Rollup.FLEET_MINUTE, [window_start(Rollup.FLEET_MINUTE, late)])
     stored = db.execute(STORED).fetchone()
 
-    assert migrate(database_url) == ["011_reading_totals"]
+    assert migrate(database_url) == [m.name for m in load_migrations()[10:]]  # 011 on
     assert db.execute(TOTALS).fetchone() == stored
     # the minutes not rolled up have their live counts, as if the writer had kept them
     live = db.execute("SELECT minute, reading_count, bpm_sum FROM fleet_minute_live "

@@ -19,24 +19,34 @@ $$;
 
 -- One row per customer and UTC hour that holds a reading. `seconds`: whole seconds since
 -- the previous reading (the first: since `hour`); `micros`: each reading's microsecond in
--- its second, 3 bytes big-endian; `bpm` (int2) or, when a rate does not fit int2,
--- `bpm_wide` (int4); `payloads`: an anomaly's raw JSON, NULL for a NORMAL reading. Readings
--- sorted by time, rate, payload. Arrays first, fixed-width columns before them.
+-- its second, 3 bytes big-endian; `bpm`: a byte per reading, the rate when it is 1..255,
+-- else 0 and the rate is the next of `bpm_wide`; `payloads`: an anomaly's raw JSON unless
+-- it is heartbeat_canonical_payload of the reading, NULL for a NORMAL reading. Readings
+-- sorted by time, rate, payload.
 CREATE TABLE heartbeat_cold (
     hour         timestamptz NOT NULL,
     readings     integer     NOT NULL CHECK (readings > 0),
     customer_id  text COLLATE "C" NOT NULL,
     seconds      smallint[]  NOT NULL,
     micros       bytea       NOT NULL,
-    bpm          smallint[],
+    bpm          bytea       NOT NULL,
     bpm_wide     integer[],
     payloads     text[]      NOT NULL,
-    CHECK ((bpm IS NULL) <> (bpm_wide IS NULL)),
     CHECK (cardinality(seconds) = readings AND length(micros) = 3 * readings
-           AND cardinality(coalesce(bpm::integer[], bpm_wide)) = readings
-           AND cardinality(payloads) = readings),
+           AND length(bpm) = readings AND cardinality(payloads) = readings),
     PRIMARY KEY (customer_id, hour)
 ) PARTITION BY RANGE (hour);
+
+-- The raw JSON the producer (domain.events.encode_event) sends for a reading, where SQL
+-- writes it exactly as Python does (a plain customer id, a four-digit year; else NULL):
+-- such a payload is not stored cold but rebuilt (domain/cold_pack.py, canonical_payload).
+CREATE FUNCTION heartbeat_canonical_payload(customer text, at timestamptz, bpm integer)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN customer ~ '^[A-Za-z0-9_]*$'
+                 AND extract(year FROM at AT TIME ZONE 'UTC') BETWEEN 1000 AND 9999
+           THEN format('{"customer_id":"%s","heart_rate":%s,"timestamp":"%s"}', customer, bpm,
+                       to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')) END
+$$;
 
 -- Days compacted into the cold tier, and what their copy was verified to hold (a day
 -- compacted again, for late readings, updates its row).
@@ -47,19 +57,34 @@ CREATE TABLE heartbeat_cold_days (
     compactions    integer     NOT NULL DEFAULT 1
 );
 
--- The readings of one pack, in its order: (event time, rate, raw payload).
-CREATE FUNCTION heartbeat_cold_unpack(hour timestamptz, seconds smallint[], micros bytea,
-                                      bpm smallint[], bpm_wide integer[], payloads text[])
+-- The readings of one pack, in its order: (event time, rate, raw payload). The bytea
+-- columns are copied once per pack (OFFSET 0 keeps the copy): get_byte on the stored,
+-- compressed value would decompress it again for every reading.
+CREATE FUNCTION heartbeat_cold_unpack(customer text, hour timestamptz, seconds smallint[],
+                                      micros bytea, bpm bytea, bpm_wide integer[],
+                                      payloads text[])
 RETURNS TABLE (event_timestamp timestamptz, heart_rate integer, raw_payload text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT hour + sum(u.s::bigint) OVER (ORDER BY u.i) * interval '1 second'
-                + ((get_byte(micros, 3 * u.i::integer - 3) << 16)
-                   | (get_byte(micros, 3 * u.i::integer - 2) << 8)
-                   | get_byte(micros, 3 * u.i::integer - 1)) * interval '1 microsecond',
-           u.b, u.p
-    FROM unnest(seconds, coalesce(bpm::integer[], bpm_wide), payloads)
-         WITH ORDINALITY AS u (s, b, p, i)
-    ORDER BY u.i
+    SELECT r.t, r.b,
+           CASE WHEN r.p IS NULL AND heartbeat_class(r.b) <> 'NORMAL'
+                THEN heartbeat_canonical_payload(customer, r.t, r.b) ELSE r.p END
+    FROM (
+        SELECT u.i,
+               hour + sum(u.s::bigint) OVER w * interval '1 second'
+                    + ((get_byte(d.m, 3 * u.i::integer - 3) << 16)
+                       | (get_byte(d.m, 3 * u.i::integer - 2) << 8)
+                       | get_byte(d.m, 3 * u.i::integer - 1)) * interval '1 microsecond'
+                   AS t,
+               CASE WHEN get_byte(d.b, u.i::integer - 1) = 0
+                    THEN d.wide[sum((get_byte(d.b, u.i::integer - 1) = 0)::integer) OVER w]
+                    ELSE get_byte(d.b, u.i::integer - 1) END AS b,
+               u.p
+        FROM (SELECT micros || ''::bytea AS m, bpm || ''::bytea AS b, bpm_wide AS wide
+              OFFSET 0) AS d,
+             unnest(seconds, payloads) WITH ORDINALITY AS u (s, p, i)
+        WINDOW w AS (ORDER BY u.i)
+    ) AS r
+    ORDER BY r.i
 $$;
 
 -- Every cold reading of the given UTC hours, of every customer: what a rollup recomputing
@@ -70,7 +95,8 @@ RETURNS TABLE (customer_id text, event_timestamp timestamptz, heart_rate integer
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT c.customer_id, u.event_timestamp, u.heart_rate, u.raw_payload
     FROM heartbeat_cold c,
-         heartbeat_cold_unpack(c.hour, c.seconds, c.micros, c.bpm, c.bpm_wide, c.payloads) u
+         heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, c.bpm, c.bpm_wide,
+                               c.payloads) u
     WHERE c.hour >= (SELECT min(h) FROM unnest(hours) h)
       AND c.hour <= (SELECT max(h) FROM unnest(hours) h)
       AND c.hour = ANY(hours)
@@ -93,8 +119,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         UNION ALL
         SELECT u.event_timestamp, u.heart_rate, u.raw_payload, 'cold'
         FROM heartbeat_cold c,
-             heartbeat_cold_unpack(c.hour, c.seconds, c.micros, c.bpm, c.bpm_wide,
-                                   c.payloads) u
+             heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, c.bpm,
+                                   c.bpm_wide, c.payloads) u
         WHERE c.customer_id = customer
           AND c.hour >= date_trunc('hour', from_at, 'UTC') AND c.hour < to_at
           AND u.event_timestamp >= from_at AND u.event_timestamp < to_at
@@ -168,7 +194,8 @@ $$;
 GRANT EXECUTE ON FUNCTION heartbeat_cold_rows(timestamptz[]) TO heartbeat_pipeline;
 GRANT EXECUTE ON FUNCTION heartbeat_readings(text, timestamptz, timestamptz),
                           heartbeat_class(integer),
-                          heartbeat_cold_unpack(timestamptz, smallint[], bytea, smallint[],
+                          heartbeat_canonical_payload(text, timestamptz, integer),
+                          heartbeat_cold_unpack(text, timestamptz, smallint[], bytea, bytea,
                                                 integer[], text[])
     TO heartbeat_grafana_reader;
 GRANT SELECT ON heartbeat_cold TO heartbeat_grafana_reader;

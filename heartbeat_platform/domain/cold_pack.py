@@ -7,17 +7,21 @@ packs and unpacks in Python, and tests/integration/test_cold_tier.py holds the S
 
 A pack holds a multiset of readings (event time, bpm, raw payload), sorted by time, then
 bpm, then payload, so a customer-hour packs to the same bytes whatever order its rows came
-in. Duplicates are kept as they are stored hot (an anomaly replayed at another Kafka
-offset is one more row there, and one more here). Columns:
+in. Duplicates are kept as given (the hot tables hold a reading once per customer and time
+in each of records and anomalies, sql/007, so only a record and an anomaly can share a
+time). Columns:
 
 * ``seconds`` (int2[]): whole seconds since the previous reading (the first: since the
   hour's start), so 0..3599 and mostly 0 or 1 at the design rate: small and repetitive.
 * ``micros`` (bytea): each reading's microsecond within its second, three bytes big-endian
   (0..999,999 needs 20 bits; an int4 array would spend a fourth byte of zeros per reading).
-* ``bpm`` (int2[]) or, when any rate falls outside -32768..32767 (the schema stores any
-  int4 as an anomaly's rate), ``bpm_wide`` (int4[]) instead; the other is NULL.
-* ``payloads`` (text[]): an anomaly's raw JSON as the consumer received it, NULL for a
-  NORMAL reading (a record has none).
+* ``bpm`` (bytea): one byte per reading, the rate itself when it is 1..255 (every NORMAL,
+  BRADYCARDIA and TACHYCARDIA rate, and most faults); 0 stands for "the next value of
+  ``bpm_wide``" (int4[], NULL when empty): the other sensor faults (0, -1, 301, 400, ...).
+* ``payloads`` (text[]): an anomaly's raw JSON as the consumer received it, except NULL
+  when it is exactly `canonical_payload` of the reading (what the generator and
+  `encode_event` send: the payload then follows from the reading); NULL for a NORMAL
+  reading (a record has none).
 
 Not stored, because it follows from what is: the class (`classify_heart_rate(bpm)`: a
 NORMAL reading came from `heartbeat_records`, any other from `heartbeat_anomalies`), the
@@ -39,8 +43,12 @@ from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
 
 HOUR = timedelta(hours=1)
 _SECOND_US = 1_000_000
-_INT2 = range(-(2**15), 2**15)
 MICRO_BYTES = 3  # bytes of one reading's microsecond in `micros`
+BYTE_RATES = range(1, 256)  # rates `bpm` holds itself; 0 there means "next of bpm_wide"
+# Payloads rebuilt from the reading only where SQL's text for it is certainly the same
+# (sql/012, heartbeat_canonical_payload): a plain customer id, a four-digit year.
+_PLAIN_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_YEARS = range(1000, 10000)
 
 
 class ColdReading(NamedTuple):
@@ -62,13 +70,23 @@ class Pack:
     hour: datetime  # the UTC hour's start
     seconds: list[int]
     micros: bytes
-    bpm: list[int] | None  # int2 values, or None when `bpm_wide` holds them
-    bpm_wide: list[int] | None
+    bpm: bytes
+    bpm_wide: list[int]  # the rates `bpm` holds as 0, in order ([] stored as NULL)
     payloads: list[str | None]
 
     @property
     def readings(self) -> int:
         return len(self.seconds)
+
+
+def canonical_payload(customer_id: str, when: datetime, bpm: int) -> str | None:
+    """The JSON `encode_event` makes of this reading (key order, no spaces, UTC with six
+    digits and Z), or None where SQL could not rebuild it the same (see `_PLAIN_ID`)."""
+    when = when.astimezone(UTC)
+    if when.year not in _YEARS or not _PLAIN_ID.issuperset(customer_id):
+        return None
+    return (f'{{"customer_id":"{customer_id}","heart_rate":{bpm},'
+            f'"timestamp":"{when:%Y-%m-%dT%H:%M:%S}.{when.microsecond:06d}Z"}}')
 
 
 def hour_of(when: datetime) -> datetime:
@@ -91,14 +109,17 @@ def check_payload(reading: ColdReading) -> None:
         )
 
 
-def pack(readings: Iterable[ColdReading]) -> Pack:
-    """Pack the readings of one UTC hour (any order, duplicates kept)."""
+def pack(customer_id: str, readings: Iterable[ColdReading]) -> Pack:
+    """Pack one customer's readings of one UTC hour (any order, duplicates kept)."""
     rows = sorted(readings, key=sort_key)
     if not rows:
         raise ValueError("a pack holds at least one reading")
     hour = hour_of(rows[0].when)
     seconds: list[int] = []
     micros = bytearray()
+    rates = bytearray()
+    wide: list[int] = []
+    payloads: list[str | None] = []
     previous = 0
     for reading in rows:
         check_payload(reading)
@@ -111,27 +132,24 @@ def pack(readings: Iterable[ColdReading]) -> Pack:
         seconds.append(second - previous)
         previous = second
         micros += offset.microseconds.to_bytes(MICRO_BYTES, "big")
-    values = [r.bpm for r in rows]
-    narrow = all(v in _INT2 for v in values)
-    return Pack(
-        hour=hour,
-        seconds=seconds,
-        micros=bytes(micros),
-        bpm=values if narrow else None,
-        bpm_wide=None if narrow else values,
-        payloads=[r.payload for r in rows],
-    )
+        if reading.bpm in BYTE_RATES:
+            rates.append(reading.bpm)
+        else:
+            rates.append(0)
+            wide.append(reading.bpm)
+        canonical = reading.payload is not None and reading.payload == canonical_payload(
+            customer_id, reading.when, reading.bpm)
+        payloads.append(None if canonical else reading.payload)
+    return Pack(hour, seconds, bytes(micros), bytes(rates), wide, payloads)
 
 
-def unpack(packed: Pack) -> list[ColdReading]:
+def unpack(customer_id: str, packed: Pack) -> list[ColdReading]:
     """The readings of a pack, in the pack's order (`sort_key`)."""
-    values = packed.bpm if packed.bpm is not None else packed.bpm_wide
-    if values is None:
-        raise ValueError("a pack holds its rates in bpm or bpm_wide")
     n = packed.readings
-    if not (len(values) == len(packed.payloads) == n
+    if not (len(packed.bpm) == len(packed.payloads) == n
             and len(packed.micros) == MICRO_BYTES * n):
         raise ValueError("a pack's arrays differ in length")
+    wide = iter(packed.bpm_wide)
     readings = []
     second = 0
     hour = packed.hour.astimezone(UTC)  # arithmetic in UTC: a local hour may repeat (DST)
@@ -139,28 +157,19 @@ def unpack(packed: Pack) -> list[ColdReading]:
         second += packed.seconds[i]
         micro = int.from_bytes(packed.micros[MICRO_BYTES * i:MICRO_BYTES * (i + 1)], "big")
         when = hour + timedelta(microseconds=second * _SECOND_US + micro)
-        readings.append(ColdReading(when, values[i], packed.payloads[i]))
+        bpm = packed.bpm[i] or next(wide)
+        payload = packed.payloads[i]
+        if payload is None and classify_heart_rate(bpm) is not HeartbeatClass.NORMAL:
+            payload = canonical_payload(customer_id, when, bpm)
+            if payload is None:
+                raise ValueError(f"the anomaly at {when.isoformat()} lost its payload")
+        readings.append(ColdReading(when, bpm, payload))
     return readings
 
 
-def pack_hours(readings: Iterable[ColdReading]) -> list[Pack]:
+def pack_hours(customer_id: str, readings: Iterable[ColdReading]) -> list[Pack]:
     """One customer's readings of any span, packed per UTC hour, oldest hour first."""
     hours: dict[datetime, list[ColdReading]] = {}
     for reading in readings:
         hours.setdefault(hour_of(reading.when), []).append(reading)
-    return [pack(hours[hour]) for hour in sorted(hours)]
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """What compaction compares between the hot rows and their cold copy, per customer."""
-
-    count: int = 0
-    bpm_sum: int = 0
-    bpm_sum_squares: int = 0
-
-    def add(self, readings: Iterable[ColdReading]) -> Totals:
-        count, total, squares = self.count, self.bpm_sum, self.bpm_sum_squares
-        for r in readings:
-            count, total, squares = count + 1, total + r.bpm, squares + r.bpm * r.bpm
-        return Totals(count, total, squares)
+    return [pack(customer_id, hours[hour]) for hour in sorted(hours)]

@@ -109,15 +109,15 @@ INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micros, bpm, b
 SELECT hour, count(*), customer_id,
        array_agg((sec - prev)::smallint ORDER BY o),
        string_agg(substring(int4send(us::integer) FROM 2 FOR 3), ''::bytea ORDER BY o),
-       -- (an aggregate is computed whatever the CASE picks: no cast may fail in it)
-       CASE WHEN bool_and(heart_rate BETWEEN -32768 AND 32767)
-            THEN array_agg(CASE WHEN heart_rate BETWEEN -32768 AND 32767
-                                THEN heart_rate::smallint END ORDER BY o) END,
-       CASE WHEN NOT bool_and(heart_rate BETWEEN -32768 AND 32767)
-            THEN array_agg(heart_rate ORDER BY o) END,
-       array_agg(raw_payload ORDER BY o)
+       string_agg(CASE WHEN heart_rate BETWEEN 1 AND 255 THEN set_byte('\\x00', 0, heart_rate)
+                       ELSE '\\x00' END, ''::bytea ORDER BY o),
+       array_agg(heart_rate ORDER BY o) FILTER (WHERE heart_rate NOT BETWEEN 1 AND 255),
+       array_agg(CASE WHEN raw_payload = heartbeat_canonical_payload(customer_id,
+                                                                     event_timestamp,
+                                                                     heart_rate)
+                      THEN NULL ELSE raw_payload END ORDER BY o)
 FROM (
-    SELECT customer_id, hour, heart_rate, raw_payload, off / 1000000 AS sec,
+    SELECT customer_id, hour, heart_rate, raw_payload, event_timestamp, off / 1000000 AS sec,
            off % 1000000 AS us,
            coalesce(lag(off / 1000000) OVER w, 0) AS prev,
            row_number() OVER w AS o
@@ -193,8 +193,8 @@ def compact_day(
             "CREATE TEMP TABLE cold_old ON COMMIT DROP AS "
             "SELECT c.customer_id, u.event_timestamp, u.heart_rate, u.raw_payload "
             "FROM heartbeat_cold c JOIN cold_keys k USING (customer_id, hour), "
-            "heartbeat_cold_unpack(c.hour, c.seconds, c.micros, c.bpm, c.bpm_wide, "
-            "c.payloads) u WHERE c.hour >= %s AND c.hour < %s",
+            "heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, "
+            "c.bpm, c.bpm_wide, c.payloads) u WHERE c.hour >= %s AND c.hour < %s",
             (lo, hi),
         )
         merged = one_row(conn.execute("SELECT count(*) FROM cold_old"))[0]
@@ -219,8 +219,9 @@ def compact_day(
         differ = conn.execute(
             f"WITH actual AS (SELECT customer_id, {_CHECKSUM} FROM ("
             " SELECT c.customer_id, u.* FROM heartbeat_cold c JOIN cold_keys k"
-            " USING (customer_id, hour), heartbeat_cold_unpack(c.hour, c.seconds, c.micros,"
-            " c.bpm, c.bpm_wide, c.payloads) u WHERE c.hour >= %s AND c.hour < %s) AS r"
+            " USING (customer_id, hour), heartbeat_cold_unpack(c.customer_id, c.hour,"
+            " c.seconds, c.micros, c.bpm, c.bpm_wide, c.payloads) u"
+            " WHERE c.hour >= %s AND c.hour < %s) AS r"
             " GROUP BY customer_id)"
             " SELECT customer_id FROM actual a FULL JOIN cold_expected e USING (customer_id)"
             " WHERE (a.n, a.s, a.ss, a.h) IS DISTINCT FROM (e.n, e.s, e.ss, e.h)"
@@ -344,10 +345,10 @@ def write_pack(conn: psycopg.Connection, customer_id: str, packed: Pack) -> None
     conn.execute("SELECT heartbeat_ensure_cold_partition(%s)", (packed.hour.date(),))
     conn.execute(
         "INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micros, bpm, "
-        "bpm_wide, payloads) VALUES (%s, %s, %s, %s::smallint[], %s, %s::smallint[], "
-        "%s::integer[], %s::text[])",
+        "bpm_wide, payloads) VALUES (%s, %s, %s, %s::smallint[], %s, %s, %s::integer[], "
+        "%s::text[])",
         (packed.hour, packed.readings, customer_id, packed.seconds, packed.micros,
-         packed.bpm, packed.bpm_wide, packed.payloads),
+         packed.bpm, packed.bpm_wide or None, packed.payloads),
     )
 
 
@@ -360,15 +361,17 @@ def read_pack(conn: psycopg.Connection, customer_id: str, hour: datetime) -> Pac
     if row is None:
         return None
     hour_, seconds, micros, bpm, wide, payloads = row
-    return Pack(hour_.astimezone(UTC), list(seconds), bytes(micros), bpm, wide, list(payloads))
+    return Pack(hour_.astimezone(UTC), list(seconds), bytes(micros), bytes(bpm), wide or [],
+                list(payloads))
 
 
 def cold_readings_sql(conn: psycopg.Connection, customer_id: str, hour: datetime
                       ) -> list[ColdReading]:
     """A stored pack unpacked by SQL (heartbeat_cold_unpack), as the domain's readings."""
     rows = conn.execute(
-        "SELECT u.* FROM heartbeat_cold c, heartbeat_cold_unpack(c.hour, c.seconds, c.micros, "
-        "c.bpm, c.bpm_wide, c.payloads) u WHERE c.customer_id = %s AND c.hour = %s",
+        "SELECT u.* FROM heartbeat_cold c, heartbeat_cold_unpack(c.customer_id, c.hour, "
+        "c.seconds, c.micros, c.bpm, c.bpm_wide, c.payloads) u "
+        "WHERE c.customer_id = %s AND c.hour = %s",
         (customer_id, hour),
     ).fetchall()
     return [ColdReading(*row) for row in rows]

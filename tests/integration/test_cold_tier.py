@@ -36,7 +36,7 @@ from tests.integration.test_storage import (
     without_computed_at,
     write_batch,
 )
-from tests.unit.test_cold_pack import hours_of_readings
+from tests.unit.test_cold_pack import C, hours_of_readings
 
 DAY = timedelta(days=1)
 FIXTURE = [HealthCheck.function_scoped_fixture]  # the module's database, rolled back
@@ -85,13 +85,13 @@ def tiers(conn: psycopg.Connection) -> tuple[int, int]:
 def test_sql_unpacks_what_python_packs_and_reads_it_back_in_order_with_its_class(
         schema, rows: list[ColdReading]) -> None:
     with schema.transaction(force_rollback=True):
-        for packed in pack_hours(rows):
+        for packed in pack_hours(C, rows):
             cold.write_pack(schema, "CUST_00001", packed)
-            assert cold.cold_readings_sql(schema, "CUST_00001", packed.hour) == unpack(packed)
+            assert utc(cold.cold_readings_sql(schema, C, packed.hour)) == unpack(C, packed)
             assert cold.read_pack(schema, "CUST_00001", packed.hour) == packed
         got = cold.readings(schema, "CUST_00001", datetime(1970, 1, 1, tzinfo=UTC),
                             datetime(2300, 1, 1, tzinfo=UTC))
-        expected = [r for p in pack_hours(rows) for r in unpack(p)]
+        expected = [r for p in pack_hours(C, rows) for r in unpack(C, p)]
         assert [(r.event_timestamp, r.heart_rate, r.raw_payload) for r in got] == expected
         assert [r.reading_class for r in got] == [classify_heart_rate(r.bpm) for r in expected]
         assert {r.tier for r in got} == {"cold"}
@@ -122,7 +122,7 @@ def test_sql_packs_what_python_unpacks_in_any_session_time_zone(
             cold.compact_day(schema, day)
         want = [ColdReading(w.astimezone(UTC), b, p)
                 for (w, b, _, p), n in hot.items() for _ in range(n)]
-        for packed in pack_hours(want):
+        for packed in pack_hours(C, want):
             sql_packed = cold.read_pack(schema, "CUST_00001", packed.hour)
             assert sql_packed == packed
         assert stored(schema) == hot
@@ -206,13 +206,13 @@ def test_a_connection_killed_mid_compaction_loses_nothing(database_url, db, hot_
 
 def test_a_wrong_cold_copy_is_refused_and_the_day_stays_hot(db, hot_day) -> None:
     """The verification compares the copy with the hot rows: a pack that lost a reading
-    (here: one removed between packing and checking) stops the compaction."""
+    (here: a rate changed between packing and checking) stops the compaction."""
     day, now = hot_day
     before, counts = everything(db), tiers(db)
 
     def corrupt(name: str) -> None:
         if name == "packed":
-            db.execute("UPDATE heartbeat_cold SET bpm[1] = bpm[1] + 1 "
+            db.execute("UPDATE heartbeat_cold SET bpm = set_byte(bpm, 0, get_byte(bpm, 0) # 1) "
                        "WHERE ctid = (SELECT min(ctid) FROM heartbeat_cold)")
 
     with pytest.raises(cold.ColdCopyMismatch, match="differs"):

@@ -1,4 +1,4 @@
-"""The cold tier's pack format (domain.cold_pack): unpack(pack(rows)) is the rows."""
+"""The cold tier's pack format (domain.cold_pack): unpack(C, pack(C, rows)) is the rows."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ from hypothesis import strategies as st
 
 from heartbeat_platform.domain.cold_pack import (
     ColdReading,
+    canonical_payload,
     hour_of,
     pack,
     pack_hours,
     sort_key,
     unpack,
 )
-from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
+from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate, encode_event
 
 HOUR = timedelta(hours=1)
+C = "CUST_00001"
 # A night on which Berlin's clocks go back (02:00-03:00 local happens twice) and one on
 # which New York's go forward: packs are UTC hours, whatever the zone a time is given in.
 BERLIN, NEW_YORK = ZoneInfo("Europe/Berlin"), ZoneInfo("America/New_York")
@@ -38,9 +40,14 @@ PAYLOADS = st.text(st.characters(blacklist_characters="\x00", blacklist_categori
                    max_size=20)
 
 
-def reading(when: datetime, bpm: int, payload: str = "{}") -> ColdReading:
-    normal = classify_heart_rate(bpm) is HeartbeatClass.NORMAL
-    return ColdReading(when, bpm, None if normal else payload)
+def reading(when: datetime, bpm: int, payload: str | None = "{}") -> ColdReading:
+    """A reading as the tables hold it; an anomaly's payload `None` here: the one its
+    producer sends (`encode_event`), which the pack does not store."""
+    if classify_heart_rate(bpm) is HeartbeatClass.NORMAL:
+        return ColdReading(when, bpm, None)
+    if payload is None:
+        payload = canonical_payload(C, when, bpm) or "{}"
+    return ColdReading(when, bpm, payload)
 
 
 @st.composite
@@ -61,7 +68,7 @@ def hours_of_readings(draw: st.DrawFn, hours: int = 3) -> list[ColdReading]:
     rows = draw(st.lists(
         st.builds(lambda us, bpm, text: reading((start + timedelta(microseconds=us))
                                                 .astimezone(zone), bpm, text),
-                  offsets, RATES, PAYLOADS),
+                  offsets, RATES, st.one_of(st.none(), PAYLOADS)),
         min_size=1, max_size=60,
     ))
     repeats = draw(st.lists(st.sampled_from(rows), max_size=5))
@@ -76,7 +83,7 @@ def as_utc(rows: list[ColdReading]) -> list[ColdReading]:
 
 @given(hours_of_readings(hours=1).filter(lambda rows: len({hour_of(r.when) for r in rows}) == 1))
 def test_unpack_of_a_pack_is_its_readings_sorted(rows: list[ColdReading]) -> None:
-    unpacked = unpack(pack(rows))
+    unpacked = unpack(C, pack(C, rows))
     assert unpacked == as_utc(rows)
     assert all(r.when.tzinfo is UTC for r in unpacked)
 
@@ -84,12 +91,12 @@ def test_unpack_of_a_pack_is_its_readings_sorted(rows: list[ColdReading]) -> Non
 @given(hours_of_readings())
 def test_packs_per_hour_hold_every_reading_once_in_its_own_utc_hour(
         rows: list[ColdReading]) -> None:
-    packs = pack_hours(rows)
+    packs = pack_hours(C, rows)
     assert [p.hour for p in packs] == sorted({hour_of(r.when) for r in rows})
-    back = [r for p in packs for r in unpack(p)]
+    back = [r for p in packs for r in unpack(C, p)]
     assert as_utc(back) == as_utc(rows)
     for p in packs:
-        assert all(hour_of(r.when) == p.hour for r in unpack(p))
+        assert all(hour_of(r.when) == p.hour for r in unpack(C, p))
         assert all(0 <= s < 3600 for s in p.seconds)  # int2
         assert len(p.micros) == 3 * p.readings
 
@@ -99,21 +106,34 @@ def test_a_pack_does_not_depend_on_the_order_of_its_rows(rows, rng) -> None:
     rows = [r for r in rows if hour_of(r.when) == hour_of(rows[0].when)]
     shuffled = list(rows)
     rng.shuffle(shuffled)
-    assert pack(shuffled) == pack(rows)
+    assert pack(C, shuffled) == pack(C, rows)
 
 
-def test_rates_outside_int2_make_the_whole_pack_int4() -> None:
+def test_rates_outside_1_to_255_go_to_bpm_wide_in_order() -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    narrow = pack([reading(start, 75), reading(start, 400), reading(start, -(2**15))])
-    wide = pack([reading(start, 75), reading(start, 2**15)])
-    assert narrow.bpm == [-(2**15), 75, 400] and narrow.bpm_wide is None
-    assert wide.bpm is None and wide.bpm_wide == [75, 2**15]
-    assert [r.bpm for r in unpack(wide)] == [75, 2**15]
+    packed = pack(C, [reading(start + timedelta(seconds=i), bpm)
+                      for i, bpm in enumerate([75, 400, 0, 255, -1, 2**31 - 1, 1])])
+    assert packed.bpm == bytes([75, 0, 0, 255, 0, 0, 1])
+    assert packed.bpm_wide == [400, 0, -1, 2**31 - 1]
+    assert [r.bpm for r in unpack(C, packed)] == [75, 400, 0, 255, -1, 2**31 - 1, 1]
+
+
+def test_a_payload_the_reading_rebuilds_is_not_stored_and_any_other_is() -> None:
+    when = datetime(2026, 1, 1, 5, 0, 1, 20, tzinfo=UTC)
+    sent = encode_event({"customer_id": C, "heart_rate": 30,
+                         "timestamp": "2026-01-01T05:00:01.000020Z"}).decode()
+    assert canonical_payload(C, when, 30) == sent
+    other = sent.replace("}", ',"device":"x"}')
+    packed = pack(C, [ColdReading(when, 30, sent), ColdReading(when, 31, other)])
+    assert packed.payloads == [None, other]
+    assert unpack(C, packed) == [ColdReading(when, 30, sent), ColdReading(when, 31, other)]
+    # not rebuilt where SQL's text could differ: the payload is kept as it came
+    assert pack('CUST_"1', [ColdReading(when, 30, sent)]).payloads == [sent]
 
 
 def test_seconds_are_delta_coded_and_micros_three_bytes_each() -> None:
     start = datetime(2026, 1, 1, 5, tzinfo=UTC)
-    packed = pack([reading(start + timedelta(seconds=s, microseconds=u), 70)
+    packed = pack(C, [reading(start + timedelta(seconds=s, microseconds=u), 70)
                    for s, u in [(0, 999_999), (1, 0), (1, 5), (3599, 999_999)]])
     assert packed.seconds == [0, 1, 0, 3598]
     assert packed.micros == bytes.fromhex("0f423f" "000000" "000005" "0f423f")
@@ -122,10 +142,10 @@ def test_seconds_are_delta_coded_and_micros_three_bytes_each() -> None:
 def test_a_pack_refuses_readings_of_two_hours_and_a_class_without_its_payload() -> None:
     start = datetime(2026, 1, 1, 5, tzinfo=UTC)
     with pytest.raises(ValueError, match="not in the hour"):
-        pack([reading(start, 70), reading(start + HOUR, 70)])
+        pack(C, [reading(start, 70), reading(start + HOUR, 70)])
     with pytest.raises(ValueError, match="lacks a raw payload"):
-        pack([ColdReading(start, 30, None)])
+        pack(C, [ColdReading(start, 30, None)])
     with pytest.raises(ValueError, match="has a raw payload"):
-        pack([ColdReading(start, 70, "{}")])
+        pack(C, [ColdReading(start, 70, "{}")])
     with pytest.raises(ValueError, match="at least one"):
-        pack([])
+        pack(C, [])

@@ -5,7 +5,10 @@ as they were."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -316,3 +319,37 @@ def test_cold_bytes_per_reading_on_the_generator_s_data(database_url, db) -> Non
     per_reading = size / readings
     print(f"cold: {per_reading:.2f} bytes a reading ({readings} readings, {size} bytes)")
     assert per_reading < 20
+
+
+# -- 4. the commands -------------------------------------------------------------------------
+def _cli(*args: str, env: dict[str, str], cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "heartbeat_platform", *args],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_maintain_compacts_the_due_days_and_readings_reads_them_back_from_cold(
+        db, hot_day, cli_env, tmp_path) -> None:
+    day, _ = hot_day
+    before = stored(db)
+    maintain = _cli("maintain", "--json", env=cli_env, cwd=tmp_path)
+    assert maintain.returncode == 0, maintain.stderr
+    compaction = json.loads(maintain.stdout)["cold_tier"]
+    assert [d["day"] for d in compaction["days_compacted"]] == [str(day)]
+    assert tiers(db)[0] == 0
+
+    start, end = midnight(day).isoformat(), (midnight(day) + DAY).isoformat()
+    shown = _cli("readings", "CUST_00001", "--from", start, "--to", end, "--json",
+                 env=cli_env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert Counter((datetime.fromisoformat(r["timestamp"]), r["heart_rate"], r["class"],
+                    r["raw_payload"]) for r in rows) == before
+    assert {r["tier"] for r in rows} == {"cold"}
+    assert [r["timestamp"] for r in rows] == sorted(r["timestamp"] for r in rows)
+
+    table = _cli("readings", "CUST_00001", "--from", start[:10], "--to", end[:10],
+                 env=cli_env, cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert f"{len(rows):,} readings of CUST_00001" in table.stdout
+    refused = _cli("readings", "nobody", "--from", start, "--to", end, env=cli_env, cwd=tmp_path)
+    assert refused.returncode == 2 and "no customer id" in refused.stderr

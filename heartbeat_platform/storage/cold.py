@@ -112,9 +112,10 @@ SELECT hour, count(*), customer_id,
        string_agg(CASE WHEN heart_rate BETWEEN 1 AND 255 THEN set_byte('\\x00', 0, heart_rate)
                        ELSE '\\x00' END, ''::bytea ORDER BY o),
        array_agg(heart_rate ORDER BY o) FILTER (WHERE heart_rate NOT BETWEEN 1 AND 255),
-       array_agg(CASE WHEN raw_payload = heartbeat_canonical_payload(customer_id,
-                                                                     event_timestamp,
-                                                                     heart_rate)
+       array_agg(CASE WHEN raw_payload IS NULL  -- a record: no payload to rebuild
+                           OR raw_payload = heartbeat_canonical_payload(customer_id,
+                                                                        event_timestamp,
+                                                                        heart_rate)
                       THEN NULL ELSE raw_payload END ORDER BY o)
 FROM (
     SELECT customer_id, hour, heart_rate, raw_payload, event_timestamp, off / 1000000 AS sec,

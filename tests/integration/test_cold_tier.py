@@ -9,6 +9,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -244,6 +245,35 @@ def test_late_readings_for_a_compacted_day_are_merged_never_lost_or_doubled(
     added = after - before
     assert sum(added.values()) == 3 and not (before - after)
     assert ("CUST_00001", late[0][1], 99, "NORMAL", None) in added
+    assert tiers(db)[0] == 0
+
+
+def test_a_reading_written_while_its_day_is_compacted_waits_then_lands_hot_and_is_merged(
+        database_url, db, hot_day) -> None:
+    """The consumer writes a late reading into the day being compacted: its batch waits for
+    the compaction's commit (the day is locked against writers), lands in the emptied hot
+    day, and the next compaction merges it."""
+    day, _ = hot_day
+    before = everything(db)
+    late = ("CUST_00003", midnight(day) + timedelta(hours=7, microseconds=3), 88)
+    writer: threading.Thread | None = None
+
+    def write_meanwhile(name: str) -> None:
+        nonlocal writer
+        if name == "gathered":
+            writer = threading.Thread(target=write_batch, args=(database_url, [late]))
+            writer.start()
+            writer.join(timeout=1.5)
+            assert writer.is_alive()  # waiting for the compaction's lock
+
+    first = cold.compact_day(db, day, after_step=write_meanwhile)
+    assert writer is not None
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    assert first.readings == sum(before.values())
+    assert tiers(db)[0] == 1  # the late reading, hot
+    cold.compact_day(db, day)
+    assert everything(db) - before == Counter({(*late, "NORMAL", None): 1})
     assert tiers(db)[0] == 0
 
 

@@ -4,8 +4,9 @@ A day's readings move from its hot partitions (`heartbeat_records_pYYYYMMDD`,
 `heartbeat_anomalies_pYYYYMMDD`) into `heartbeat_cold` (sql/012), one pack per customer
 and UTC hour (format: domain/cold_pack.py), in ONE transaction:
 
-1. lock the day's two hot partitions against writers (SHARE: readers go on; a late
-   reading for the day waits for the commit, then lands hot again for the next run);
+1. lock the day's two hot partitions against writers and other compactions (SHARE ROW
+   EXCLUSIVE: readers go on; a late reading for the day waits for the commit, then lands
+   hot again for the next run; a second compaction of the day gives up after 2 s);
 2. refuse the day if an anomaly's stored class is not the class of its rate (the pack
    derives the class from the rate);
 3. take the hot rows, and the cold rows already packed for the customer-hours they touch
@@ -162,7 +163,7 @@ def compact_day(
         conn.execute("SELECT heartbeat_ensure_cold_partition(%s)", (day,))
     with conn.transaction():
         conn.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
-        conn.execute(sql.SQL("LOCK TABLE {}, {} IN SHARE MODE").format(
+        conn.execute(sql.SQL("LOCK TABLE {}, {} IN SHARE ROW EXCLUSIVE MODE").format(
             sql.Identifier(records), sql.Identifier(anomalies)))
         conn.execute(_DROP_SCRATCH)  # left by an earlier call in the caller's transaction
         step("locked")

@@ -208,6 +208,25 @@ def test_a_connection_killed_mid_compaction_loses_nothing(database_url, db, hot_
     assert everything(db) == before
 
 
+def test_a_second_compaction_of_a_day_being_compacted_gives_up_and_changes_nothing(
+        database_url, db, hot_day) -> None:
+    day, _ = hot_day
+    before, counts = everything(db), tiers(db)
+    refused: list[BaseException] = []
+
+    def compact_again(name: str) -> None:
+        if name == "gathered":
+            with psycopg.connect(database_url, autocommit=True) as other:
+                try:
+                    cold.compact_day(other, day)
+                except psycopg.errors.LockNotAvailable as exc:
+                    refused.append(exc)
+
+    cold.compact_day(db, day, after_step=compact_again)
+    assert len(refused) == 1
+    assert tiers(db) == (0, counts[0]) and everything(db) == before
+
+
 def test_a_wrong_cold_copy_is_refused_and_the_day_stays_hot(db, hot_day) -> None:
     """The verification compares the copy with the hot rows: a pack that lost a reading
     (here: a rate changed between packing and checking) stops the compaction."""

@@ -67,7 +67,8 @@ def maintain(as_json: Annotated[bool, JSON] = False) -> None:
     console.print(
         f"raw days kept {retained.partitions.first_day}..{retained.partitions.last_day}; "
         f"dropped {retention['days_dropped'] or 'nothing'}; kept for pending "
-        f"rollups {retention['days_kept_for_rollups'] or 'none'}"
+        f"rollups {retention['days_kept_for_rollups'] or 'none'}; kept for compaction "
+        f"{retention['days_kept_for_compaction'] or 'none'}"
     )
     console.print(
         f"alerts: {retained.alerts['resolved_episodes_deleted']:,} resolved episodes and "

@@ -52,9 +52,13 @@ class Maintained:
 
 
 def retain(conn: psycopg.Connection, settings: Settings, now: datetime) -> Retained:
-    """Create the window's day partitions, drop the expired days whose rollups are done,
-    delete expired rollup rows, resolved episodes and delivered notifications."""
-    partitions = apply_retention(conn, settings.retention, now)
+    """Create the window's day partitions, drop the expired days whose rollups are done
+    (and whose readings the cold tier holds), delete expired rollup rows, resolved episodes
+    and delivered notifications."""
+    # With a cold tier (the hot days end before the raw retention does), a hot day leaves
+    # only once compaction has moved its readings: an expired day still holding some waits.
+    compacting = settings.heartbeat_hot_days < settings.heartbeat_raw_retention_days
+    partitions = apply_retention(conn, settings.retention, now, keep_uncompacted=compacting)
     deleted = delete_expired(conn, now, settings.heartbeat_rollup_retention_days)
     alerts = episodes.retain(
         conn, now, settings.heartbeat_alert_retention_days,

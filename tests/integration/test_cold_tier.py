@@ -25,7 +25,7 @@ from heartbeat_platform.domain.cold_pack import ColdReading, hour_of, pack_hours
 from heartbeat_platform.domain.events import classify_heart_rate
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.domain.retention import RetentionPolicy
-from heartbeat_platform.storage import cold
+from heartbeat_platform.storage import cold, maintenance
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.storage.partitions import apply_retention
 from heartbeat_platform.storage.rollups import refresh_pending
@@ -339,6 +339,23 @@ def test_retention_drops_the_emptied_hot_day_and_the_cold_day_only_once_expired(
     assert cold.drop_expired_cold_days(db, now, retention_days=4) == []
     assert cold.drop_expired_cold_days(db, now + 2 * DAY, retention_days=4) == [day]
     assert everything(db) == Counter()
+
+
+def test_retention_keeps_an_expired_day_the_cold_tier_has_not_taken_and_drops_it_once_it_has(
+        settings_factory, db, hot_day) -> None:
+    """With a cold tier, the hourly retention never drops readings that are only hot: the
+    expired day waits (and is named) until compaction has moved it, then goes."""
+    day, now = hot_day
+    settings = settings_factory(heartbeat_raw_retention_days=2,  # the day expired already
+                                heartbeat_hot_days=1)
+    before = everything(db)
+    kept = maintenance.retain(db, settings, now)
+    assert kept.partitions.kept_for_compaction == [day]
+    assert everything(db) == before and tiers(db)[1] == 0
+    cold.compact_day(db, day)
+    dropped = maintenance.retain(db, settings, now)
+    assert day in dropped.partitions.dropped["heartbeat_records"]
+    assert everything(db) == before  # from cold now
 
 
 # -- 3. size on the generator's data ---------------------------------------------------------

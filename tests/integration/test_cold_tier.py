@@ -14,12 +14,14 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from heartbeat_platform.domain.cold_pack import ColdReading, hour_of, pack_hours, unpack
 from heartbeat_platform.domain.events import classify_heart_rate
@@ -356,6 +358,25 @@ def test_retention_keeps_an_expired_day_the_cold_tier_has_not_taken_and_drops_it
     dropped = maintenance.retain(db, settings, now)
     assert day in dropped.partitions.dropped["heartbeat_records"]
     assert everything(db) == before  # from cold now
+
+
+def test_the_pipeline_role_compacts_reads_and_drops_cold_days(database_url, db, hot_day) -> None:
+    """`maintain` and Dagster run as the pipeline role (README, "Two roles"): compaction's
+    lock, scratch tables, TRUNCATE (a SECURITY DEFINER function) and cold retention work
+    with its rights alone."""
+    day, now = hot_day
+    before = everything(db)
+    role, password = f"pipeline_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE heartbeat_pipeline").format(
+        sql.Identifier(role), sql.Literal(password)))
+    url = urlsplit(database_url)
+    pipeline = url._replace(netloc=f"{role}:{password}@{url.hostname}:{url.port}").geturl()
+    with psycopg.connect(pipeline, autocommit=True) as conn:
+        report = cold.compact_due(conn, now, hot_days=2, cold_retention_days=400)
+        assert [c.day for c in report.compacted] == [day]
+        assert everything(conn) == before
+        assert cold.drop_expired_cold_days(conn, now + 10 * DAY, retention_days=1) == [day]
+    assert tiers(db) == (0, 0)
 
 
 # -- 3. size on the generator's data ---------------------------------------------------------

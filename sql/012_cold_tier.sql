@@ -19,7 +19,8 @@ $$;
 
 -- One row per customer and UTC hour that holds a reading. `seconds`: whole seconds since
 -- the previous reading (the first: since `hour`); `micros`: each reading's microsecond in
--- its second, 3 bytes big-endian; `bpm`: a byte per reading, the rate when it is 1..255,
+-- its second divided by `micro_step` (their gcd, 0 when all are 0), every entry as wide as
+-- the largest needs (0-3 bytes, big-endian: length(micros) / readings); `bpm`: a byte per reading, the rate when it is 1..255,
 -- else 0 and the rate is the next of `bpm_wide`; `payloads`: an anomaly's raw JSON unless
 -- it is heartbeat_canonical_payload of the reading, NULL for a NORMAL reading. Readings
 -- sorted by time, rate, payload.
@@ -28,11 +29,13 @@ CREATE TABLE heartbeat_cold (
     readings     integer     NOT NULL CHECK (readings > 0),
     customer_id  text COLLATE "C" NOT NULL,
     seconds      smallint[]  NOT NULL,
+    micro_step   integer     NOT NULL CHECK (micro_step BETWEEN 0 AND 999999),
     micros       bytea       NOT NULL,
     bpm          bytea       NOT NULL,
     bpm_wide     integer[],
     payloads     text[]      NOT NULL,
-    CHECK (cardinality(seconds) = readings AND length(micros) = 3 * readings
+    CHECK (cardinality(seconds) = readings AND length(micros) % readings = 0
+           AND length(micros) <= 3 * readings
            AND length(bpm) = readings AND cardinality(payloads) = readings),
     PRIMARY KEY (customer_id, hour)
 ) PARTITION BY RANGE (hour);
@@ -57,12 +60,15 @@ CREATE TABLE heartbeat_cold_days (
     compactions    integer     NOT NULL DEFAULT 1
 );
 
+-- The greatest common divisor of a pack's microseconds (0 for none but zeros).
+CREATE AGGREGATE heartbeat_gcd(integer) (SFUNC = gcd, STYPE = integer, INITCOND = '0');
+
 -- The readings of one pack, in its order: (event time, rate, raw payload). The bytea
 -- columns are copied once per pack (OFFSET 0 keeps the copy): get_byte on the stored,
 -- compressed value would decompress it again for every reading.
 CREATE FUNCTION heartbeat_cold_unpack(customer text, hour timestamptz, seconds smallint[],
-                                      micros bytea, bpm bytea, bpm_wide integer[],
-                                      payloads text[])
+                                      micro_step integer, micros bytea, bpm bytea,
+                                      bpm_wide integer[], payloads text[])
 RETURNS TABLE (event_timestamp timestamptz, heart_rate integer, raw_payload text)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT r.t, r.b,
@@ -71,15 +77,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     FROM (
         SELECT u.i,
                hour + sum(u.s::bigint) OVER w * interval '1 second'
-                    + ((get_byte(d.m, 3 * u.i::integer - 3) << 16)
-                       | (get_byte(d.m, 3 * u.i::integer - 2) << 8)
-                       | get_byte(d.m, 3 * u.i::integer - 1)) * interval '1 microsecond'
+                    + micro_step * CASE d.w
+                          WHEN 0 THEN 0
+                          WHEN 1 THEN get_byte(d.m, u.i::integer - 1)
+                          WHEN 2 THEN (get_byte(d.m, 2 * u.i::integer - 2) << 8)
+                                      | get_byte(d.m, 2 * u.i::integer - 1)
+                          ELSE (get_byte(d.m, 3 * u.i::integer - 3) << 16)
+                               | (get_byte(d.m, 3 * u.i::integer - 2) << 8)
+                               | get_byte(d.m, 3 * u.i::integer - 1)
+                      END * interval '1 microsecond'
                    AS t,
                CASE WHEN get_byte(d.b, u.i::integer - 1) = 0
                     THEN d.wide[sum((get_byte(d.b, u.i::integer - 1) = 0)::integer) OVER w]
                     ELSE get_byte(d.b, u.i::integer - 1) END AS b,
                u.p
-        FROM (SELECT micros || ''::bytea AS m, bpm || ''::bytea AS b, bpm_wide AS wide
+        FROM (SELECT micros || ''::bytea AS m, bpm || ''::bytea AS b, bpm_wide AS wide,
+                     length(micros) / cardinality(seconds) AS w
               OFFSET 0) AS d,
              unnest(seconds, payloads) WITH ORDINALITY AS u (s, p, i)
         WINDOW w AS (ORDER BY u.i)
@@ -95,8 +108,8 @@ RETURNS TABLE (customer_id text, event_timestamp timestamptz, heart_rate integer
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT c.customer_id, u.event_timestamp, u.heart_rate, u.raw_payload
     FROM heartbeat_cold c,
-         heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, c.bpm, c.bpm_wide,
-                               c.payloads) u
+         heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micro_step, c.micros, c.bpm,
+                               c.bpm_wide, c.payloads) u
     WHERE c.hour >= (SELECT min(h) FROM unnest(hours) h)
       AND c.hour <= (SELECT max(h) FROM unnest(hours) h)
       AND c.hour = ANY(hours)
@@ -119,8 +132,8 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
         UNION ALL
         SELECT u.event_timestamp, u.heart_rate, u.raw_payload, 'cold'
         FROM heartbeat_cold c,
-             heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, c.bpm,
-                                   c.bpm_wide, c.payloads) u
+             heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micro_step,
+                                   c.micros, c.bpm, c.bpm_wide, c.payloads) u
         WHERE c.customer_id = customer
           AND c.hour >= date_trunc('hour', from_at, 'UTC') AND c.hour < to_at
           AND u.event_timestamp >= from_at AND u.event_timestamp < to_at
@@ -195,7 +208,7 @@ GRANT EXECUTE ON FUNCTION heartbeat_cold_rows(timestamptz[]) TO heartbeat_pipeli
 GRANT EXECUTE ON FUNCTION heartbeat_readings(text, timestamptz, timestamptz),
                           heartbeat_class(integer),
                           heartbeat_canonical_payload(text, timestamptz, integer),
-                          heartbeat_cold_unpack(text, timestamptz, smallint[], bytea, bytea,
-                                                integer[], text[])
+                          heartbeat_cold_unpack(text, timestamptz, smallint[], integer,
+                                                bytea, bytea, integer[], text[])
     TO heartbeat_grafana_reader;
 GRANT SELECT ON heartbeat_cold TO heartbeat_grafana_reader;

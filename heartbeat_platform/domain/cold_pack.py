@@ -13,8 +13,12 @@ time). Columns:
 
 * ``seconds`` (int2[]): whole seconds since the previous reading (the first: since the
   hour's start), so 0..3599 and mostly 0 or 1 at the design rate: small and repetitive.
-* ``micros`` (bytea): each reading's microsecond within its second, three bytes big-endian
-  (0..999,999 needs 20 bits; an int4 array would spend a fourth byte of zeros per reading).
+* ``micro_step`` (int4) and ``micros`` (bytea): each reading's microsecond within its
+  second is ``micro_step`` times its entry in ``micros``, whose entries are all as wide as
+  the largest needs, 0 to 3 bytes big-endian (``length(micros) / readings``). The step is
+  the greatest common divisor of the pack's microseconds, so a clock that ticks in
+  milliseconds, or in the generator's fractions of a second, costs 1-2 bytes a reading
+  instead of 3, and whole seconds none (step 0, ``micros`` empty).
 * ``bpm`` (bytea): one byte per reading, the rate itself when it is 1..255 (every NORMAL,
   BRADYCARDIA and TACHYCARDIA rate, and most faults); 0 stands for "the next value of
   ``bpm_wide``" (int4[], NULL when empty): the other sensor faults (0, -1, 301, 400, ...).
@@ -34,6 +38,7 @@ Plain Python: no database here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +48,7 @@ from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
 
 HOUR = timedelta(hours=1)
 _SECOND_US = 1_000_000
-MICRO_BYTES = 3  # bytes of one reading's microsecond in `micros`
+MICRO_BYTES = 3  # the most bytes one reading's entry in `micros` takes (999,999 < 2**24)
 BYTE_RATES = range(1, 256)  # rates `bpm` holds itself; 0 there means "next of bpm_wide"
 # Payloads rebuilt from the reading only where SQL's text for it is certainly the same
 # (sql/012, heartbeat_canonical_payload): a plain customer id, a four-digit year.
@@ -69,6 +74,7 @@ class Pack:
 
     hour: datetime  # the UTC hour's start
     seconds: list[int]
+    micro_step: int  # gcd of the microseconds; 0 when all are 0
     micros: bytes
     bpm: bytes
     bpm_wide: list[int]  # the rates `bpm` holds as 0, in order ([] stored as NULL)
@@ -116,7 +122,7 @@ def pack(customer_id: str, readings: Iterable[ColdReading]) -> Pack:
         raise ValueError("a pack holds at least one reading")
     hour = hour_of(rows[0].when)
     seconds: list[int] = []
-    micros = bytearray()
+    offsets: list[int] = []  # each reading's microsecond within its second
     rates = bytearray()
     wide: list[int] = []
     payloads: list[str | None] = []
@@ -131,7 +137,7 @@ def pack(customer_id: str, readings: Iterable[ColdReading]) -> Pack:
         second = offset.seconds  # < 3600: offset.days is 0
         seconds.append(second - previous)
         previous = second
-        micros += offset.microseconds.to_bytes(MICRO_BYTES, "big")
+        offsets.append(offset.microseconds)
         if reading.bpm in BYTE_RATES:
             rates.append(reading.bpm)
         else:
@@ -140,14 +146,24 @@ def pack(customer_id: str, readings: Iterable[ColdReading]) -> Pack:
         canonical = reading.payload is not None and reading.payload == canonical_payload(
             customer_id, reading.when, reading.bpm)
         payloads.append(None if canonical else reading.payload)
-    return Pack(hour, seconds, bytes(micros), bytes(rates), wide, payloads)
+    step = math.gcd(*offsets)
+    scaled = [m // step for m in offsets] if step else [0] * len(offsets)
+    width = micro_width(max(scaled))
+    micros = b"".join(m.to_bytes(width, "big") for m in scaled)
+    return Pack(hour, seconds, step, micros, bytes(rates), wide, payloads)
+
+
+def micro_width(largest: int) -> int:
+    """Bytes each entry of `micros` takes when the largest is `largest`."""
+    return (largest.bit_length() + 7) // 8
 
 
 def unpack(customer_id: str, packed: Pack) -> list[ColdReading]:
     """The readings of a pack, in the pack's order (`sort_key`)."""
     n = packed.readings
-    if not (len(packed.bpm) == len(packed.payloads) == n
-            and len(packed.micros) == MICRO_BYTES * n):
+    width, rest = divmod(len(packed.micros), n) if n else (0, 0)
+    if not (len(packed.bpm) == len(packed.payloads) == n and not rest
+            and width <= MICRO_BYTES):
         raise ValueError("a pack's arrays differ in length")
     wide = iter(packed.bpm_wide)
     readings = []
@@ -155,7 +171,8 @@ def unpack(customer_id: str, packed: Pack) -> list[ColdReading]:
     hour = packed.hour.astimezone(UTC)  # arithmetic in UTC: a local hour may repeat (DST)
     for i in range(n):
         second += packed.seconds[i]
-        micro = int.from_bytes(packed.micros[MICRO_BYTES * i:MICRO_BYTES * (i + 1)], "big")
+        micro = packed.micro_step * int.from_bytes(
+            packed.micros[width * i:width * (i + 1)], "big")
         when = hour + timedelta(microseconds=second * _SECOND_US + micro)
         bpm = packed.bpm[i] or next(wide)
         payload = packed.payloads[i]

@@ -105,11 +105,15 @@ _CHECKSUM = """
 """
 
 _PACK = """
-INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micros, bpm, bpm_wide,
-                            payloads)
+INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micro_step, micros, bpm,
+                            bpm_wide, payloads)
 SELECT hour, count(*), customer_id,
        array_agg((sec - prev)::smallint ORDER BY o),
-       string_agg(substring(int4send(us::integer) FROM 2 FOR 3), ''::bytea ORDER BY o),
+       max(step),
+       string_agg(CASE WHEN top = 0 THEN ''::bytea
+                       WHEN top < 256 THEN substring(int4send(scaled) FROM 4 FOR 1)
+                       WHEN top < 65536 THEN substring(int4send(scaled) FROM 3 FOR 2)
+                       ELSE substring(int4send(scaled) FROM 2 FOR 3) END, ''::bytea ORDER BY o),
        string_agg(CASE WHEN heart_rate BETWEEN 1 AND 255 THEN set_byte('\\x00', 0, heart_rate)
                        ELSE '\\x00' END, ''::bytea ORDER BY o),
        array_agg(heart_rate ORDER BY o) FILTER (WHERE heart_rate NOT BETWEEN 1 AND 255),
@@ -118,22 +122,31 @@ SELECT hour, count(*), customer_id,
                                                                         event_timestamp,
                                                                         heart_rate)
                       THEN NULL ELSE raw_payload END ORDER BY o)
-FROM (
-    SELECT customer_id, hour, heart_rate, raw_payload, event_timestamp, off / 1000000 AS sec,
-           off % 1000000 AS us,
-           coalesce(lag(off / 1000000) OVER w, 0) AS prev,
-           row_number() OVER w AS o
-    FROM (
-        SELECT customer_id, heart_rate, raw_payload, event_timestamp,
-               date_trunc('hour', event_timestamp, 'UTC') AS hour,
-               (extract(epoch FROM event_timestamp) * 1000000)::bigint
-               - (extract(epoch FROM date_trunc('hour', event_timestamp, 'UTC'))
-                  * 1000000)::bigint AS off
-        FROM (SELECT * FROM cold_incoming UNION ALL SELECT * FROM cold_old) AS r
+FROM (  -- the widest entry of `micros` in the pack
+    SELECT *, max(scaled) OVER (PARTITION BY customer_id, hour) AS top
+    FROM (  -- each microsecond in steps of the pack's gcd
+        SELECT *, CASE WHEN step = 0 THEN 0 ELSE us / step END AS scaled
+        FROM (
+            SELECT *, heartbeat_gcd(us) OVER (PARTITION BY customer_id, hour) AS step
+            FROM (
+                SELECT customer_id, hour, heart_rate, raw_payload, event_timestamp,
+                       off / 1000000 AS sec, (off % 1000000)::integer AS us,
+                       coalesce(lag(off / 1000000) OVER w, 0) AS prev,
+                       row_number() OVER w AS o
+                FROM (
+                    SELECT customer_id, heart_rate, raw_payload, event_timestamp,
+                           date_trunc('hour', event_timestamp, 'UTC') AS hour,
+                           (extract(epoch FROM event_timestamp) * 1000000)::bigint
+                           - (extract(epoch FROM date_trunc('hour', event_timestamp, 'UTC'))
+                              * 1000000)::bigint AS off
+                    FROM (SELECT * FROM cold_incoming UNION ALL SELECT * FROM cold_old) AS r
+                ) AS r
+                WINDOW w AS (PARTITION BY customer_id, hour
+                             ORDER BY event_timestamp, heart_rate,
+                                      raw_payload COLLATE "C" NULLS FIRST)
+            ) AS r
+        ) AS r
     ) AS r
-    WINDOW w AS (PARTITION BY customer_id, hour
-                 ORDER BY event_timestamp, heart_rate,
-                          raw_payload COLLATE "C" NULLS FIRST)
 ) AS r
 GROUP BY customer_id, hour
 """
@@ -195,8 +208,8 @@ def compact_day(
             "CREATE TEMP TABLE cold_old ON COMMIT DROP AS "
             "SELECT c.customer_id, u.event_timestamp, u.heart_rate, u.raw_payload "
             "FROM heartbeat_cold c JOIN cold_keys k USING (customer_id, hour), "
-            "heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micros, "
-            "c.bpm, c.bpm_wide, c.payloads) u WHERE c.hour >= %s AND c.hour < %s",
+            "heartbeat_cold_unpack(c.customer_id, c.hour, c.seconds, c.micro_step, "
+            "c.micros, c.bpm, c.bpm_wide, c.payloads) u WHERE c.hour >= %s AND c.hour < %s",
             (lo, hi),
         )
         merged = one_row(conn.execute("SELECT count(*) FROM cold_old"))[0]
@@ -222,7 +235,7 @@ def compact_day(
             f"WITH actual AS (SELECT customer_id, {_CHECKSUM} FROM ("
             " SELECT c.customer_id, u.* FROM heartbeat_cold c JOIN cold_keys k"
             " USING (customer_id, hour), heartbeat_cold_unpack(c.customer_id, c.hour,"
-            " c.seconds, c.micros, c.bpm, c.bpm_wide, c.payloads) u"
+            " c.seconds, c.micro_step, c.micros, c.bpm, c.bpm_wide, c.payloads) u"
             " WHERE c.hour >= %s AND c.hour < %s) AS r"
             " GROUP BY customer_id)"
             " SELECT customer_id FROM actual a FULL JOIN cold_expected e USING (customer_id)"
@@ -346,10 +359,11 @@ def write_pack(conn: psycopg.Connection, customer_id: str, packed: Pack) -> None
     the benchmark use to hold the SQL unpacking to the Python one."""
     conn.execute("SELECT heartbeat_ensure_cold_partition(%s)", (packed.hour.date(),))
     conn.execute(
-        "INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micros, bpm, "
-        "bpm_wide, payloads) VALUES (%s, %s, %s, %s::smallint[], %s, %s, %s::integer[], "
-        "%s::text[])",
-        (packed.hour, packed.readings, customer_id, packed.seconds, packed.micros,
+        "INSERT INTO heartbeat_cold (hour, readings, customer_id, seconds, micro_step, micros, "
+        "bpm, bpm_wide, payloads) VALUES (%s, %s, %s, %s::smallint[], %s, %s, %s, "
+        "%s::integer[], %s::text[])",
+        (packed.hour, packed.readings, customer_id, packed.seconds, packed.micro_step,
+         packed.micros,
          packed.bpm, packed.bpm_wide or None, packed.payloads),
     )
 
@@ -357,14 +371,14 @@ def write_pack(conn: psycopg.Connection, customer_id: str, packed: Pack) -> None
 def read_pack(conn: psycopg.Connection, customer_id: str, hour: datetime) -> Pack | None:
     """A stored pack as the domain's `Pack` (to unpack it in Python)."""
     row = conn.execute(
-        "SELECT hour, seconds, micros, bpm, bpm_wide, payloads FROM heartbeat_cold "
+        "SELECT hour, seconds, micro_step, micros, bpm, bpm_wide, payloads FROM heartbeat_cold "
         "WHERE customer_id = %s AND hour = %s", (customer_id, hour),
     ).fetchone()
     if row is None:
         return None
-    hour_, seconds, micros, bpm, wide, payloads = row
-    return Pack(hour_.astimezone(UTC), list(seconds), bytes(micros), bytes(bpm), wide or [],
-                list(payloads))
+    hour_, seconds, step, micros, bpm, wide, payloads = row
+    return Pack(hour_.astimezone(UTC), list(seconds), step, bytes(micros), bytes(bpm),
+                wide or [], list(payloads))
 
 
 def cold_readings_sql(conn: psycopg.Connection, customer_id: str, hour: datetime
@@ -372,7 +386,7 @@ def cold_readings_sql(conn: psycopg.Connection, customer_id: str, hour: datetime
     """A stored pack unpacked by SQL (heartbeat_cold_unpack), as the domain's readings."""
     rows = conn.execute(
         "SELECT u.* FROM heartbeat_cold c, heartbeat_cold_unpack(c.customer_id, c.hour, "
-        "c.seconds, c.micros, c.bpm, c.bpm_wide, c.payloads) u "
+        "c.seconds, c.micro_step, c.micros, c.bpm, c.bpm_wide, c.payloads) u "
         "WHERE c.customer_id = %s AND c.hour = %s",
         (customer_id, hour),
     ).fetchall()

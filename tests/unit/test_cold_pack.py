@@ -98,7 +98,7 @@ def test_packs_per_hour_hold_every_reading_once_in_its_own_utc_hour(
     for p in packs:
         assert all(hour_of(r.when) == p.hour for r in unpack(C, p))
         assert all(0 <= s < 3600 for s in p.seconds)  # int2
-        assert len(p.micros) == 3 * p.readings
+        assert len(p.micros) % p.readings == 0 and len(p.micros) <= 3 * p.readings
 
 
 @given(hours_of_readings(hours=1), st.randoms())
@@ -131,12 +131,28 @@ def test_a_payload_the_reading_rebuilds_is_not_stored_and_any_other_is() -> None
     assert pack('CUST_"1', [ColdReading(when, 30, sent)]).payloads == [sent]
 
 
-def test_seconds_are_delta_coded_and_micros_three_bytes_each() -> None:
+def test_seconds_are_delta_coded_and_micros_as_wide_as_the_largest_needs() -> None:
     start = datetime(2026, 1, 1, 5, tzinfo=UTC)
     packed = pack(C, [reading(start + timedelta(seconds=s, microseconds=u), 70)
                    for s, u in [(0, 999_999), (1, 0), (1, 5), (3599, 999_999)]])
     assert packed.seconds == [0, 1, 0, 3598]
-    assert packed.micros == bytes.fromhex("0f423f" "000000" "000005" "0f423f")
+    assert (packed.micro_step, packed.micros) == (1, bytes.fromhex("0f423f000000000005""0f423f"))
+
+
+@pytest.mark.parametrize(("micros", "step", "width"), [
+    ([0, 0, 0], 0, 0),  # whole seconds: nothing stored
+    ([0, 250_000, 500_000, 750_000], 250_000, 1),
+    ([1_000, 999_000, 0], 1_000, 2),  # a millisecond clock
+    ([2_500 * k for k in (0, 1, 399)], 2_500, 2),  # the generator's clock, 400 customers
+    ([7, 999_998], 1, 3),
+])
+def test_microseconds_are_stored_in_steps_of_their_gcd_as_narrow_as_they_fit(
+        micros: list[int], step: int, width: int) -> None:
+    start = datetime(2026, 1, 1, 5, tzinfo=UTC)
+    rows = [reading(start + timedelta(seconds=i, microseconds=m), 70) for i, m in enumerate(micros)]
+    packed = pack(C, rows)
+    assert (packed.micro_step, len(packed.micros)) == (step, width * len(micros))
+    assert unpack(C, packed) == rows
 
 
 def test_a_pack_refuses_readings_of_two_hours_and_a_class_without_its_payload() -> None:

@@ -1125,7 +1125,13 @@ def schema_shape(conn: psycopg.Connection) -> dict[str, list]:
         ).fetchall(),
         "functions": conn.execute(
             """SELECT proname, pg_get_functiondef(oid) FROM pg_proc
-               WHERE pronamespace = 'public'::regnamespace ORDER BY 1"""
+               WHERE pronamespace = 'public'::regnamespace AND prokind <> 'a' ORDER BY 1"""
+        ).fetchall(),
+        "aggregates": conn.execute(  # pg_get_functiondef refuses aggregates
+            """SELECT p.proname, pg_get_function_arguments(p.oid), a.aggtransfn::text,
+                      a.agginitval
+               FROM pg_proc p JOIN pg_aggregate a ON a.aggfnoid = p.oid
+               WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1"""
         ).fetchall(),
     }
 

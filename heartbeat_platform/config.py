@@ -28,7 +28,7 @@ from heartbeat_platform.domain.generator import (
     DEFAULT_FAULT_RATE,
     MAX_CUSTOMER_COUNT,
 )
-from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.domain.retention import ColdTierPolicy, RetentionPolicy
 from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 from heartbeat_platform.streaming.kafka_config import client_config, needs_security
 
@@ -153,6 +153,15 @@ class Settings(BaseSettings):
     )
     heartbeat_rollup_retention_days: int = Field(
         default=400, ge=1, description="days the minute, hour and day rollups are kept"
+    )
+    heartbeat_hot_days: int = Field(
+        default=default_of(ColdTierPolicy, "hot_days"), ge=0, le=3650,
+        description="days a UTC day stays hot (row tables) after it ends before compaction "
+        "packs it into the cold tier",
+    )
+    heartbeat_cold_retention_days: int = Field(
+        default=default_of(ColdTierPolicy, "cold_retention_days"), ge=1, le=36500,
+        description="days the cold tier keeps every reading (day partitions dropped whole)",
     )
 
     # Alerting (README, "Alerts: episodes and notifications"). URLs are secrets too: a
@@ -358,6 +367,10 @@ class Settings(BaseSettings):
         return client_config(
             self.kafka_client_properties, self._kafka_variables(), self.kafka_group_protocol
         )[0]
+
+    @property
+    def cold_tier(self) -> ColdTierPolicy:
+        return ColdTierPolicy(self.heartbeat_hot_days, self.heartbeat_cold_retention_days)
 
     @property
     def retention(self) -> RetentionPolicy:

@@ -10,7 +10,15 @@ import psycopg
 import typer
 
 from heartbeat_platform import readiness
-from heartbeat_platform.cli import alerts, bench, logs, maintenance, pipeline, services
+from heartbeat_platform.cli import (
+    alerts,
+    bench,
+    logs,
+    maintenance,
+    pipeline,
+    readings,
+    services,
+)
 from heartbeat_platform.cli.base import Group, console, error, log
 from heartbeat_platform.local.broker import EmbeddedBrokerError
 from heartbeat_platform.local.postgres import EmbeddedPostgresError
@@ -19,8 +27,8 @@ from heartbeat_platform.streaming.kafka_config import KafkaConfigError
 from heartbeat_platform.streaming.topics import BrokerUnavailable, TopicMissing
 
 # The order `--help` lists the commands in: a new user's, not the modules'.
-_COMMANDS = ("init-db", "status", "maintain", "down", "produce", "consume", "demo", "bench",
-             "up", "alerts")
+_COMMANDS = ("init-db", "status", "maintain", "readings", "down", "produce", "consume", "demo",
+             "bench", "up", "alerts")
 
 
 class _App(Group):
@@ -37,7 +45,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-for commands in (services, maintenance, pipeline, bench):
+for commands in (services, maintenance, readings, pipeline, bench):
     app.add_typer(commands.app)
 app.add_typer(alerts.app, name="alerts")
 

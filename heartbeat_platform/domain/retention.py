@@ -47,6 +47,21 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ColdTierPolicy:
+    """How long readings stay hot and how long the cold tier keeps them (README, "Cold
+    tier"). A UTC day is compacted once it has been over for `hot_days`, so a reading is
+    hot for at least that long; its cold day is dropped whole once it has been over for
+    `cold_retention_days`. The hot day partitions themselves stay (empty once compacted)
+    for the admissible window, `RetentionPolicy.raw_retention_days`: a late reading inside
+    it lands hot and the next compaction merges it into the day's packs. With a raw
+    retention of `hot_days` or less a day leaves before it is compacted, as it did before
+    the cold tier."""
+
+    hot_days: int = 2
+    cold_retention_days: int = 400
+
+
+@dataclass(frozen=True, slots=True)
 class AdmissibleWindow:
     """Event times the consumer stores: oldest <= t <= newest (computed once per batch)."""
 

@@ -40,6 +40,8 @@ class RetentionReport:
     created: int = 0
     dropped: dict[str, list[date]] = field(default_factory=dict)  # table -> days dropped
     kept_for_rollups: list[date] = field(default_factory=list)  # expired, rollups pending
+    # expired, still holding hot readings that the cold tier has not taken yet
+    kept_for_compaction: list[date] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)  # partitions a reader kept locked: next run
     first_day: date | None = None
     last_day: date | None = None
@@ -50,6 +52,7 @@ class RetentionReport:
             "days_dropped": sorted({str(d) for days in self.dropped.values() for d in days}),
             "partitions_dropped": sum(len(days) for days in self.dropped.values()),
             "days_kept_for_rollups": [str(d) for d in self.kept_for_rollups],
+            "days_kept_for_compaction": [str(d) for d in self.kept_for_compaction],
             "partitions_busy_retry_next_run": self.busy,
             "window_first_day": str(self.first_day),
             "window_last_day": str(self.last_day),
@@ -89,9 +92,12 @@ def partition_days(conn: psycopg.Connection) -> dict[str, list[date]]:
 
 
 def apply_retention(
-    conn: psycopg.Connection, policy: RetentionPolicy, now: datetime
+    conn: psycopg.Connection, policy: RetentionPolicy, now: datetime, *,
+    keep_uncompacted: bool = False,
 ) -> RetentionReport:
-    """Create the window's partitions, then drop expired days whose rollups are done."""
+    """Create the window's partitions, then drop expired days whose rollups are done (and,
+    with `keep_uncompacted`, whose readings the cold tier holds: their hot partitions are
+    empty)."""
     report = RetentionReport(created=ensure_partitions(conn, policy, now))
     report.first_day, report.last_day = policy.days_to_create(now)
     existing = partition_days(conn)
@@ -101,7 +107,12 @@ def apply_retention(
         set(unrolled_days(conn, candidates))
         | {d for d in candidates if _readings_without_daily_rollup(conn, d, existing)}
     )
-    blocked = set(report.kept_for_rollups)
+    if keep_uncompacted:
+        report.kept_for_compaction = [
+            d for d in candidates
+            if d not in report.kept_for_rollups and _holds_readings(conn, d, existing)
+        ]
+    blocked = set(report.kept_for_rollups) | set(report.kept_for_compaction)
     for table, days in expired.items():
         for day in (d for d in days if d not in blocked):
             try:
@@ -114,12 +125,29 @@ def apply_retention(
         with conn.transaction():  # a run that stopped between its DETACH and its DROP
             conn.execute("SELECT heartbeat_drop_detached_partition(%s)", (name,))
         log.info("dropped %s, left detached by an earlier retention run", name)
-    if blocked:
+    if report.kept_for_rollups:
         log.warning(
             "kept expired days %s: their rollups are not materialised yet",
             ", ".join(str(d) for d in report.kept_for_rollups),
         )
+    if report.kept_for_compaction:
+        log.warning(
+            "kept expired days %s: their readings are not in the cold tier yet (compaction "
+            "runs in `maintain` and Dagster's heartbeat_cold)",
+            ", ".join(str(d) for d in report.kept_for_compaction),
+        )
     return report
+
+
+def _holds_readings(conn: psycopg.Connection, day: date, existing: dict[str, list[date]]) -> bool:
+    """Whether the day's hot partitions hold a reading."""
+    holds = [
+        sql.SQL("EXISTS (SELECT 1 FROM {})").format(sql.Identifier(f"{t}_p{day:%Y%m%d}"))
+        for t in sorted(ROLLED_UP) if day in existing[t]
+    ]
+    if not holds:
+        return False
+    return one_row(conn.execute(sql.SQL("SELECT {}").format(sql.SQL(" OR ").join(holds))))[0]
 
 
 def unrolled_days(conn: psycopg.Connection, days: list[date]) -> list[date]:

@@ -263,16 +263,30 @@ def _bounds(windows: list[datetime], width: timedelta) -> dict:
 
 # A minute read from the raw rows once, per customer; the anomaly side counts each reading
 # once (same customer and timestamp), so a reading replayed at another Kafka offset does
-# not inflate any rollup.
+# not inflate any rollup. A window of a day compacted into the cold tier (a late reading
+# marked it) reads the cold packs of its hours too (storage/cold.py): a reading is in one
+# tier only, so the union counts each once. Windows of days never compacted (every
+# scheduled refresh) read no cold partition at all: `cold` is then empty by its text.
+_COLD_ROWS = """
+    SELECT * FROM heartbeat_cold_rows(%(cold_hours)s)
+    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+"""
+_NO_COLD_ROWS = """
+    SELECT NULL::text AS customer_id, NULL::timestamptz AS event_timestamp,
+           NULL::integer AS heart_rate, NULL::text AS raw_payload WHERE false
+"""
 _CUSTOMER_MINUTES = """
-WITH readings AS (
+WITH cold AS MATERIALIZED ({cold}), readings AS (
     SELECT customer_id, date_trunc('minute', event_timestamp) AS minute,
            count(*) AS n, sum(heart_rate) AS s, sum(heart_rate::bigint * heart_rate) AS ss,
            min(heart_rate) AS min_bpm, max(heart_rate) AS max_bpm,
            min(event_timestamp) AS first_at, max(event_timestamp) AS last_at
-    FROM heartbeat_records
-    WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-      AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)
+    FROM (SELECT customer_id, event_timestamp, heart_rate FROM heartbeat_records
+          WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+          UNION ALL
+          SELECT customer_id, event_timestamp, heart_rate FROM cold
+          WHERE heartbeat_class(heart_rate) = 'NORMAL') AS r
+    WHERE date_trunc('minute', event_timestamp) = ANY(%(windows)s)
     GROUP BY 1, 2
 ), anomalies AS (
     SELECT customer_id, date_trunc('minute', event_timestamp) AS minute, count(*) AS anomalies,
@@ -282,9 +296,12 @@ WITH readings AS (
            max(event_timestamp) AS anomaly_at
     FROM (SELECT DISTINCT ON (customer_id, event_timestamp) customer_id, event_timestamp,
                  anomaly_type
-          FROM heartbeat_anomalies
-          WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
-            AND date_trunc('minute', event_timestamp) = ANY(%(windows)s)) AS a
+          FROM (SELECT customer_id, event_timestamp, anomaly_type FROM heartbeat_anomalies
+                WHERE event_timestamp >= %(lo)s AND event_timestamp < %(hi)s
+                UNION ALL
+                SELECT customer_id, event_timestamp, heartbeat_class(heart_rate) FROM cold
+                WHERE heartbeat_class(heart_rate) <> 'NORMAL') AS r
+          WHERE date_trunc('minute', event_timestamp) = ANY(%(windows)s)) AS a
     GROUP BY 1, 2
 )
 INSERT INTO customer_minute_stats (customer_id, minute, reading_count, bpm_sum,
@@ -400,7 +417,13 @@ def _recompute_fleet_minutes(conn: psycopg.Connection, windows: list[datetime]) 
         "DELETE FROM customer_minute_stats WHERE minute >= %(lo)s AND minute < %(hi)s "
         "AND minute = ANY(%(windows)s)", bounds,
     )
-    conn.execute(_CUSTOMER_MINUTES, bounds)
+    compacted = {row[0] for row in conn.execute(
+        "SELECT day FROM heartbeat_cold_days WHERE day >= %s AND day <= %s",
+        (bounds["lo"].astimezone(UTC).date(), bounds["hi"].astimezone(UTC).date()))}
+    cold_hours = sorted({h for h in (window_start(Rollup.CUSTOMER_HOURLY, w) for w in windows)
+                         if h.date() in compacted})
+    statement = _CUSTOMER_MINUTES.replace("{cold}", _COLD_ROWS if cold_hours else _NO_COLD_ROWS)
+    conn.execute(statement, {**bounds, "cold_hours": cold_hours})
     conn.execute("DELETE FROM fleet_minute_stats WHERE minute = ANY(%(windows)s)", bounds)
     rows = conn.execute(_FLEET_MINUTES, bounds).rowcount
     conn.execute(_PRUNE_LIVE)

@@ -39,9 +39,11 @@ EXPECTED_TABLES = {
     "alert_outbox",
     "alert_overrides",
     "alert_receivers",
+    "heartbeat_cold",
+    "heartbeat_cold_days",
 }
 PARTITIONED = {"heartbeat_records", "heartbeat_anomalies", "heartbeat_dead_letters",
-               "pipeline_metrics", "customer_minute_stats"}
+               "pipeline_metrics", "customer_minute_stats", "heartbeat_cold"}
 
 VIEW_COLUMNS = {
     "vw_customer_bpm_summary": [

@@ -1,7 +1,8 @@
 """Facts that Python and the schema both hold, read back from a migrated database and held
 against the Python that is their home: neither language can change one alone.
 
-The bpm limits live in `domain.events` and in CHECK constraints (sql/006, sql/009); the
+The bpm limits live in `domain.events`, in CHECK constraints (sql/006, sql/009) and in
+`heartbeat_class` (sql/012, the cold tier's class of a rate); the
 customer-id pattern in `domain.events` and in the landing checks' SQL; the classes, kinds
 and states in enums and in CHECK constraints; the writer's columns in `Table`s and in the
 tables themselves. Migrations are checksummed and never edited: a limit changed in Python
@@ -84,6 +85,14 @@ def test_heartbeat_anomalies_takes_exactly_the_anomaly_classes(schema) -> None:
         [*HeartbeatClass, "SENSOR_FAULT"],
     )
     assert taken == set(HeartbeatClass) - {HeartbeatClass.NORMAL}
+
+
+def test_postgresql_classifies_every_rate_as_classify_heart_rate_does(schema) -> None:
+    """The cold tier keeps no class: heartbeat_class (sql/012) derives it from the rate."""
+    rates = [*RATES, -(2**31), 2**31 - 1]
+    got = dict(schema.execute(
+        "SELECT r, heartbeat_class(r) FROM unnest(%s::integer[]) AS r", (rates,)).fetchall())
+    assert got == {bpm: classify_heart_rate(bpm).value for bpm in rates}
 
 
 def test_an_alert_bound_is_stored_exactly_when_a_device_can_report_it(schema) -> None:

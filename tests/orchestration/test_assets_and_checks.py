@@ -241,6 +241,29 @@ def test_retention_asset_reports_what_it_did(platform_settings, db) -> None:
     ).fetchone()[0] is None
 
 
+def test_cold_tier_asset_compacts_a_due_day_and_leaves_a_recent_one_hot(
+        platform_settings, db) -> None:
+    """A day over for HEARTBEAT_HOT_DAYS moves to cold (the metadata says so and counts
+    it); today's partition stays hot; the nightly schedule asks for due days only."""
+    old = (datetime.now(UTC) - timedelta(days=4)).date()
+    today = datetime.now(UTC).date()
+    db.execute(
+        "INSERT INTO heartbeat_records (customer_id, event_timestamp, heart_rate, "
+        "kafka_partition, kafka_offset) SELECT 'CUST_00001', %s + i * interval '1 s', 70, 0, i "
+        "FROM generate_series(0, 99) AS i", (datetime(old.year, old.month, old.day, tzinfo=UTC),))
+    schedule = next(s for s in defs.schedules if s.name == "cold_tier_daily")
+    with dg.build_schedule_context(
+            resources={"postgres": PostgresResource()}) as context:
+        requests = schedule(context)
+    assert [r.partition_key for r in requests] == [str(old)]
+    job = defs.resolve_job_def("cold_tier_compaction")
+    done = materialized(job.execute_in_process(partition_key=str(old)))["heartbeat_cold"]
+    assert (done["tier"], done["readings_moved"], done["cold_readings"]) == ("cold", 100, 100)
+    assert db.execute("SELECT count(*) FROM heartbeat_records").fetchone()[0] == 0
+    hot = materialized(job.execute_in_process(partition_key=str(today)))["heartbeat_cold"]
+    assert hot["tier"] == "hot"
+
+
 @pytest.mark.parametrize(
     ("plant", "fails"),
     [

@@ -49,6 +49,7 @@ ASSET_GRAPH = {
         "customer_daily_bpm_stats", "fleet_minute_stats", "heartbeat_anomalies",
         "heartbeat_dead_letters", "heartbeat_records", "pipeline_metrics",
     ],
+    "heartbeat_cold": ["heartbeat_anomalies", "heartbeat_records"],
     "pipeline_health_snapshot": [
         "heartbeat_anomalies", "heartbeat_dead_letters", "heartbeat_events", "heartbeat_records",
     ],
@@ -190,7 +191,7 @@ def test_checks_and_their_blocking() -> None:
 
 def test_supervisor_and_schedules_run_by_default() -> None:
     """What runs without anyone clicking: supervisor, rollups, health, checks, retention
-    (once at once on a fresh install, then hourly)."""
+    (once at once on a fresh install, then hourly), the cold tier's nightly compaction."""
     sensors = {s.name: s.default_status for s in defs.sensors}
     assert sensors == {
         "heartbeat_consumer_supervisor": dg.DefaultSensorStatus.RUNNING,
@@ -202,6 +203,7 @@ def test_supervisor_and_schedules_run_by_default() -> None:
         "pipeline_health_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
         "data_quality_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
         "storage_retention_hourly": ("7 * * * *", dg.DefaultScheduleStatus.RUNNING),
+        "cold_tier_daily": ("23 0 * * *", dg.DefaultScheduleStatus.RUNNING),
         "no_signal_every_minute": ("* * * * *", dg.DefaultScheduleStatus.RUNNING),
         "alert_stats_every_5_minutes": ("*/5 * * * *", dg.DefaultScheduleStatus.RUNNING),
     }

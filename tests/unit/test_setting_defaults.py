@@ -13,7 +13,7 @@ from heartbeat_platform import config, readiness
 from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.domain.episodes import Rules, silent_customers
 from heartbeat_platform.domain.generator import HeartbeatGenerator
-from heartbeat_platform.domain.retention import RetentionPolicy
+from heartbeat_platform.domain.retention import ColdTierPolicy, RetentionPolicy
 from heartbeat_platform.local.services import Endpoints
 from heartbeat_platform.streaming.consumer_config import ConsumerConfig
 
@@ -28,6 +28,8 @@ READ_FROM = {
     "heartbeat_raw_retention_days": (RetentionPolicy, "raw_retention_days"),
     "heartbeat_max_clock_skew_s": (RetentionPolicy, "max_clock_skew_s"),
     "heartbeat_partitions_ahead_days": (RetentionPolicy, "partitions_ahead_days"),
+    "heartbeat_hot_days": (ColdTierPolicy, "hot_days"),
+    "heartbeat_cold_retention_days": (ColdTierPolicy, "cold_retention_days"),
     "heartbeat_alert_resolve_after_normal": (Rules, "resolve_after_normal"),
     "heartbeat_escalate_after_s": (AlertingConfig, "escalate_after_s"),
     "heartbeat_alert_give_up_s": (AlertingConfig, "give_up_s"),
@@ -62,6 +64,7 @@ def test_a_default_changed_on_its_field_is_the_settings_default(
 
 def test_default_settings_build_the_objects_their_defaults_make(defaults) -> None:
     assert defaults.retention == RetentionPolicy()
+    assert defaults.cold_tier == ColdTierPolicy()
     assert defaults.alert_rules == Rules()
     assert readiness.alerting_config(defaults) == AlertingConfig()
     endpoints = Endpoints("postgresql://x/y", "broker:9092")

@@ -1,1 +1,2 @@
-"""Scheduled care: pipeline health snapshots, data-quality runs, storage retention."""
+"""Scheduled care: pipeline health snapshots, data-quality runs, storage retention, the
+cold tier's compaction."""

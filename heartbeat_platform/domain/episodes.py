@@ -48,13 +48,13 @@ from heartbeat_platform.domain.events import (
 )
 
 __all__ = [
+    "DEFAULT_DELAY",
     "SEVERITY",
     "AlertBounds",
     "Episode",
     "EpisodeKind",
     "EpisodeReading",
     "EpisodeState",
-    "DEFAULT_DELAY",
     "NO_SIGNAL_AFTER",
     "SEEN_WITHIN",
     "Outcome",
@@ -381,12 +381,14 @@ class _CustomerEpisodes:
     def _start(
         self, kind: EpisodeKind, reading: EpisodeReading, now: datetime, rules: Rules
     ) -> None:
+        # a run of one reading: enough when one reading is and no delay is asked for
+        fires = rules.min_readings[kind] <= 1 and not rules.delay[kind]
         episode = Episode(
             episode_id=None,
             customer_id=reading.customer_id,
             kind=kind,
-            state=EpisodeState.PENDING,
-            opened_at=None,
+            state=EpisodeState.FIRING if fires else EpisodeState.PENDING,
+            opened_at=now if fires else None,
             resolved_at=None,
             first_heart_rate=reading.heart_rate,
             worst_heart_rate=reading.heart_rate,
@@ -396,10 +398,9 @@ class _CustomerEpisodes:
             normal_streak=0,
             last_evaluated_at=reading.reading_at,
         )
-        if rules.fires(episode):
-            episode = replace(episode, state=EpisodeState.FIRING, opened_at=now)
-            self.transitions.append(Transition(episode, "firing"))
         self._save(episode)
+        if fires:
+            self.transitions.append(Transition(episode, "firing"))
 
     def _join(self, episode: Episode, reading: EpisodeReading, now: datetime, rules: Rules) -> None:
         joined = replace(

@@ -416,14 +416,13 @@ def test_a_run_shorter_than_the_delay_is_dropped_by_a_normal_reading_and_tells_n
 
 
 def test_both_the_readings_and_the_delay_must_be_reached() -> None:
+    run = stream(ALICE, *[190] * 8)  # one a second
     more_readings = Rules(min_readings={TACHY: 5}, delay={TACHY: 2 * SECOND})
-    [fired] = [t.episode for t in advance([], stream(ALICE, *[190] * 8), NOW, more_readings)
-               .transitions]
-    assert (fired.readings, fired.last_reading_at) == (5, T0 + 4 * SECOND)
+    [fired] = advance([], run, NOW, more_readings).transitions
+    assert (fired.episode.readings, fired.episode.last_reading_at) == (5, T0 + 4 * SECOND)
     longer_delay = Rules(min_readings={TACHY: 2}, delay={TACHY: 4 * SECOND})
-    [fired] = [t.episode for t in advance([], stream(ALICE, *[190] * 8), NOW, longer_delay)
-               .transitions]
-    assert (fired.readings, fired.last_reading_at) == (5, T0 + 4 * SECOND)
+    [fired] = advance([], run, NOW, longer_delay).transitions
+    assert (fired.episode.readings, fired.episode.last_reading_at) == (5, T0 + 4 * SECOND)
 
 
 def test_the_delay_counts_reading_times_not_the_clock_so_a_replay_decides_the_same() -> None:

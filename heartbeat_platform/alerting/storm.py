@@ -21,7 +21,12 @@ What it promises, whatever the times (tests/unit/test_storm.py):
 
 The caller (the delivery, which is not wired to it yet: README, Alerts) owns the clock:
 it calls :meth:`Storm.offer` as rows are queued, and :meth:`Storm.due` when
-:meth:`Storm.next_due` says, and POSTs each :class:`Release`.
+:meth:`Storm.next_due` says, and POSTs each :class:`Release`. What the wiring must keep,
+for whoever does it: one Storm per receiver, fed every transition queued for it in queue
+order; a group is POSTed as :func:`grouped_payload` with :func:`group_key` as its
+Idempotency-Key, retried as the same group (same members, same key) until it succeeds or
+is given up, and only then are its members' outbox rows marked done, so delivery stays at
+least once per transition.
 """
 
 from __future__ import annotations

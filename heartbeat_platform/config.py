@@ -13,6 +13,7 @@ variables, checked when the settings load and handed to every Kafka client throu
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from heartbeat_platform.alerting.config import AlertingConfig
 from heartbeat_platform.alerting.receivers import PAGERDUTY_URL, Receiver, check_url
+from heartbeat_platform.alerting.storm import StormPolicy
 from heartbeat_platform.domain.episodes import NO_SIGNAL_AFTER, EpisodeKind, Rules
 from heartbeat_platform.domain.generator import (
     DEFAULT_ANOMALY_RATE,
@@ -195,7 +197,25 @@ class Settings(BaseSettings):
     heartbeat_alert_min_readings: str = Field(
         default="",
         description="readings of a kind in a row before its episode fires, e.g. "
-        "'SENSOR_FAULT=3,BRADYCARDIA=2'; kinds not named: 1",
+        "'SENSOR_FAULT=3,BRADYCARDIA=2' or '2' for every kind; kinds not named: 1",
+    )
+    # The alarm-condition delay (README, Alerts: "Calm by default"); both it and the
+    # readings above must be reached before an episode fires.
+    heartbeat_alert_delay_s: str = Field(
+        default="",
+        description="seconds a kind must be sustained (by reading times) before its "
+        "episode fires, e.g. 'TACHYCARDIA=10,SENSOR_FAULT=30' or '0' for every kind; "
+        "kinds not named: domain.episodes.DEFAULT_DELAY",
+    )
+    # Storm grouping (alerting/storm.py; not yet wired into delivery, README says so)
+    heartbeat_alert_group_over: int = Field(
+        default=default_of(StormPolicy, "group_over"), ge=0,
+        description="more notifications than this for one receiver within the window: "
+        "grouped; 0: never",
+    )
+    heartbeat_alert_group_window_s: float = Field(
+        default=default_of(StormPolicy, "window_s"), gt=0,
+        description="the window (seconds) that counts notifications for storm grouping",
     )
     heartbeat_alert_resolve_after_normal: int = Field(
         default=default_of(Rules, "resolve_after_normal"), ge=1,
@@ -254,12 +274,19 @@ class Settings(BaseSettings):
         min_readings_by_kind(value)  # raises ValueError naming what is wrong
         return value
 
+    @field_validator("heartbeat_alert_delay_s")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        delay_by_kind(value)  # raises ValueError naming what is wrong
+        return value
+
     @property
     def alert_rules(self) -> Rules:
         """The episode rules these settings give (`domain.episodes`)."""
         return Rules(
             min_readings=min_readings_by_kind(self.heartbeat_alert_min_readings),
             resolve_after_normal=self.heartbeat_alert_resolve_after_normal,
+            delay=delay_by_kind(self.heartbeat_alert_delay_s),
         )
 
     @property
@@ -276,6 +303,11 @@ class Settings(BaseSettings):
             found.append(Receiver.of("pagerduty", self.heartbeat_pagerduty_url,
                                      _secret(self.heartbeat_pagerduty_routing_key)))
         return tuple(found)
+
+    @property
+    def storm_policy(self) -> StormPolicy:
+        """Storm grouping as these settings give it (`alerting.storm`)."""
+        return StormPolicy(self.heartbeat_alert_group_over, self.heartbeat_alert_group_window_s)
 
     @property
     def alert_escalation_receivers(self) -> tuple[Receiver, ...]:
@@ -387,25 +419,61 @@ class Settings(BaseSettings):
 
 
 def min_readings_by_kind(text: str) -> dict[EpisodeKind, int]:
-    """'KIND=N,...' -> {kind: N} for the kinds named (`Rules` gives the others theirs)."""
+    """'KIND=N,...' -> {kind: N} for the kinds named (`Rules` gives the others theirs);
+    a bare 'N' is every kind's (a KIND=N item beside it wins for its kind)."""
     found: dict[EpisodeKind, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, count = item.partition("=")
+    for kind, value, item in _by_kind(text, "HEARTBEAT_ALERT_MIN_READINGS", "N"):
         try:
-            kind, readings = EpisodeKind(name.strip().upper()), int(count)
+            readings = int(value)
         except ValueError:
             raise ValueError(
-                f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} is not KIND=N with KIND one of "
-                f"{', '.join(EpisodeKind)}"
+                f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} needs a whole number N"
             ) from None
         if readings < 1:
             raise ValueError(f"HEARTBEAT_ALERT_MIN_READINGS: {item!r} needs N >= 1")
-        found[kind] = readings
+        found.update(dict.fromkeys(kind, readings))
     return found
 
 
 def _secret(value: SecretStr | None) -> str | None:
     return value.get_secret_value() if value is not None else None
+
+
+def delay_by_kind(text: str) -> dict[EpisodeKind, timedelta]:
+    """'KIND=S,...' (seconds) -> {kind: delay} for the kinds named (`Rules` gives the
+    others DEFAULT_DELAY's); a bare 'S' is every kind's (a KIND=S item beside it wins)."""
+    found: dict[EpisodeKind, timedelta] = {}
+    for kind, value, item in _by_kind(text, "HEARTBEAT_ALERT_DELAY_S", "S"):
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"HEARTBEAT_ALERT_DELAY_S: {item!r} needs a number S") from None
+        if not 0 <= seconds <= 86_400:  # also refuses nan and inf
+            raise ValueError(f"HEARTBEAT_ALERT_DELAY_S: {item!r} needs 0 <= S <= 86400")
+        found.update(dict.fromkeys(kind, timedelta(seconds=seconds)))
+    return found
+
+
+def _by_kind(
+    text: str, variable: str, letter: str
+) -> list[tuple[tuple[EpisodeKind, ...], str, str]]:
+    """The items of a 'KIND=value,...' setting: (kinds it sets, value, item as written),
+    a bare value (every kind) first so that the named kinds override it."""
+    items: list[tuple[tuple[EpisodeKind, ...], str, str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals:
+            items.insert(0, (tuple(EpisodeKind), item, item))
+            continue
+        try:
+            kind = EpisodeKind(name.strip().upper())
+        except ValueError:
+            raise ValueError(
+                f"{variable}: {item!r} is not KIND={letter} with KIND one of "
+                f"{', '.join(EpisodeKind)}"
+            ) from None
+        items.append(((kind,), value.strip(), item))
+    return items
 
 
 def _url_list(text: str | None) -> tuple[str, ...]:

@@ -3,9 +3,11 @@
 Single anomalous readings still give a banner and an ``alert_<type>`` row (domain.alerts);
 a person is told about *episodes* instead, because most single-reading alarms are not
 actionable (alarm fatigue). An episode is one stretch of trouble of one customer and one
-:class:`EpisodeKind`. It starts firing after ``min_readings`` readings of its kind in a row
-and resolves after ``resolve_after_normal`` NORMAL readings in a row; ``NO_SIGNAL`` is
-opened by a scheduled job (:func:`silent_customers`) and resolved by the next reading.
+:class:`EpisodeKind`. It starts firing once it holds both ``min_readings`` readings of its
+kind in a row and ``delay`` of them sustained (from the first reading of the run to the
+current one, by the readings' own times, so a replay decides the same), and resolves after
+``resolve_after_normal`` NORMAL readings in a row; ``NO_SIGNAL`` is opened by a scheduled
+job (:func:`silent_customers`) and resolved by the next reading.
 
 The consumer's batch writer calls :func:`advance` inside the batch's transaction and
 stores what it returns, so a crash or a replay never opens, resolves or notifies an
@@ -21,6 +23,12 @@ Decisions the rules leave open, made here:
   the storage classification, not the customer's bounds; on a tie the earlier value stays.
 * Within one reading, transitions come in this order: NO_SIGNAL resolved, other episodes
   resolved (by kind), then the reading's own kind firing.
+* Sustained means seen throughout: while an episode is pending under a ``delay``, a
+  silence between two of its readings longer than the delay itself restarts the run at the
+  later reading (readings at 0 s and 60 s say nothing of the 59 s between). With no delay
+  a silence changes nothing, as before delays existed.
+* ``NO_SIGNAL`` takes neither ``min_readings`` nor ``delay``: the job opens it firing, its
+  silence has already lasted ``HEARTBEAT_NO_SIGNAL_AFTER_S``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from heartbeat_platform.domain.events import (
 )
 
 __all__ = [
+    "DEFAULT_DELAY",
     "SEVERITY",
     "AlertBounds",
     "Episode",
@@ -130,13 +139,37 @@ def _every_kind_once() -> Mapping[EpisodeKind, int]:
     return MappingProxyType(dict.fromkeys(EpisodeKind, 1))
 
 
+# The alarm-condition delay by default (README, Alerts: "Calm by default", has the figures):
+# a heart too fast or too slow for 10 s (an ECG monitor must raise a tachycardia alarm
+# within about 10 s, IEC 60601-2-27; a 14 s delay removes about half of the non-actionable
+# alarms, Goerges et al. 2009), a device reading nonsense for 30 s (a warning: someone
+# looks at the device, nobody runs).
+DEFAULT_DELAY: Mapping[EpisodeKind, timedelta] = MappingProxyType(
+    {
+        EpisodeKind.TACHYCARDIA: timedelta(seconds=10),
+        EpisodeKind.BRADYCARDIA: timedelta(seconds=10),
+        EpisodeKind.SENSOR_FAULT: timedelta(seconds=30),
+        EpisodeKind.NO_SIGNAL: timedelta(0),  # not used: see the module docstring
+    }
+)
+
+
+def _default_delay() -> Mapping[EpisodeKind, timedelta]:
+    return DEFAULT_DELAY
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Debouncing: how many readings open an episode and how many NORMAL ones close it."""
+    """Debouncing: how many readings, sustained how long, open an episode, and how many
+    NORMAL ones close it. An episode fires when both its ``min_readings`` and its
+    ``delay`` are reached; ``min_readings=1`` and a zero delay fire at the first reading."""
 
     # readings of the kind in a row before it fires; kinds left out fire at the first one
     min_readings: Mapping[EpisodeKind, int] = field(default_factory=_every_kind_once)
     resolve_after_normal: int = 3  # NORMAL readings in a row that resolve an open episode
+    # time from the run's first reading to the current one before it fires (reading
+    # times, not the clock); kinds left out keep DEFAULT_DELAY's
+    delay: Mapping[EpisodeKind, timedelta] = field(default_factory=_default_delay)
 
     def __post_init__(self) -> None:
         # a private read-only copy: the caller's dict may change, the rules must not
@@ -147,7 +180,25 @@ class Rules:
             raise ValueError(
                 f"resolve_after_normal must be at least 1: {self.resolve_after_normal}"
             )
+        delays = dict(DEFAULT_DELAY) | dict(self.delay)
+        if any(delay < timedelta(0) for delay in delays.values()):
+            raise ValueError(f"delay must not be negative for any kind: {delays}")
         object.__setattr__(self, "min_readings", MappingProxyType(complete))
+        object.__setattr__(self, "delay", MappingProxyType(delays))
+
+    def fires(self, episode: Episode) -> bool:
+        """Whether a pending episode has what it takes to fire: enough readings of its
+        kind in a row, sustained long enough."""
+        return (
+            episode.readings >= self.min_readings[episode.kind]
+            and episode.last_reading_at - episode.first_reading_at >= self.delay[episode.kind]
+        )
+
+    def breaks_run(self, episode: Episode, at: datetime) -> bool:
+        """Whether a reading at `at` of a pending episode's kind comes after a silence too
+        long to count as sustained (longer than a delay; no delay: never)."""
+        delay = self.delay[episode.kind]
+        return bool(delay) and at - episode.last_reading_at > delay
 
 
 DEFAULT_RULES = Rules()
@@ -310,7 +361,10 @@ class _CustomerEpisodes:
             if open_kind is EpisodeKind.NO_SIGNAL:
                 self._resolve(replace(episode, last_evaluated_at=at), now)
             elif open_kind is kind:
-                self._join(episode, reading, now, rules)
+                if episode.state is EpisodeState.PENDING and rules.breaks_run(episode, at):
+                    self._drop(episode)  # a new run starts at this reading, below
+                else:
+                    self._join(episode, reading, now, rules)
             elif episode.state is EpisodeState.PENDING:
                 self._drop(episode)  # its readings are no longer in a row
             elif kind is None:
@@ -327,7 +381,8 @@ class _CustomerEpisodes:
     def _start(
         self, kind: EpisodeKind, reading: EpisodeReading, now: datetime, rules: Rules
     ) -> None:
-        fires = rules.min_readings[kind] <= 1
+        # a run of one reading: enough when one reading is and no delay is asked for
+        fires = rules.min_readings[kind] <= 1 and not rules.delay[kind]
         episode = Episode(
             episode_id=None,
             customer_id=reading.customer_id,
@@ -356,10 +411,7 @@ class _CustomerEpisodes:
             normal_streak=0,
             last_evaluated_at=reading.reading_at,
         )
-        fires = (
-            joined.state is EpisodeState.PENDING
-            and joined.readings >= rules.min_readings[joined.kind]
-        )
+        fires = joined.state is EpisodeState.PENDING and rules.fires(joined)
         if fires:
             joined = replace(joined, state=EpisodeState.FIRING, opened_at=now)
         self._save(joined)

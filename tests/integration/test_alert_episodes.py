@@ -80,6 +80,9 @@ def consumer_process(settings, receiver: Receiver, **env: str) -> subprocess.Pop
         "KAFKA_TOPIC": settings.kafka_topic,
         "KAFKA_GROUP_ID": settings.kafka_group_id,
         "HEARTBEAT_ALERT_WEBHOOK_URL": receiver.url,
+        # These scripts are about episodes that fire at their first reading, as before the
+        # alarm-condition delay; the delay has its test (test_alert_delay.py).
+        "HEARTBEAT_ALERT_DELAY_S": "0",
         **env,
     }
     path = Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1])

@@ -288,6 +288,7 @@ def filled(embedded_postgres, services, tmp_path_factory) -> FilledDatabase:
         heartbeat_customer_count=20,
         heartbeat_consume_batch_size=200,
         heartbeat_stats_every=100,
+        heartbeat_alert_delay_s="0",  # every anomaly fires an episode at once
         _env_file=None,
     )
     prepared = readiness.prepare(settings)
@@ -654,7 +655,8 @@ def test_customer_value_is_quoted_not_spliced(reader, context, week) -> None:
 
 def test_the_pipeline_opened_the_episodes_of_its_anomalies(owner) -> None:
     """The consumer keeps episodes in each batch's transaction: every customer and kind with
-    an anomalous reading has one (one reading opens an episode by default), no other."""
+    an anomalous reading has one (one reading opens an episode with no delay, as the
+    fixture sets), no other."""
     kinds = {"TACHYCARDIA": "TACHYCARDIA", "BRADYCARDIA": "BRADYCARDIA",
              "INVALID": "SENSOR_FAULT"}
     anomalous = {(c, kinds[t]) for c, t in owner.execute(

@@ -109,6 +109,8 @@ def test_consumer_job_materialises_the_landing_tables_it_wrote_and_serves_metric
     HEARTBEAT_METRICS_PORT set the run serves Prometheus /metrics on that port."""
     port = free_port()
     monkeypatch.setenv("HEARTBEAT_METRICS_PORT", str(port))
+    # no alarm-condition delay: the generator's isolated anomalies fire episodes at once
+    monkeypatch.setenv("HEARTBEAT_ALERT_DELAY_S", "0")
     produce(1_500)
     instance = dg.DagsterInstance.ephemeral()
     result = defs.get_job_def("heartbeat_consumer").execute_in_process(

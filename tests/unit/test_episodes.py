@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from heartbeat_platform.config import load_settings
 from heartbeat_platform.domain.episodes import (
+    DEFAULT_DELAY,
     SEVERITY,
     AlertBounds,
     Episode,
@@ -41,7 +43,10 @@ TACHY, BRADY, FAULT, NO_SIGNAL = (
 )
 PENDING, FIRING, RESOLVED = EpisodeState.PENDING, EpisodeState.FIRING, EpisodeState.RESOLVED
 READING_KINDS = (TACHY, BRADY, FAULT)
-DEFAULT_RULES = Rules()
+# Today's rules before delays: fire at the first reading of a kind. Most examples below are
+# about the other rules; the delay has its own section.
+NO_DELAY = dict.fromkeys(EpisodeKind, timedelta(0))
+DEFAULT_RULES = Rules(delay=NO_DELAY)
 
 
 def stream(customer: str, *rates: int, start: int = 0) -> list[EpisodeReading]:
@@ -161,7 +166,8 @@ def test_an_athlete_resting_at_38_bpm_is_normal_for_episodes_but_still_stored_as
     assert episode_kind(34, athlete) is BRADY
     assert classify_heart_rate(38) is HeartbeatClass.BRADYCARDIA  # storage is untouched
 
-    outcome = advance([], stream(ALICE, 38, 38, 38) + stream(BOB, 38), NOW, bounds={ALICE: athlete})
+    readings = stream(ALICE, 38, 38, 38) + stream(BOB, 38)
+    outcome = advance([], readings, NOW, DEFAULT_RULES, bounds={ALICE: athlete})
     assert changes(outcome) == [(BOB, BRADY, "firing")]
     assert [e.customer_id for e in outcome.episodes] == [BOB]
 
@@ -217,7 +223,7 @@ def test_rules_refuse_counts_below_one(arguments: dict) -> None:
 
 
 def test_an_episode_fires_at_the_first_reading_of_its_kind() -> None:
-    outcome = advance([], stream(ALICE, 80, 190), NOW)
+    outcome = advance([], stream(ALICE, 80, 190), NOW, DEFAULT_RULES)
     [episode] = outcome.episodes
     assert episode == Episode(
         episode_id=None,
@@ -239,7 +245,7 @@ def test_an_episode_fires_at_the_first_reading_of_its_kind() -> None:
 
 
 def test_with_min_readings_two_the_first_reading_is_pending_and_the_second_fires() -> None:
-    store = EpisodeStore(Rules(min_readings={TACHY: 2}))
+    store = EpisodeStore(Rules(delay=NO_DELAY, min_readings={TACHY: 2}))
     first = store.write(stream(ALICE, 190), NOW)
     [pending] = first.episodes
     assert (pending.state, pending.opened_at, first.transitions) == (PENDING, None, [])
@@ -264,7 +270,7 @@ def test_further_readings_of_the_kind_join_the_firing_episode() -> None:
 
 
 def test_a_stored_pending_episode_is_dropped_by_a_normal_reading() -> None:
-    store = EpisodeStore(Rules(min_readings={TACHY: 2}))
+    store = EpisodeStore(Rules(delay=NO_DELAY, min_readings={TACHY: 2}))
     [pending] = store.write(stream(ALICE, 190), NOW).episodes
     outcome = store.write(stream(ALICE, 80, start=1), NOW)
     assert outcome.dropped == [replace(pending, episode_id=1)]
@@ -272,12 +278,13 @@ def test_a_stored_pending_episode_is_dropped_by_a_normal_reading() -> None:
 
 
 def test_a_pending_episode_started_and_broken_in_one_batch_is_in_neither_list() -> None:
-    outcome = advance([], stream(ALICE, 190, 80), NOW, Rules(min_readings={TACHY: 2}))
+    rules = Rules(delay=NO_DELAY, min_readings={TACHY: 2})
+    outcome = advance([], stream(ALICE, 190, 80), NOW, rules)
     assert outcome == Outcome([], [], [])
 
 
 def test_a_pending_episode_is_dropped_by_an_anomaly_of_another_kind() -> None:
-    rules = Rules(min_readings={BRADY: 2})
+    rules = Rules(delay=NO_DELAY, min_readings={BRADY: 2})
     outcome = advance([], stream(ALICE, 30, 190, 30), NOW, rules)
     assert changes(outcome) == [(ALICE, TACHY, "firing")]
     kinds = {(e.kind, e.state, e.readings) for e in outcome.episodes}
@@ -302,9 +309,10 @@ def test_three_normal_readings_resolve_and_two_do_not() -> None:
 
 
 def test_the_run_of_normal_readings_is_configurable() -> None:
-    one = advance([], stream(ALICE, 190, 80), NOW, Rules(resolve_after_normal=1))
+    one = advance([], stream(ALICE, 190, 80), NOW, Rules(delay=NO_DELAY, resolve_after_normal=1))
     assert changes(one) == [(ALICE, TACHY, "firing"), (ALICE, TACHY, "resolved")]
-    five = advance([], stream(ALICE, 190, 80, 80, 80, 80), NOW, Rules(resolve_after_normal=5))
+    five_normal = Rules(delay=NO_DELAY, resolve_after_normal=5)
+    five = advance([], stream(ALICE, 190, 80, 80, 80, 80), NOW, five_normal)
     assert changes(five) == [(ALICE, TACHY, "firing")]
 
 
@@ -317,13 +325,13 @@ def test_an_anomaly_of_another_kind_restarts_the_normal_run() -> None:
 
 
 def test_a_reading_of_its_own_kind_restarts_the_normal_run() -> None:
-    outcome = advance([], stream(ALICE, 190, 80, 80, 200, 80, 80), NOW)
+    outcome = advance([], stream(ALICE, 190, 80, 80, 200, 80, 80), NOW, DEFAULT_RULES)
     [episode] = outcome.episodes
     assert (episode.state, episode.normal_streak, episode.readings) == (FIRING, 2, 2)
 
 
 def test_after_resolving_the_next_reading_of_the_kind_opens_a_new_episode() -> None:
-    outcome = advance([], stream(ALICE, 190, 80, 80, 80, 195), NOW)
+    outcome = advance([], stream(ALICE, 190, 80, 80, 80, 195), NOW, DEFAULT_RULES)
     assert changes(outcome) == [
         (ALICE, TACHY, "firing"),
         (ALICE, TACHY, "resolved"),
@@ -355,13 +363,129 @@ def test_an_episode_resolves_only_once() -> None:
     ],
 )
 def test_worst_value_per_kind(rates: tuple[int, ...], kind: EpisodeKind, worst: int) -> None:
-    [episode] = advance([], stream(ALICE, *rates), NOW).episodes
+    [episode] = advance([], stream(ALICE, *rates), NOW, DEFAULT_RULES).episodes
     assert (episode.kind, episode.first_heart_rate, episode.worst_heart_rate) == (
         kind,
         rates[0],
         worst,
     )
     assert episode.readings == len(rates)
+
+
+# --- the alarm-condition delay -----------------------------------------------------------
+
+TEN_SECONDS = Rules(delay={TACHY: 10 * SECOND, BRADY: 10 * SECOND, FAULT: 10 * SECOND})
+
+
+def test_rules_delay_by_default_ten_seconds_for_the_heart_and_thirty_for_a_fault() -> None:
+    assert dict(Rules().delay) == dict(DEFAULT_DELAY) == {
+        TACHY: 10 * SECOND, BRADY: 10 * SECOND, FAULT: 30 * SECOND, NO_SIGNAL: timedelta(0),
+    }
+    assert advance([], stream(ALICE, 190), NOW).transitions == []  # advance's default: calm
+
+
+def test_rules_keep_the_default_delay_of_kinds_left_out_and_refuse_a_negative_one() -> None:
+    rules = Rules(delay={TACHY: 5 * SECOND})
+    assert (rules.delay[TACHY], rules.delay[FAULT]) == (5 * SECOND, 30 * SECOND)
+    with pytest.raises(ValueError, match="must not be negative"):
+        Rules(delay={BRADY: -SECOND})
+
+
+def test_with_a_ten_second_delay_a_run_fires_at_the_reading_ten_seconds_after_its_first() -> None:
+    store = EpisodeStore(TEN_SECONDS)
+    first = store.write(stream(ALICE, *[190] * 10), NOW)  # 0 .. 9 s: sustained 9 s
+    [pending] = first.episodes
+    assert (pending.state, pending.readings, first.transitions) == (PENDING, 10, [])
+    later = NOW + timedelta(minutes=1)
+    second = store.write(stream(ALICE, 200, 210, start=10), later)  # 10 s: fires
+    [firing] = second.episodes
+    assert (firing.episode_id, firing.state, firing.opened_at) == (1, FIRING, later)
+    assert (firing.readings, firing.worst_heart_rate) == (12, 210)
+    assert firing.first_reading_at == T0 and firing.last_reading_at == T0 + 11 * SECOND
+    assert [(t.state, t.episode.readings) for t in second.transitions] == [("firing", 11)]
+
+
+def test_a_run_shorter_than_the_delay_is_dropped_by_a_normal_reading_and_tells_nobody() -> None:
+    store = EpisodeStore(TEN_SECONDS)
+    store.write(stream(ALICE, *[190] * 9), NOW)  # 8 s sustained: pending, stored
+    outcome = store.write(stream(ALICE, 80, *[190] * 9, start=9), NOW)
+    assert [e.episode_id for e in outcome.dropped] == [1]
+    assert outcome.transitions == [] and store.outbox == []
+    [again] = store.open_rows()  # the readings after the NORMAL one: a new pending run
+    assert (again.state, again.first_reading_at, again.readings) == (PENDING, T0 + 10 * SECOND, 9)
+
+
+def test_both_the_readings_and_the_delay_must_be_reached() -> None:
+    run = stream(ALICE, *[190] * 8)  # one a second
+    more_readings = Rules(min_readings={TACHY: 5}, delay={TACHY: 2 * SECOND})
+    [fired] = advance([], run, NOW, more_readings).transitions
+    assert (fired.episode.readings, fired.episode.last_reading_at) == (5, T0 + 4 * SECOND)
+    longer_delay = Rules(min_readings={TACHY: 2}, delay={TACHY: 4 * SECOND})
+    [fired] = advance([], run, NOW, longer_delay).transitions
+    assert (fired.episode.readings, fired.episode.last_reading_at) == (5, T0 + 4 * SECOND)
+
+
+def test_the_delay_counts_reading_times_not_the_clock_so_a_replay_decides_the_same() -> None:
+    readings = stream(ALICE, *[190] * 11) + stream(BOB, *[30] * 6)
+    quick = EpisodeStore(TEN_SECONDS)
+    quick.write(readings, T0)  # processed the instant they were read
+    late = EpisodeStore(TEN_SECONDS)
+    for reading in readings:  # one at a time, an hour late: wall time has long passed
+        late.write([reading], NOW)
+    assert late.notified() == quick.notified()
+    assert [(c, e.readings) for c, ((e, _),) in quick.notified().items()] == [(ALICE, 11)]
+
+
+def test_a_silence_longer_than_the_delay_restarts_a_pending_run() -> None:
+    store = EpisodeStore(TEN_SECONDS)
+    store.write(stream(ALICE, 190, 190), NOW)
+    outcome = store.write(stream(ALICE, 190, start=60), NOW)  # 0, 1, then 60 s: not sustained
+    assert [e.episode_id for e in outcome.dropped] == [1] and outcome.transitions == []
+    [restarted] = store.open_rows()
+    assert (restarted.first_reading_at, restarted.readings) == (T0 + 60 * SECOND, 1)
+    assert changes(store.write(stream(ALICE, *[190] * 10, start=70), NOW)) == [
+        (ALICE, TACHY, "firing")  # 60 .. 70 s with a 10 s silence (not longer): sustained
+    ]
+
+
+def test_without_a_delay_a_silence_changes_nothing_as_before_delays() -> None:
+    store = EpisodeStore(Rules(delay=NO_DELAY, min_readings={TACHY: 2}))
+    store.write(stream(ALICE, 190), NOW)
+    assert changes(store.write(stream(ALICE, 190, start=3600), NOW)) == [(ALICE, TACHY, "firing")]
+
+
+def test_no_signal_fires_at_once_and_resolves_whatever_the_delay() -> None:
+    store = EpisodeStore(Rules())
+    silence = no_signal_episode(ALICE, T0, NOW)
+    store.rows[99] = replace(silence, episode_id=99)
+    store.outbox.append((99, Transition(silence, "firing")))
+    outcome = store.write(stream(ALICE, 190, start=700), NOW)
+    assert changes(outcome) == [(ALICE, NO_SIGNAL, "resolved")]
+    assert [(e.kind, e.state) for e in store.open_rows()] == [(TACHY, PENDING)]
+
+
+EVERY_READING = {
+    "heartbeat_alert_min_readings": "TACHYCARDIA=1,BRADYCARDIA=1,SENSOR_FAULT=1",
+    "heartbeat_alert_delay_s": "0",
+}
+
+
+@given(st.lists(st.sampled_from([80, 120, 175, 39, 15, 181, 220, 0, -1, 301, 400]), max_size=40))
+def test_min_readings_one_and_no_delay_fire_at_every_out_of_range_reading_as_before(
+    rates: list[int],
+) -> None:
+    """HEARTBEAT_ALERT_MIN_READINGS=...=1 with HEARTBEAT_ALERT_DELAY_S=0: no reading out of
+    range ever waits; each is in a firing episode the moment it is applied, as before delays."""
+    rules = load_settings(_env_file=None, **EVERY_READING).alert_rules
+    assert rules == Rules(min_readings=dict.fromkeys(EpisodeKind, 1), delay=NO_DELAY)
+    store = EpisodeStore(rules)
+    for reading in stream(ALICE, *rates):
+        store.write([reading], NOW)
+        kind = episode_kind(reading.heart_rate)
+        if kind is not None:
+            [episode] = [e for e in store.open_rows() if e.kind is kind]
+            assert episode.state is FIRING and episode.last_reading_at == reading.reading_at
+    assert all(episode.state is not PENDING for episode in store.rows.values())
 
 
 # --- repeats -----------------------------------------------------------------------------
@@ -381,7 +505,7 @@ def test_a_replay_of_a_batch_that_resolved_its_episode_does_not_open_it_again() 
     store.write(batch, NOW)
     assert store.write(batch, NOW) == Outcome([], [], [])
     # passed only the open episodes, the replay would look like a new stretch
-    assert changes(advance(store.open_rows(), batch, NOW)) == [
+    assert changes(advance(store.open_rows(), batch, NOW, DEFAULT_RULES)) == [
         (ALICE, TACHY, "firing"),
         (ALICE, TACHY, "resolved"),
     ]
@@ -404,7 +528,7 @@ def test_a_late_reading_neither_changes_nor_starts_an_episode() -> None:
 
 def test_readings_of_a_batch_are_applied_in_time_order() -> None:
     shuffled = [stream(ALICE, 80, 80, 80, start=1)[i] for i in (2, 0, 1)] + stream(ALICE, 190)
-    outcome = advance([], shuffled, NOW)
+    outcome = advance([], shuffled, NOW, DEFAULT_RULES)
     assert changes(outcome) == [(ALICE, TACHY, "firing"), (ALICE, TACHY, "resolved")]
 
 
@@ -415,7 +539,7 @@ def test_customers_are_independent_and_transitions_are_grouped_per_customer() ->
         EpisodeReading(BOB, T0 + SECOND, 80),
         EpisodeReading(ALICE, T0 + SECOND, 80),
     ]
-    outcome = advance([], batch, NOW, Rules(resolve_after_normal=1))
+    outcome = advance([], batch, NOW, Rules(delay=NO_DELAY, resolve_after_normal=1))
     assert changes(outcome) == [
         (ALICE, TACHY, "firing"),
         (ALICE, TACHY, "resolved"),
@@ -425,10 +549,10 @@ def test_customers_are_independent_and_transitions_are_grouped_per_customer() ->
 
 
 def test_two_open_episodes_of_one_customer_and_kind_are_refused() -> None:
-    [episode] = advance([], stream(ALICE, 190), NOW).episodes
+    [episode] = advance([], stream(ALICE, 190), NOW, DEFAULT_RULES).episodes
     twin = replace(episode, first_reading_at=T0 - SECOND)
     with pytest.raises(ValueError, match="two open TACHYCARDIA episodes"):
-        advance([episode, twin], stream(ALICE, 80, start=5), NOW)
+        advance([episode, twin], stream(ALICE, 80, start=5), NOW, DEFAULT_RULES)
 
 
 # --- NO_SIGNAL ---------------------------------------------------------------------------
@@ -527,10 +651,15 @@ rates = st.one_of(
     anomalous_rates,
     st.integers(-600, 1000),
 )
+# Delays of 0 to 3 s: the streams' readings are 0 or 1 s apart across customers, so a
+# customer's own readings are 0 to many seconds apart (silences that break a run included).
 rules_strategy = st.builds(
     Rules,
     min_readings=st.fixed_dictionaries({kind: st.integers(1, 3) for kind in READING_KINDS}),
     resolve_after_normal=st.integers(1, 4),
+    delay=st.fixed_dictionaries(
+        {kind: st.integers(0, 3).map(lambda s: s * SECOND) for kind in READING_KINDS}
+    ),
 )
 bounds_strategy = st.fixed_dictionaries(
     {BOB: st.builds(AlertBounds, st.integers(30, 45), st.integers(170, 200))}
@@ -630,22 +759,32 @@ def test_a_replayed_batch_or_run_of_batches_adds_no_notification(
     )
 
 
-def expected_firings(kinds: Sequence[EpisodeKind | None], kind: EpisodeKind, rules: Rules) -> int:
+def expected_firings(
+    seen: Sequence[tuple[EpisodeKind | None, datetime]], kind: EpisodeKind, rules: Rules
+) -> int:
     """Stretches of `kind` (readings of it not interrupted by resolve_after_normal NORMAL
-    readings in a row) that hold min_readings readings of it in a row: each fires once."""
-    firings, in_stretch, fired, in_a_row, normal_run = 0, False, False, 0, 0
-    for seen in kinds:
-        if seen is kind:
+    readings in a row) that hold min_readings readings of it in a row spanning at least
+    the delay, with no silence longer than the delay inside the run: each fires once."""
+    delay, needed = rules.delay[kind], rules.min_readings[kind]
+    firings, in_stretch, fired, normal_run = 0, False, False, 0
+    run: list[datetime] = []  # times of the readings of the current run of `kind`
+    for seen_kind, at in seen:
+        if seen_kind is kind:
             if not in_stretch:
-                in_stretch, fired, in_a_row = True, False, 0
-            in_a_row, normal_run = in_a_row + 1, 0
-            if in_a_row >= rules.min_readings[kind] and not fired:
+                in_stretch, fired, run = True, False, []
+            if not fired and run and delay and at - run[-1] > delay:
+                run = []  # a silence too long to be sustained: the run starts again
+            run.append(at)
+            normal_run = 0
+            if not fired and len(run) >= needed and run[-1] - run[0] >= delay:
                 fired, firings = True, firings + 1
         else:
-            in_a_row = 0
-            normal_run = normal_run + 1 if seen is None else 0
+            run = []
+            normal_run = normal_run + 1 if seen_kind is None else 0
             if normal_run >= rules.resolve_after_normal:
                 in_stretch = False
+            elif not fired:
+                in_stretch = False  # a pending run is dropped by any other reading
     return firings
 
 
@@ -677,9 +816,12 @@ def test_every_stretch_fires_once_and_resolves_after_the_normal_run(
     notified = Counter((t.episode.customer_id, t.episode.kind, t.state) for _, t in store.outbox)
     for customer in customers:
         own = [r for r in everything if r.customer_id == customer]
-        kinds = [episode_kind(r.heart_rate, bounds.get(customer, AlertBounds())) for r in own]
+        seen = [
+            (episode_kind(r.heart_rate, bounds.get(customer, AlertBounds())), r.reading_at)
+            for r in own
+        ]
         for kind in READING_KINDS:
-            firings = expected_firings(kinds, kind, rules)
+            firings = expected_firings(seen, kind, rules)
             assert notified[(customer, kind, "firing")] == firings, (customer, kind)
             assert notified[(customer, kind, "resolved")] == firings, (customer, kind)
 
@@ -702,8 +844,18 @@ def test_every_stretch_fires_once_and_resolves_after_the_normal_run(
             for r in own
             if r.reading_at <= episode.last_evaluated_at
         ]
-        if transition.state == "firing":  # fires at its min_readings-th reading in a row
-            assert episode.readings == rules.min_readings[episode.kind]
+        if transition.state == "firing":  # fires at the first reading that meets both
+            needed, delay = rules.min_readings[episode.kind], rules.delay[episode.kind]
+            sustained = episode.last_reading_at - episode.first_reading_at
+            assert episode.readings >= needed and sustained >= delay
+            times = [
+                r.reading_at
+                for r in everything
+                if r.customer_id == episode.customer_id
+                and episode.first_reading_at <= r.reading_at <= episode.last_reading_at
+            ]
+            # not one reading earlier: then too few readings, or not yet sustained
+            assert episode.readings == needed or times[-2] - episode.first_reading_at < delay
             assert kinds_up_to_it[-episode.readings :] == [episode.kind] * episode.readings
         else:  # resolves at the resolve_after_normal-th NORMAL reading in a row
             assert episode.normal_streak == rules.resolve_after_normal

@@ -11,6 +11,7 @@ import pytest
 
 from heartbeat_platform import config, readiness
 from heartbeat_platform.alerting.config import AlertingConfig
+from heartbeat_platform.alerting.storm import StormPolicy
 from heartbeat_platform.domain.episodes import Rules, silent_customers
 from heartbeat_platform.domain.generator import HeartbeatGenerator
 from heartbeat_platform.domain.retention import ColdTierPolicy, RetentionPolicy
@@ -34,6 +35,8 @@ READ_FROM = {
     "heartbeat_escalate_after_s": (AlertingConfig, "escalate_after_s"),
     "heartbeat_alert_give_up_s": (AlertingConfig, "give_up_s"),
     "heartbeat_alertmanager_refresh_s": (AlertingConfig, "alertmanager_refresh_s"),
+    "heartbeat_alert_group_over": (StormPolicy, "group_over"),
+    "heartbeat_alert_group_window_s": (StormPolicy, "window_s"),
 }
 
 
@@ -66,6 +69,7 @@ def test_default_settings_build_the_objects_their_defaults_make(defaults) -> Non
     assert defaults.retention == RetentionPolicy()
     assert defaults.cold_tier == ColdTierPolicy()
     assert defaults.alert_rules == Rules()
+    assert defaults.storm_policy == StormPolicy()
     assert readiness.alerting_config(defaults) == AlertingConfig()
     endpoints = Endpoints("postgresql://x/y", "broker:9092")
     built = readiness.consumer_config(defaults, endpoints)

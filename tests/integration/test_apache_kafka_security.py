@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 import trustme
 from confluent_kafka import (
@@ -45,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from heartbeat_platform.local.apache_kafka import KafkaCluster
 from heartbeat_platform.local.process import free_port
 from heartbeat_platform.storage.migrations import migrate
+from tests.support.cli import produce_then_consume, run_cli, stored
 
 TOPIC = "heartbeat-secured"
 GROUP = "heartbeat-secured-group"
@@ -148,11 +146,6 @@ def secured_kafka(kafka_jars: Path, tmp_path_factory: pytest.TempPathFactory,
         cluster.stop()
 
 
-def _cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180):
-    return subprocess.run([sys.executable, "-m", "heartbeat_platform", *args], env=env,
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def as_principal(secured_kafka: SecuredKafka, database_url: str, tmp_path: Path):
     """as_principal(user, password=None): the CLI's environment for that principal."""
@@ -174,33 +167,18 @@ def as_principal(secured_kafka: SecuredKafka, database_url: str, tmp_path: Path)
     return env
 
 
-def _stored(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute(
-            "SELECT (SELECT count(*) FROM heartbeat_records)"
-            " + (SELECT count(*) FROM heartbeat_anomalies)"
-            " + (SELECT count(*) FROM heartbeat_dead_letters)"
-        ).fetchone()[0]
-
-
 def test_the_pipeline_runs_over_sasl_ssl_with_only_its_acls(
     as_principal, secured_kafka, database_url, tmp_path
 ) -> None:
-    init = _cli("init-db", env=as_principal("setup"), cwd=tmp_path)
+    init = run_cli("init-db", env=as_principal("setup"), cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert f"topic {TOPIC} created" in init.stdout, init.stdout
 
     pipeline = as_principal("pipeline")
-    produced = _cli("produce", "--events", "2000", "--rate", "0", "--seed", "5",
-                    env=pipeline, cwd=tmp_path)
-    assert produced.returncode == 0, produced.stderr
-    assert "delivered 2,000  failed 0" in produced.stdout, produced.stdout
-    consumed = _cli("consume", "--stop-when-idle", "3", "--json", env=pipeline, cwd=tmp_path)
-    assert consumed.returncode == 0, consumed.stderr
-    assert json.loads(consumed.stdout)["messages"] == 2000
-    assert _stored(database_url) == 2000
+    produce_then_consume(pipeline, tmp_path, events=2000, seed=5)
+    assert stored(database_url) == 2000
 
-    status = _cli("status", "--json", env=pipeline, cwd=tmp_path)
+    status = run_cli("status", "--json", env=pipeline, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["kafka"]["partitions"] == 3
 
@@ -254,7 +232,7 @@ def test_the_pipeline_principal_can_do_nothing_more(secured_kafka) -> None:
 def test_init_db_under_the_pipeline_principal_is_refused_in_one_line(
     as_principal, secured_kafka, tmp_path
 ) -> None:
-    result = _cli("init-db", env=as_principal("pipeline", topic="heartbeat-pipeline-made"),
+    result = run_cli("init-db", env=as_principal("pipeline", topic="heartbeat-pipeline-made"),
                   cwd=tmp_path)
     assert result.returncode != 0
     assert "heartbeat-pipeline-made" not in secured_kafka.admin().list_topics(timeout=30).topics
@@ -267,7 +245,7 @@ def test_a_wrong_password_is_reported_as_an_authentication_failure(
     as_principal, database_url, tmp_path
 ) -> None:
     migrate(database_url)  # so that Kafka is what fails
-    result = _cli("produce", "--events", "1",
+    result = run_cli("produce", "--events", "1",
                   env=as_principal("pipeline", password="not-the-password"), cwd=tmp_path,
                   timeout=120)
     assert result.returncode != 0

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from heartbeat_platform.local.process import free_port, port_open, stop_process,
 from heartbeat_platform.readiness import kafka_failures_explained, prepare
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import BrokerUnavailable, describe_topic
+from tests.support.cli import produce_then_consume, run_cli, stored
 
 # every test uses a real broker: the session's, or one of its own behind stunnel4 (TLS)
 pytestmark = pytest.mark.broker
@@ -95,13 +95,6 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
         stop_process(broker.pid)
 
 
-def _cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180):
-    return subprocess.run(
-        [sys.executable, "-m", "heartbeat_platform", *args],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-    )
-
-
 @pytest.fixture
 def tls_env(tls_broker: TlsBroker, database_url: str, topic_name: str, tmp_path: Path):
     properties = tmp_path / "client.properties"
@@ -126,27 +119,14 @@ def tls_env(tls_broker: TlsBroker, database_url: str, topic_name: str, tmp_path:
 def test_init_db_produce_and_consume_through_tls(
     tls_env, database_url, tmp_path, monkeypatch
 ) -> None:
-    init = _cli("init-db", env=tls_env, cwd=tmp_path)
+    init = run_cli("init-db", env=tls_env, cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert f"topic {tls_env['KAFKA_TOPIC']} created" in init.stdout
 
-    produced = _cli("produce", "--events", "500", "--rate", "0", "--seed", "3",
-                    env=tls_env, cwd=tmp_path)
-    assert produced.returncode == 0, produced.stderr
-    assert "delivered 500  failed 0" in produced.stdout, produced.stdout
+    produce_then_consume(tls_env, tmp_path, events=500, seed=3)
+    assert stored(database_url) == 500
 
-    consumed = _cli("consume", "--stop-when-idle", "3", "--json", env=tls_env, cwd=tmp_path)
-    assert consumed.returncode == 0, consumed.stderr
-    assert json.loads(consumed.stdout)["messages"] == 500
-    with psycopg.connect(database_url) as conn:
-        stored = conn.execute(
-            "SELECT (SELECT count(*) FROM heartbeat_records)"
-            " + (SELECT count(*) FROM heartbeat_anomalies)"
-            " + (SELECT count(*) FROM heartbeat_dead_letters)"
-        ).fetchone()[0]
-    assert stored == 500
-
-    status = _cli("status", "--json", env=tls_env, cwd=tmp_path)
+    status = run_cli("status", "--json", env=tls_env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["kafka"]["partitions"] == 3
 
@@ -169,7 +149,7 @@ def test_a_plaintext_client_fails_clearly_against_tls(tls_env, database_url, tmp
     migrate(database_url)  # so that Kafka is what fails
     env = {key: value for key, value in tls_env.items() if key != "KAFKA_CLIENT_PROPERTIES"}
     started = time.monotonic()
-    result = _cli("produce", "--events", "1", env=env, cwd=tmp_path, timeout=120)
+    result = run_cli("produce", "--events", "1", env=env, cwd=tmp_path, timeout=120)
     assert result.returncode == 1
     assert time.monotonic() - started < 60
     assert (f"Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']}: the listener closed the connection "
@@ -226,22 +206,22 @@ def test_the_pipeline_role_runs_the_pipeline_without_creating_tables(
         "HEARTBEAT_STATE_DIR": str(tmp_path / "state"),
         "COLUMNS": "200",
     }
-    produced = _cli("produce", "--events", "300", "--rate", "0", "--seed", "4",
+    produced = run_cli("produce", "--events", "300", "--rate", "0", "--seed", "4",
                     env=env, cwd=tmp_path)
     assert produced.returncode == 0, produced.stderr
-    consumed = _cli("consume", "--stop-when-idle", "3", "--json", env=env, cwd=tmp_path)
+    consumed = run_cli("consume", "--stop-when-idle", "3", "--json", env=env, cwd=tmp_path)
     assert consumed.returncode == 0, consumed.stderr
     assert json.loads(consumed.stdout)["messages"] == 300
     expired = (datetime.now(UTC) - timedelta(days=30)).date()  # past the 7-day retention
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT heartbeat_ensure_partitions(%s, %s)", (expired, expired))
-    maintained = _cli("maintain", "--json", env=env, cwd=tmp_path)
+    maintained = run_cli("maintain", "--json", env=env, cwd=tmp_path)
     assert maintained.returncode == 0, maintained.stderr
     with psycopg.connect(database_url) as conn:  # retention ran as the pipeline role
         assert conn.execute(
             "SELECT to_regclass(%s)", (f"heartbeat_records_p{expired:%Y%m%d}",)
         ).fetchone() == (None,)
-    status = _cli("status", "--json", env=env, cwd=tmp_path)
+    status = run_cli("status", "--json", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["database"]["row_counts"]
 

@@ -207,7 +207,7 @@ class Settings(BaseSettings):
         "episode fires, e.g. 'TACHYCARDIA=10,SENSOR_FAULT=30' or '0' for every kind; "
         "kinds not named: domain.episodes.DEFAULT_DELAY",
     )
-    # Storm grouping (alerting/storm.py; not yet wired into delivery, README says so)
+    # Storm grouping of a webhook receiver's notifications (alerting/storm.py)
     heartbeat_alert_group_over: int = Field(
         default=default_of(StormPolicy, "group_over"), ge=0,
         description="more notifications than this for one receiver within the window: "

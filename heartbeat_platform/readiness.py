@@ -164,6 +164,7 @@ def alerting_config(settings: Settings) -> AlertingConfig:
         escalate_after_s=settings.heartbeat_escalate_after_s,
         give_up_s=settings.heartbeat_alert_give_up_s,
         alertmanager_refresh_s=settings.heartbeat_alertmanager_refresh_s,
+        storm=settings.storm_policy,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from heartbeat_platform.alerting.receivers import ALERTMANAGER_REFRESH_S, Receiver
+from heartbeat_platform.alerting.storm import StormPolicy
 from heartbeat_platform.domain.episodes import Rules
 
 
@@ -23,6 +24,9 @@ class AlertingConfig:
     # every firing episode goes to each Alertmanager again this often (its resolve_timeout,
     # 5 min by default, must be longer)
     alertmanager_refresh_s: float = ALERTMANAGER_REFRESH_S
+    # a webhook receiver's notifications grouped in a storm (`storm`; Alertmanager groups
+    # by itself, PagerDuty takes one event a request)
+    storm: StormPolicy = field(default_factory=StormPolicy)
 
     def __post_init__(self) -> None:
         names: dict[str, Receiver] = {}

@@ -42,7 +42,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -59,6 +59,7 @@ from heartbeat_platform.alerting.receivers import (
     encode,
     redact,
 )
+from heartbeat_platform.alerting.storm import Release, Storm, group_key, grouped_payload
 from heartbeat_platform.storage import alert_receivers, episodes
 from heartbeat_platform.storage.database import connect
 
@@ -106,11 +107,36 @@ class OutboxRow:
 @dataclass(frozen=True)
 class Attempt:
     """The outcome of one row's delivery round: receivers that took it (names), and the
-    last error (a receiver's name and what went wrong, never its URL)."""
+    last error (a receiver's name and what went wrong, never its URL). `held`: a receiver
+    in a storm holds the row for a grouped notification, so it is not done yet."""
 
     row: OutboxRow
     delivered: tuple[str, ...]
     error: str | None
+    held: bool = False
+
+
+@dataclass
+class Group:
+    """A storm's grouped notification to one receiver, sent (and retried) as itself."""
+
+    receiver: Receiver
+    rows: tuple[OutboxRow, ...]
+    next_at: float  # monotonic time of the next try
+    tries: int = 0
+
+    @property
+    def key(self) -> str:
+        return group_key([row.idempotency_key for row in self.rows])
+
+    def body(self) -> bytes:
+        return orjson.dumps(grouped_payload(orjson.loads(row.payload) for row in self.rows))
+
+
+def storming(receiver: Receiver, config: AlertingConfig) -> bool:
+    """Whether a receiver's notifications go through its storm: webhooks only
+    (Alertmanager groups by itself; PagerDuty takes one event a request)."""
+    return receiver.type == "webhook" and config.storm.enabled
 
 
 def sendable(rows: Iterable[OutboxRow], now: datetime) -> list[OutboxRow]:
@@ -169,6 +195,12 @@ UPDATE alert_outbox o SET
 FROM unnest(%s::bigint[], %s::text[]) AS u(outbox_id, urls)
 WHERE o.outbox_id = u.outbox_id
 """
+# Receivers that took a row that is not done yet (others still hold it in a storm).
+_TOOK = """
+UPDATE alert_outbox o SET delivered_to = o.delivered_to || string_to_array(u.urls, ' ')
+FROM unnest(%s::bigint[], %s::text[]) AS u(outbox_id, urls)
+WHERE o.outbox_id = u.outbox_id
+"""
 _FAILED = """
 UPDATE alert_outbox o SET
     delivered_to = o.delivered_to || string_to_array(u.urls, ' '),
@@ -186,6 +218,7 @@ class AlertDelivery:
     def __init__(
         self, database_url: str, config: AlertingConfig,
         post: Callable[[Receiver, OutboxRow], None] | None = None,
+        post_group: Callable[[Group], None] | None = None,
     ):
         self.database_url = database_url
         self.config = config  # the settings' receivers
@@ -196,6 +229,10 @@ class AlertDelivery:
         self._thread: threading.Thread | None = None
         self._connections = _KeptAlive(config.timeout_s)
         self._refresh_failing: set[str] = set()  # Alertmanagers whose last re-send failed
+        self._storms: dict[str, Storm[OutboxRow]] = {}  # per storming receiver (by name)
+        self._offered: dict[str, set[int]] = {}  # outbox ids each storm was given
+        self._groups: list[Group] = []  # released by a storm, not taken yet
+        self._post_group = post_group or self._http_post_group
         self._wal_message = True  # pg_logical_emit_message allowed (until refused)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -280,19 +317,116 @@ class AlertDelivery:
     def deliver_once(self, conn: psycopg.Connection, pool: ThreadPoolExecutor) -> float:
         """Send what is due; the seconds until something may be due again (0: go on)."""
         rows = [_row(r) for r in conn.execute(_PENDING).fetchall()]
-        if not rows:
-            return ESCALATION_EVERY_S
-        now = datetime.now(UTC)
+        self._forget({row.outbox_id for row in rows})
+        now, clock = datetime.now(UTC), time.monotonic()
         due = sendable(rows, now)
-        if not due:
-            soonest = min(r.next_attempt_at for r in rows)
-            return max(0.05, (soonest - now).total_seconds())
+        singles = self._offer(due, clock)  # row id -> storming receivers to send it to now
+        groups = [g for g in self._groups if g.next_at <= clock]
+        # a row with no receiver left to reach is done in this round's record
+        if not groups and not any(self._to_send(row, singles)
+                                  or not targets(row, self.in_force) for row in due):
+            return self._idle_for(rows, now, clock)
         # A row tried before was made durable before its first try.
-        if any(row.attempts == 0 for row in due) and not self.make_durable(conn):
+        fresh = [row for row in (*due, *(r for g in groups for r in g.rows)) if row.attempts == 0]
+        if fresh and not self.make_durable(conn):
             return 0.0  # stopping
-        attempts = list(pool.map(self._attempt, due))
+        attempts = list(pool.map(lambda row: self._attempt(row, singles), due))
         self._record(conn, attempts, now)
+        for group in groups:
+            self._send_group(conn, group, now)
         return 0.0
+
+    # -- storms: a receiver's notifications grouped (`storm`) ------------------------------
+    def _offer(self, due: Sequence[OutboxRow], clock: float) -> dict[int, list[Receiver]]:
+        """Give each storming receiver's storm the due rows it has not seen; queue the
+        groups they release. The rows each storm lets through singly, by row."""
+        singles: dict[int, list[Receiver]] = {}
+        policy = self.in_force.storm
+        for row in due:
+            for receiver in targets(row, self.in_force):
+                offered = self._offered.setdefault(receiver.name, set())
+                if not storming(receiver, self.in_force) or row.outbox_id in offered:
+                    continue
+                offered.add(row.outbox_id)
+                storm = self._storms.setdefault(receiver.name, Storm(policy))
+                self._released(receiver, storm.offer(row, clock), singles, clock)
+        for name, storm in self._storms.items():
+            found = self._receiver(name)
+            if found is not None:
+                self._released(found, storm.due(clock), singles, clock)
+        return singles
+
+    def _released(self, receiver: Receiver, releases: Sequence[Release[OutboxRow]],
+                  singles: dict[int, list[Receiver]], clock: float) -> None:
+        for release in releases:
+            if release.grouped:
+                self._groups.append(Group(receiver, release.items, clock))
+            else:
+                singles.setdefault(release.items[0].outbox_id, []).append(receiver)
+
+    def _receiver(self, name: str) -> Receiver | None:
+        return next((r for r in self.in_force.receivers if r.name == name), None)
+
+    def _to_send(self, row: OutboxRow, singles: Mapping[int, list[Receiver]]) -> list[Receiver]:
+        """The receivers to POST this row to now: the ones outside storms, and the storms'
+        that let it through singly."""
+        return [r for r in targets(row, self.in_force)
+                if not storming(r, self.in_force) or r in singles.get(row.outbox_id, ())]
+
+    def _forget(self, pending: set[int]) -> None:
+        """Rows no longer pending (done, given up) leave the storms' books; a receiver gone
+        from the settings and the table takes its storm with it."""
+        names = {r.name for r in self.in_force.receivers}
+        for name in list(self._offered):
+            if name not in names:
+                self._offered.pop(name)
+                self._storms.pop(name, None)
+            else:
+                self._offered[name] &= pending
+        self._groups = [g for g in self._groups if g.receiver.name in names]
+
+    def _idle_for(self, rows: Sequence[OutboxRow], now: datetime, clock: float) -> float:
+        """Nothing to send: until a row's retry, a storm's group or the next look."""
+        waits = [ESCALATION_EVERY_S]
+        waits += [(r.next_attempt_at - now).total_seconds() for r in rows
+                  if r.next_attempt_at > now]
+        waits += [at - clock for at in (s.next_due() for s in self._storms.values())
+                  if at is not None]
+        waits += [g.next_at - clock for g in self._groups]
+        return max(0.05, min(waits))
+
+    def _send_group(self, conn: psycopg.Connection, group: Group, now: datetime) -> None:
+        """POST a group; its rows take the receiver, or it is tried again (the same rows,
+        the same key) with backoff until its oldest row is given up."""
+        try:
+            self._post_group(group)
+        except Exception as exc:  # any failure: try the same group again later
+            error = failure(group.receiver, exc)
+            group.tries += 1
+            give_up = (now - min(r.created_at for r in group.rows)).total_seconds() \
+                >= self.config.give_up_s
+            ids = [r.outbox_id for r in group.rows]
+            with conn.transaction():
+                conn.execute(_FAILED, (
+                    ids, [""] * len(ids), [error] * len(ids),
+                    [now + timedelta(seconds=backoff(group.tries))] * len(ids),
+                    [give_up] * len(ids),
+                ))
+            if give_up:
+                self._groups.remove(group)
+                log.error("gave up a group of %d notifications to %s after %d tries: %s",
+                          len(ids), group.receiver.name, group.tries, error)
+            else:
+                group.next_at = time.monotonic() + backoff(group.tries)
+                log.warning("a group of %d notifications to %s failed (try %d): %s",
+                            len(ids), group.receiver.name, group.tries, error)
+            return
+        self._groups.remove(group)
+        with conn.transaction():
+            conn.execute(_TOOK, ([r.outbox_id for r in group.rows],
+                                 [group.receiver.name] * len(group.rows)))
+        log.info("sent %d notifications to %s as one (a storm)", len(group.rows),
+                 group.receiver.name)
 
     def refresh_alertmanagers(self, conn: psycopg.Connection) -> int:
         """Send every firing episode again to each Alertmanager receiver (it forgets an
@@ -336,18 +470,23 @@ class AlertDelivery:
                 )
         return wait_until_flushed(conn, self._stop)
 
-    def _attempt(self, row: OutboxRow) -> Attempt:
+    def _attempt(self, row: OutboxRow, singles: Mapping[int, list[Receiver]]) -> Attempt:
         delivered, error = [], None
-        for receiver in targets(row, self.in_force):
+        sending = self._to_send(row, singles)
+        for receiver in sending:
             try:
                 self._post(receiver, row)
                 delivered.append(receiver.name)
             except Exception as exc:  # any failure of a receiver means: try again later
                 error = failure(receiver, exc)
-        return Attempt(row, tuple(delivered), error)
+                if storming(receiver, self.in_force):  # its storm is given it again
+                    self._offered.get(receiver.name, set()).discard(row.outbox_id)
+        held = len(sending) < len(targets(row, self.in_force))
+        return Attempt(row, tuple(delivered), error, held)
 
     def _record(self, conn: psycopg.Connection, attempts: Sequence[Attempt], now: datetime) -> None:
-        delivered = [a for a in attempts if a.error is None]
+        delivered = [a for a in attempts if a.error is None and not a.held]
+        took = [a for a in attempts if a.error is None and a.held and a.delivered]
         failed = [a for a in attempts if a.error is not None]
         tries = [a.row.attempts + 1 for a in failed]
         give_up = [
@@ -357,6 +496,9 @@ class AlertDelivery:
             if delivered:
                 ids = [a.row.outbox_id for a in delivered]
                 conn.execute(_DELIVERED, (ids, [" ".join(a.delivered) for a in delivered]))
+            if took:
+                conn.execute(_TOOK, ([a.row.outbox_id for a in took],
+                                     [" ".join(a.delivered) for a in took]))
             if failed:
                 conn.execute(_FAILED, (
                     [a.row.outbox_id for a in failed], [" ".join(a.delivered) for a in failed],
@@ -374,6 +516,9 @@ class AlertDelivery:
 
     def _http_post(self, receiver: Receiver, row: OutboxRow) -> None:
         self._send(encode(receiver, row.idempotency_key, row.payload, datetime.now(UTC)))
+
+    def _http_post_group(self, group: Group) -> None:
+        self._send(encode(group.receiver, group.key, group.body(), datetime.now(UTC)))
 
     def _send(self, request: Request) -> None:
         status = self._connections.post(request.url, request.body, dict(request.headers))

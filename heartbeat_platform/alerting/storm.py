@@ -19,14 +19,14 @@ What it promises, whatever the times (tests/unit/test_storm.py):
   at most one group per ``send_every_s``: 1,000 episodes firing within 5 s are at most
   10 + 6 requests at the defaults.
 
-The caller (the delivery, which is not wired to it yet: README, Alerts) owns the clock:
+The caller (`delivery.AlertDelivery`, one Storm per webhook receiver) owns the clock:
 it calls :meth:`Storm.offer` as rows are queued, and :meth:`Storm.due` when
-:meth:`Storm.next_due` says, and POSTs each :class:`Release`. What the wiring must keep,
-for whoever does it: one Storm per receiver, fed every transition queued for it in queue
-order; a group is POSTed as :func:`grouped_payload` with :func:`group_key` as its
-Idempotency-Key, retried as the same group (same members, same key) until it succeeds or
-is given up, and only then are its members' outbox rows marked done, so delivery stays at
-least once per transition.
+:meth:`Storm.next_due` says, and POSTs each :class:`Release`. What the wiring keeps:
+one Storm per receiver, fed every transition queued for it as it becomes due (a customer's
+next one once the one before is done); a group is POSTed as :func:`grouped_payload` with
+:func:`group_key` as its Idempotency-Key, retried as the same group (same members, same
+key) until it succeeds or is given up, and only then are its members' outbox rows marked
+done, so delivery stays at least once per transition.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 It runs in a process of its own (`ReceiverProcess`), so its HTTP work does not share an
 interpreter lock with the producer it is timed against. Each receipt is the arrival time,
-the Idempotency-Key and the payload's episode fields needed to time it.
+the Idempotency-Key and the payload's episode fields needed to time it (one per episode
+of a storm's grouped POST).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ def _serve(port_out: Connection, receipts_out: Connection, stop: Event) -> None:
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            receipts.append(Receipt(
-                time.time(), self.headers.get("Idempotency-Key", ""), body.get("state", ""),
-                body.get("first_reading_at"),
-            ))
+            now, key = time.time(), self.headers.get("Idempotency-Key", "")
+            # a storm's grouped POST names several episodes: each is a receipt
+            for episode in body.get("episodes", [body]):
+                receipts.append(Receipt(now, key, episode.get("state", ""),
+                                        episode.get("first_reading_at")))
             self.send_response(204)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -88,11 +88,13 @@ def alert_latency(receipts: list[Receipt], since: float, undelivered: int) -> di
         if r.state == "firing" and r.first_reading_at is not None
         and datetime.fromisoformat(r.first_reading_at).timestamp() >= since
     )
+    requests = len({(r.received_at, r.key) for r in receipts})  # a storm's group is one
     if not delays:
-        return {"notifications": len(receipts), "firing_measured": 0,
+        return {"notifications": len(receipts), "requests": requests, "firing_measured": 0,
                 "undelivered_at_stop": undelivered}
     return {
         "notifications": len(receipts),
+        "requests": requests,
         "firing_measured": len(delays),
         "notify_p50_ms": round(delays[len(delays) // 2] * 1000, 1),
         "notify_p99_ms": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000, 1),

@@ -42,7 +42,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -231,6 +231,7 @@ class AlertDelivery:
         self._refresh_failing: set[str] = set()  # Alertmanagers whose last re-send failed
         self._storms: dict[str, Storm[OutboxRow]] = {}  # per storming receiver (by name)
         self._offered: dict[str, set[int]] = {}  # outbox ids each storm was given
+        self._let_through: dict[str, set[int]] = {}  # ...and sent on singly (retried so)
         self._groups: list[Group] = []  # released by a storm, not taken yet
         self._post_group = post_group or self._http_post_group
         self._wal_message = True  # pg_logical_emit_message allowed (until refused)
@@ -320,27 +321,27 @@ class AlertDelivery:
         self._forget({row.outbox_id for row in rows})
         now, clock = datetime.now(UTC), time.monotonic()
         due = sendable(rows, now)
-        singles = self._offer(due, clock)  # row id -> storming receivers to send it to now
+        self._offer(due, clock)
         groups = [g for g in self._groups if g.next_at <= clock]
         # a row with no receiver left to reach is done in this round's record
-        if not groups and not any(self._to_send(row, singles)
+        if not groups and not any(self._to_send(row)
                                   or not targets(row, self.in_force) for row in due):
             return self._idle_for(rows, now, clock)
         # A row tried before was made durable before its first try.
         fresh = [row for row in (*due, *(r for g in groups for r in g.rows)) if row.attempts == 0]
         if fresh and not self.make_durable(conn):
             return 0.0  # stopping
-        attempts = list(pool.map(lambda row: self._attempt(row, singles), due))
+        attempts = list(pool.map(self._attempt, due))
         self._record(conn, attempts, now)
         for group in groups:
             self._send_group(conn, group, now)
         return 0.0
 
     # -- storms: a receiver's notifications grouped (`storm`) ------------------------------
-    def _offer(self, due: Sequence[OutboxRow], clock: float) -> dict[int, list[Receiver]]:
-        """Give each storming receiver's storm the due rows it has not seen; queue the
-        groups they release. The rows each storm lets through singly, by row."""
-        singles: dict[int, list[Receiver]] = {}
+    def _offer(self, due: Sequence[OutboxRow], clock: float) -> None:
+        """Give each storming receiver's storm the due rows it has not seen (once: a
+        retry is no new notification); queue the groups they release, and note the rows
+        they let through singly."""
         policy = self.in_force.storm
         for row in due:
             for receiver in targets(row, self.in_force):
@@ -349,40 +350,41 @@ class AlertDelivery:
                     continue
                 offered.add(row.outbox_id)
                 storm = self._storms.setdefault(receiver.name, Storm(policy))
-                self._released(receiver, storm.offer(row, clock), singles, clock)
+                self._released(receiver, storm.offer(row, clock), clock)
         for name, storm in self._storms.items():
             found = self._receiver(name)
             if found is not None:
-                self._released(found, storm.due(clock), singles, clock)
-        return singles
+                self._released(found, storm.due(clock), clock)
 
     def _released(self, receiver: Receiver, releases: Sequence[Release[OutboxRow]],
-                  singles: dict[int, list[Receiver]], clock: float) -> None:
+                  clock: float) -> None:
         for release in releases:
             if release.grouped:
                 self._groups.append(Group(receiver, release.items, clock))
             else:
-                singles.setdefault(release.items[0].outbox_id, []).append(receiver)
+                self._let_through.setdefault(receiver.name, set()).add(
+                    release.items[0].outbox_id)
 
     def _receiver(self, name: str) -> Receiver | None:
         return next((r for r in self.in_force.receivers if r.name == name), None)
 
-    def _to_send(self, row: OutboxRow, singles: Mapping[int, list[Receiver]]) -> list[Receiver]:
+    def _to_send(self, row: OutboxRow) -> list[Receiver]:
         """The receivers to POST this row to now: the ones outside storms, and the storms'
         that let it through singly."""
-        return [r for r in targets(row, self.in_force)
-                if not storming(r, self.in_force) or r in singles.get(row.outbox_id, ())]
+        return [r for r in targets(row, self.in_force) if not storming(r, self.in_force)
+                or row.outbox_id in self._let_through.get(r.name, ())]
 
     def _forget(self, pending: set[int]) -> None:
         """Rows no longer pending (done, given up) leave the storms' books; a receiver gone
         from the settings and the table takes its storm with it."""
         names = {r.name for r in self.in_force.receivers}
-        for name in list(self._offered):
-            if name not in names:
-                self._offered.pop(name)
-                self._storms.pop(name, None)
-            else:
-                self._offered[name] &= pending
+        for books in (self._offered, self._let_through):
+            for name in list(books):
+                if name in names:
+                    books[name] &= pending
+                else:
+                    books.pop(name)
+        self._storms = {n: storm for n, storm in self._storms.items() if n in names}
         self._groups = [g for g in self._groups if g.receiver.name in names]
 
     def _idle_for(self, rows: Sequence[OutboxRow], now: datetime, clock: float) -> float:
@@ -470,17 +472,15 @@ class AlertDelivery:
                 )
         return wait_until_flushed(conn, self._stop)
 
-    def _attempt(self, row: OutboxRow, singles: Mapping[int, list[Receiver]]) -> Attempt:
+    def _attempt(self, row: OutboxRow) -> Attempt:
         delivered, error = [], None
-        sending = self._to_send(row, singles)
+        sending = self._to_send(row)
         for receiver in sending:
             try:
                 self._post(receiver, row)
                 delivered.append(receiver.name)
             except Exception as exc:  # any failure of a receiver means: try again later
                 error = failure(receiver, exc)
-                if storming(receiver, self.in_force):  # its storm is given it again
-                    self._offered.get(receiver.name, set()).discard(row.outbox_id)
         held = len(sending) < len(targets(row, self.in_force))
         return Attempt(row, tuple(delivered), error, held)
 

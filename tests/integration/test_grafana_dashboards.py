@@ -753,8 +753,12 @@ def test_alert_rules_answer_on_the_database_the_pipeline_filled(reader, owner) -
 
 # -- the SELECT-only role -----------------------------------------------------------------------
 
+UNREADABLE = {"alert_receivers"}
+
+
 def test_reader_role_reads_everything_and_changes_nothing(database_url) -> None:
-    """Grafana never writes: SELECT on every table and view, including ones added later."""
+    """Grafana never writes: SELECT on every table and view, including ones added later,
+    but the stored alert receivers (their URLs may carry tokens: sql/015)."""
     migrate(database_url)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE added_later (x int)")
@@ -769,7 +773,7 @@ def test_reader_role_reads_everything_and_changes_nothing(database_url) -> None:
                 "has_table_privilege(%(r)s, %(t)s, 'INSERT, UPDATE, DELETE, TRUNCATE')",
                 {"r": READER, "t": name},
             ).fetchone()
-            assert privileges == (True, False), name
+            assert privileges == (name not in UNREADABLE, False), name
         conn.execute(f"SET ROLE {READER}")
         assert conn.execute("SELECT count(*) FROM added_later").fetchone() == (0,)
         for statement in ("INSERT INTO added_later VALUES (1)",

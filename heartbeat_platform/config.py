@@ -168,6 +168,11 @@ class Settings(BaseSettings):
 
     # Alerting (README, "Alerts: episodes and notifications"). URLs are secrets too: a
     # webhook's path or query often carries its token.
+    heartbeat_alerting: bool = Field(
+        default=True,
+        description="false (or off): the consumer keeps no episodes and notifies nobody; "
+        "the banner and alert_<type> row per anomalous reading stay",
+    )
     heartbeat_alert_webhook_url: SecretStr | None = Field(
         default=None, description="comma-separated URLs that receive every episode transition"
     )

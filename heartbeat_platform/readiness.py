@@ -150,7 +150,9 @@ def consumer_config(settings: Settings, endpoints: Endpoints, **overrides: Any) 
         "retention": settings.retention,
         "partition_check_every_s": settings.heartbeat_partition_check_s,
         "kafka_overrides": settings.kafka_client_config,
-        "alerting": alerting_config(settings),
+        # HEARTBEAT_ALERTING=off: no episodes, no delivery thread (the original design's
+        # banner and alert_<type> rows come from the batch builder either way)
+        "alerting": alerting_config(settings) if settings.heartbeat_alerting else None,
     }
     values.update(overrides)
     return ConsumerConfig(**values)

@@ -10,6 +10,12 @@ Stages, in the order `run.run_bench` runs them, each in a module of its own:
 - consume_to_postgres (`ingest`): the same N events preloaded in the topic, consumed to
   PostgreSQL by a fresh group; rows committed per second from the first message to the
   last commit;
+- consume_alerting (`alerting`; `alerting_rounds` rounds, 1 by default, 0: left out): the
+  same preloaded topic consumed again with alerting off (HEARTBEAT_ALERTING=off), at the
+  default alarm-condition delays and with every delay off, each by a fresh group into a
+  database created afresh for it, the order rotated per round; per mode the median rate,
+  its ratio to off, and issue 20's targets next to them (`alerting_targets`, with the
+  latency stage's reading-to-receipt p99);
 - end_to_end (`ingest`): a fixed produce rate for a fixed time while a consumer runs;
   latency is the committed row's `ingested_at` minus the event's own timestamp, p50 / p99;
 - baselines (`baselines`), measured in the same run for ratios: binary COPY of the same

@@ -33,11 +33,15 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "heartbeat_platform", *args]
 
 
-def consume_process(settings: Settings, stop_when_idle: float) -> dict:
-    """One consumer run to the end of the topic: its JSON report, peak RSS from /proc."""
+def consume_process(
+    settings: Settings, stop_when_idle: float, env: dict[str, str] | None = None
+) -> dict:
+    """One consumer run to the end of the topic: its JSON report, peak RSS from /proc.
+    `env`: more variables for the consumer (e.g. its alerting settings)."""
     process = subprocess.Popen(
         cli("consume", "--json", "--stop-when-idle", str(stop_when_idle)),
-        env=child_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**child_env(settings), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     peak = PeakRss(process.pid)
     try:

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from heartbeat_platform import readiness
+from heartbeat_platform.bench.alerting import MODES, consume_alerting
+from heartbeat_platform.bench.alerting import targets_met as alerting_targets
 from heartbeat_platform.bench.baselines import copy_baseline, parse_baseline
 from heartbeat_platform.bench.dashboard_states import dashboard_states
 from heartbeat_platform.bench.growth import measure_growth
@@ -29,9 +31,11 @@ def run_bench(
     history: int = 0,
     history_span_hours: float | None = None,
     dashboard_only: bool = False,
+    alerting_rounds: int = 1,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """`dashboard_only`: only `dashboard_states` on `history` readings (no other stage)."""
+    """`dashboard_only`: only `dashboard_states` on `history` readings (no other stage).
+    `alerting_rounds`: how often `consume_alerting` runs each of its modes (0: not at all)."""
     # Every event the stages produce is stamped after this moment; the history ends here.
     started_at = datetime.now(UTC)
     plan = None
@@ -85,9 +89,17 @@ def run_bench(
         "consumer_peak_rss_mb": consumed["peak_rss_mb"],
     }
 
+    if alerting_rounds:
+        log(f"consume_alerting: off, defaults, no_delay, {alerting_rounds} round(s), "
+            "each on the same preloaded topic into a fresh database")
+        results["consume_alerting"] = consume_alerting(bench, topic, alerting_rounds, log)
+
     log(f"end_to_end: {latency_rate:,.0f} events/s for {latency_seconds:.0f}s")
     results["end_to_end"] = end_to_end(
         on_topic(bench, new_topic(bench)), latency_rate, latency_seconds)
+    if alerting_rounds:
+        results["alerting_targets"] = alerting_targets(
+            results["consume_alerting"], results["end_to_end"]["alerts"])
 
     log("baselines: binary COPY ceiling, validate + classify")
     results["baselines"] = {
@@ -97,6 +109,8 @@ def run_bench(
     results["consumer_peak_rss_mb"] = max(
         results["consume_to_postgres"]["consumer_peak_rss_mb"],
         results["end_to_end"]["consumer_peak_rss_mb"],
+        *(results["consume_alerting"][mode]["consumer_peak_rss_mb"]
+          for mode in MODES if mode in results.get("consume_alerting", {})),
     )
     if plan is not None:
         results["dashboard_states"] = dashboard_states(

@@ -10,18 +10,25 @@ import uuid
 
 from heartbeat_platform.config import Settings
 from heartbeat_platform.local.services import Endpoints
-from heartbeat_platform.storage.database import ensure_database
+from heartbeat_platform.storage.database import connect, ensure_database
 from heartbeat_platform.storage.migrations import migrate
 from heartbeat_platform.streaming.topics import ensure_topic
 
 BENCH_DATABASE = "heartbeat_bench"
 
 
-def fresh_database(database_url: str) -> str:
-    """The bench database, recreated on the same server so table sizes compare; its URL."""
-    url = ensure_database(database_url, BENCH_DATABASE, recreate=True)
+def fresh_database(database_url: str, name: str = BENCH_DATABASE) -> str:
+    """The bench database `name`, recreated on the same server so table sizes compare; its
+    URL."""
+    url = ensure_database(database_url, name, recreate=True)
     migrate(url)
     return url
+
+
+def drop_database(database_url: str, name: str) -> None:
+    """Database `name` on `database_url`'s server gone (if it was there)."""
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def endpoints(settings: Settings) -> Endpoints:

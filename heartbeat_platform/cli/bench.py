@@ -48,6 +48,14 @@ def bench(
             "rollups behind, rollups current), no producer or consumer stages.",
         ),
     ] = False,
+    alerting_rounds: Annotated[
+        int,
+        typer.Option(
+            help="Rounds of the consume stage with alerting off, at the defaults and with "
+            "every delay off (the order rotated each round; medians); 0: skip it.",
+            min=0,
+        ),
+    ] = 1,
     soak: Annotated[
         float | None,
         typer.Option(
@@ -87,6 +95,7 @@ def bench(
             settings, events=events, latency_rate=latency_rate,
             latency_seconds=latency_seconds, history=history,
             history_span_hours=history_span_hours, dashboard_only=dashboard_only,
+            alerting_rounds=alerting_rounds,
             log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
         )
     except HistoryPlanError as exc:

@@ -1,5 +1,6 @@
 """HEARTBEAT_ALERT_MIN_READINGS, HEARTBEAT_ALERT_DELAY_S and the storm settings as the
-settings read them (config.py) into the episode rules and the storm policy."""
+settings read them (config.py) into the episode rules and the storm policy; HEARTBEAT_ALERTING
+off as the consumer's configuration without alerting."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from datetime import timedelta
 
 import pytest
 
+from heartbeat_platform import readiness
 from heartbeat_platform.alerting.storm import StormPolicy
 from heartbeat_platform.config import delay_by_kind, load_settings, min_readings_by_kind
 from heartbeat_platform.domain.episodes import DEFAULT_DELAY, EpisodeKind
+from heartbeat_platform.local.services import Endpoints
 
 TACHY, BRADY, FAULT, NO_SIGNAL = (
     EpisodeKind.TACHYCARDIA,
@@ -82,3 +85,12 @@ def test_the_settings_build_the_storm_policy_and_zero_turns_grouping_off() -> No
     assert not policy.enabled
     with pytest.raises(ValueError):
         load_settings(_env_file=None, heartbeat_alert_group_over=-1)
+
+
+@pytest.mark.parametrize("value", ["off", "false", "0"])
+def test_alerting_off_gives_the_consumer_no_alerting_at_all(value: str) -> None:
+    endpoints = Endpoints("postgresql://x/y", "broker:9092")
+    off = load_settings(_env_file=None, heartbeat_alerting=value)
+    assert readiness.consumer_config(off, endpoints).alerting is None
+    on = readiness.consumer_config(load_settings(_env_file=None), endpoints).alerting
+    assert on is not None and on.rules == load_settings(_env_file=None).alert_rules

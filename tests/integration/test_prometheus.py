@@ -33,6 +33,7 @@ from heartbeat_platform import readiness
 from heartbeat_platform.config import load_settings
 from heartbeat_platform.local.process import free_port, wait_until
 from tests.integration.test_prometheus_panels import prometheus_targets
+from tests.support.peers import ready
 from tests.support.pipeline import ConsumerProcess, ProducerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +89,6 @@ def _scrape(port: int) -> str:
         return response.read().decode()
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def _prometheus_config(targets: list[str]) -> dict:
     """The compose stack's config, scraping `targets` every SCRAPE_SECONDS instead."""
     config = yaml.safe_load(COMPOSE_CONFIG.read_text())
@@ -142,7 +135,7 @@ def scraped(services, embedded_postgres, tmp_path_factory) -> Iterator[Scraped]:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         log_text = lambda: (root / "prometheus.log").read_text()  # noqa: E731
-        assert wait_until(lambda: _ready(url) or server.poll() is not None, 60), log_text()
+        assert wait_until(lambda: ready(url) or server.poll() is not None, 60), log_text()
         assert server.poll() is None, log_text()
         peer = Scraped(url, {})
         # Every target up for enough scrapes that each rate() window is full of samples.

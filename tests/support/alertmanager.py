@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from heartbeat_platform.local.process import free_port, wait_until
+from tests.support.peers import ready
 
 BINARY = "prometheus-alertmanager"
 RESOLVE_TIMEOUT_S = 4
@@ -58,14 +59,6 @@ class Alertmanager:
                 if a["labels"].get("alertname") == "heartbeat_episode"}
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
     binary = require_alertmanager()
@@ -88,7 +81,7 @@ def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
             stdout=out, stderr=subprocess.STDOUT,
         )
     try:
-        assert wait_until(lambda: _ready(url) or server.poll() is not None, 60), log.read_text()
+        assert wait_until(lambda: ready(url) or server.poll() is not None, 60), log.read_text()
         assert server.poll() is None, log.read_text()
         yield Alertmanager(url, log)
     finally:

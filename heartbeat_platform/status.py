@@ -67,6 +67,13 @@ def _source(url: str | None) -> str:
     return "configured" if url else "embedded"
 
 
+def _broker_source(settings: Settings) -> str:
+    """Which broker `status` talks to: the configured cluster, or the local one it names."""
+    if settings.kafka_bootstrap_servers:
+        return "configured"
+    return "local Apache Kafka" if settings.heartbeat_local_broker == "kafka" else "embedded Tansu"
+
+
 def _database_status(url: str, settings: Settings) -> dict[str, Any]:
     status: dict[str, Any] = {
         "source": _source(settings.database_url),
@@ -152,14 +159,14 @@ def _count(conn: psycopg.Connection, table: str) -> int:
 
 def _kafka_status(bootstrap: str, settings: Settings) -> dict[str, Any]:
     status: dict[str, Any] = {
-        "source": _source(settings.kafka_bootstrap_servers),
+        "source": _broker_source(settings),
         "reachable": False,
         "bootstrap_servers": bootstrap or None,
         "topic": settings.kafka_topic,
         "partitions": None,
     }
     if not bootstrap:
-        status["error"] = f"embedded broker is not running: {NOT_RUNNING_HINT}"
+        status["error"] = f"the {status['source']} broker is not running: {NOT_RUNNING_HINT}"
         return status
     try:
         with kafka_failures_explained(bootstrap, settings.kafka_client_config):

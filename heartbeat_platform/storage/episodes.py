@@ -1,10 +1,12 @@
 """Episodes and their notifications in PostgreSQL (sql/009), inside the caller's transaction.
 
 The batch writer calls `apply_batch` in the transaction that stores the batch: the open
-episodes of the batch's customers are read (locked), `domain.episodes.advance` decides,
-and the changed episodes and one outbox row per transition are written before the commit.
-A batch that rolls back leaves no episode change and no notification behind; a replayed
-batch finds its readings already applied (`last_evaluated_at`) and changes nothing.
+episodes of the batch's customers come from its `OpenEpisodes` (read from the table the
+first time a customer is seen, and again after anything else changed episodes),
+`domain.episodes.advance` decides, and the changed episodes and one outbox row per
+transition are written before the commit. A batch that rolls back leaves no episode change
+and no notification behind (and the writer forgets what it kept); a replayed batch finds
+its readings already applied (`last_evaluated_at`) and changes nothing.
 
 The JSON a webhook receives (and the other receivers' encoders read) is built here, in
 SQL, from the episode row (`enqueue`), so the writer, escalation and a person's `alerts
@@ -119,6 +121,72 @@ ORDER BY e.episode_id
 """
 
 
+# sql/016: anything but the consumer moves the epoch before it changes episodes or overrides.
+_EPOCH = "SELECT epoch FROM alert_episode_epoch FOR SHARE"
+# Said by a writer (the consumer's connection, escalation, retention) whose changes no
+# consumer keeps in memory, for its session or (is_local) its transaction.
+_KEPT = "SELECT set_config('heartbeat.episode_cache_kept', 'on', %s)"
+
+
+def keep_consumer_caches(conn: psycopg.Connection, session: bool = False) -> None:
+    """Say that this transaction's (or, `session`, this connection's) changes to episodes
+    are none that a consumer keeps: they move no epoch, so no consumer reloads (sql/016)."""
+    conn.execute(_KEPT, (not session,))
+
+
+class OpenEpisodes:
+    """The open episodes and alert bounds of the customers one writer has seen, as of its
+    last batch: what each batch would otherwise read and lock again, for every customer.
+
+    Right while no other consumer changes these customers' episodes (customers are keyed to
+    partitions: the writer forgets everything at each assignment and after a failed batch)
+    and every other writer moves the epoch (sql/016), which `check` reads FOR SHARE.
+    """
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        self.epoch: int | None = None
+        self.known: set[str] = set()  # customers whose open episodes and bounds are here
+        self.open: dict[str, dict[EpisodeKind, Episode]] = {}
+        self.bounds: dict[str, AlertBounds] = {}
+
+    def check(self, conn: psycopg.Connection, customers: set[str]) -> None:
+        """Forget all if the epoch moved; then read the customers not known yet."""
+        epoch = one_row(conn.execute(_EPOCH))[0]
+        if epoch != self.epoch:
+            self.forget()
+            self.epoch = epoch
+        unknown = sorted(customers - self.known)
+        if unknown:
+            for episode in load_open(conn, unknown):
+                self.open.setdefault(episode.customer_id, {})[episode.kind] = episode
+            self.bounds.update(load_bounds(conn, unknown))
+            self.known.update(unknown)
+
+    def of(self, customers: set[str]) -> tuple[list[Episode], dict[str, AlertBounds]]:
+        """These customers' open episodes and bounds (walks only customers that have any)."""
+        episodes = [
+            e for customer, kinds in self.open.items() if customer in customers
+            for e in kinds.values()
+        ]
+        return episodes, {c: b for c, b in self.bounds.items() if c in customers}
+
+    def take(self, stored: Sequence[Episode], dropped: Sequence[Episode]) -> None:
+        """What a batch wrote (`stored` with their ids): resolved and dropped ones leave
+        first, so a new episode of the same kind in the same batch stays."""
+        for episode in (*dropped, *(e for e in stored if not e.is_open)):
+            kinds = self.open.get(episode.customer_id, {})
+            if episode.kind in kinds and kinds[episode.kind].key == episode.key:
+                del kinds[episode.kind]
+                if not kinds:
+                    del self.open[episode.customer_id]
+        for episode in stored:
+            if episode.is_open:
+                self.open.setdefault(episode.customer_id, {})[episode.kind] = episode
+
+
 def firing_payloads(conn: psycopg.Connection) -> list[bytes]:
     """The firing episodes' current JSON (state `firing`), for re-sending."""
     return [text.encode() for (text,) in conn.execute(_FIRING_PAYLOADS)]
@@ -126,19 +194,20 @@ def firing_payloads(conn: psycopg.Connection) -> list[bytes]:
 
 def apply_batch(
     conn: psycopg.Connection, records: Sequence[RecordRow], anomalies: Sequence[AnomalyRow],
-    now: datetime, rules: Rules,
+    now: datetime, rules: Rules, kept: OpenEpisodes | None = None,
 ) -> Outcome:
     """Advance the episodes of a batch's customers and queue their notifications.
 
     `anomalies` are those the batch inserted (a repeat of a stored reading is no news).
     NORMAL readings matter only to customers with an open episode or an override, so only
     theirs are turned into EpisodeReadings: most of a batch is skipped by a set lookup.
+    `kept`: the writer's OpenEpisodes, brought up to date here (None: read them all now).
     """
     customers = {row[0] for row in records}
     customers.update(row[0] for row in anomalies)
-    ordered = sorted(customers)
-    open_episodes = load_open(conn, ordered)
-    bounds = load_bounds(conn, ordered)
+    kept = kept if kept is not None else OpenEpisodes()
+    kept.check(conn, customers)
+    open_episodes, bounds = kept.of(customers)
     concerned = {row[0] for row in anomalies} | {e.customer_id for e in open_episodes}
     concerned |= bounds.keys()
     # One reading per customer and time, as storage keeps them: a repeat in the batch (the
@@ -149,7 +218,7 @@ def apply_batch(
     for customer, at, heart_rate in readings:
         seen.setdefault((customer, at), EpisodeReading(customer, at, heart_rate))
     outcome = advance(open_episodes, list(seen.values()), now, rules, bounds)
-    save(conn, outcome)
+    kept.take(save(conn, outcome), outcome.dropped)
     return outcome
 
 
@@ -173,8 +242,9 @@ def load_bounds(conn: psycopg.Connection, customers: Sequence[str]) -> dict[str,
     }
 
 
-def save(conn: psycopg.Connection, outcome: Outcome) -> None:
-    """Write the changed episodes, delete dropped ones, queue one row per transition.
+def save(conn: psycopg.Connection, outcome: Outcome) -> list[Episode]:
+    """Write the changed episodes, delete dropped ones, queue one row per transition;
+    the changed episodes as stored (new ones with their ids).
 
     Set-based: one INSERT, one UPDATE and one DELETE per batch, whatever its size.
     """
@@ -187,6 +257,7 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
     if dropped:
         conn.execute("DELETE FROM alert_episodes WHERE episode_id = ANY(%b::bigint[])", (dropped,))
     ids: dict[tuple[str, EpisodeKind, datetime], int] = {}
+    stored: list[Episode] = []
     if new:
         allocated = [row[0] for row in conn.execute(_NEW_IDS, (len(new),))]
         ids = {e.key: episode_id for e, episode_id in zip(new, allocated, strict=True)}
@@ -197,6 +268,7 @@ def save(conn: psycopg.Connection, outcome: Outcome) -> None:
         episode = transition.episode
         queue.append((episode.episode_id or ids[episode.key], transition.state))
     enqueue_transitions(conn, queue)
+    return [*changed, *stored]
 
 
 _PRUNE = """
@@ -217,6 +289,7 @@ def prune(conn: psycopg.Connection, before: datetime, chunk: int = 50_000) -> in
     deleted = 0
     while True:
         with conn.transaction():
+            keep_consumer_caches(conn)  # only resolved episodes go: none is kept open
             n = conn.execute(_PRUNE, (before, chunk)).rowcount
         deleted += n
         if n < chunk:
@@ -327,7 +400,8 @@ def open_no_signal(
 
 def escalate_due(conn: psycopg.Connection, now: datetime, after: timedelta) -> list[int]:
     """Mark firing episodes unacknowledged for `after` escalated (once) and queue an
-    `escalated` notification for each; their ids."""
+    `escalated` notification for each; their ids. Run it in a transaction."""
+    keep_consumer_caches(conn)  # escalated_at is nothing a consumer decides on
     ids = [
         episode_id for (episode_id,) in conn.execute(
             "UPDATE alert_episodes SET escalated_at = %s WHERE state = 'firing' "

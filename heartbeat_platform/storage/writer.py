@@ -206,6 +206,9 @@ class BatchWriter:
         # Each customer's minute of last_reading_at in the customers table, as of the last
         # commit (None: read them again, after a reconnect or a rolled-back batch).
         self._known_customers: dict[str, int] | None = None
+        # The open episodes of the customers seen, as of the last commit (forgotten with
+        # _known_customers, and at each assignment: see `load`).
+        self._open_episodes = episodes.OpenEpisodes()
 
     # -- connection -----------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection:
@@ -218,12 +221,13 @@ class BatchWriter:
             conn.execute("SET synchronous_commit = off")
             for table in (RECORDS, ANOMALIES, DEAD_LETTERS):
                 conn.execute(table.stage_ddl())
+            episodes.keep_consumer_caches(conn, session=True)  # it keeps its own
             conn.commit()
             self._conn = conn
         return self._conn
 
     def close(self) -> None:
-        self._known_customers = None
+        self._forget()
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -239,12 +243,21 @@ class BatchWriter:
             self.close()
             raise
         except BaseException:
-            self._known_customers = None  # the batch's customer rows were rolled back
+            self._forget()  # what the batch wrote was rolled back
             raise
+
+    def _forget(self) -> None:
+        """Read the customers and open episodes kept in memory again at the next batch."""
+        self._known_customers = None
+        self._open_episodes.forget()
 
     # -- progress -------------------------------------------------------------------------
     def load(self, partitions: Iterable[int]) -> dict[int, StoredProgress]:
-        """Stored progress of these partitions, with the topic id it was stored under."""
+        """Stored progress of these partitions, with the topic id it was stored under.
+
+        Called at each assignment: another consumer may have had these partitions since,
+        and changed their customers' episodes, so the open episodes are read again."""
+        self._open_episodes.forget()
         return self._in_transaction(lambda conn: self.progress.load(conn, partitions))
 
     def load_progress(self, partitions: Iterable[int]) -> dict[int, PartitionProgress]:
@@ -356,7 +369,8 @@ class BatchWriter:
         result, alerts_text, records, anomalies = self._write_rows(conn, batch)
         if self.episode_rules is not None and (batch.records or anomalies):
             outcome = episodes.apply_batch(
-                conn, batch.records, anomalies, datetime.now(UTC), self.episode_rules
+                conn, batch.records, anomalies, datetime.now(UTC), self.episode_rules,
+                self._open_episodes,
             )
             result = replace(result, episode_transitions=len(outcome.transitions))
         payloads = batch.encode()

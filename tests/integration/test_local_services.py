@@ -84,9 +84,14 @@ def test_the_local_apache_kafka_runs_detached_and_keeps_its_log_across_a_restart
 
         second = LocalServices(settings)
         assert second.start().bootstrap_servers == bootstrap and second.started == []
+        kafka = status.collect_status(settings)["kafka"]
+        assert (kafka["source"], kafka["reachable"], kafka["partitions"]) == (
+            "local Apache Kafka", True, 3)
 
         assert LocalServices(settings).stop_all() == ["Apache Kafka"]
         assert not first.kafka.is_running()
+        stopped = status.collect_status(settings)["kafka"]
+        assert stopped["error"].startswith("the local Apache Kafka broker is not running")
         again = LocalServices(settings)
         assert again.start().bootstrap_servers == bootstrap, "the same port again"
         assert not first.broker.is_running(), "Tansu was never started"

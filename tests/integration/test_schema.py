@@ -36,6 +36,7 @@ EXPECTED_TABLES = {
     "reading_totals",
     "fleet_minute_live",
     "alert_episodes",
+    "alert_episode_epoch",
     "alert_outbox",
     "alert_overrides",
     "alert_receivers",

@@ -4,9 +4,10 @@ This module is the loop and the rebalance callbacks. Each step they call has one
 elsewhere: `batch_builder` (messages in, rows and progress out), `landing` (a batch into
 PostgreSQL on the writer's thread), `cursors` (where each partition stands, and the
 progress behind it), `log_checks` (is the stored offset still right for the broker's
-log?), `assignment` (the Kafka client's positions, pauses and commits), `outage` (what
-to do while PostgreSQL is away), `day_partitions`, `topic_watch` (was the topic created
-again?) and `consumer_report`. The steps never wait for the database: they raise
+log?), `assignment` (the Kafka client's assignment, pauses and commits), `positions`
+(where each partition is read from, and which wait paused), `outage` (what to do while
+PostgreSQL is away), `day_partitions`, `topic_watch` (was the topic created again?) and
+`consumer_report`. The steps never wait for the database: they raise
 `DatabaseUnavailable`, and only the loop decides.
 
 One place polls: `run`. Every message it gets is built into a batch, or its partition is
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.alerting.delivery import AlertDelivery
@@ -47,6 +48,7 @@ from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.log_checks import LogChecks
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database
+from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
 
@@ -91,6 +93,7 @@ class HeartbeatConsumer:
         self.landing = Landing(self.writer, self.cursors, c.stats_every, c.name,
                                self.metrics.batch_committed, on_batch)
         self.logs = LogChecks(self.cursors)
+        self.positions = Positions(self.cursors, c.topic)
         self.day_partitions = DayPartitions(self.writer, c.retention, c.partition_check_every_s)
         self.outage = Outage()
         self.activity = Activity()
@@ -98,8 +101,6 @@ class HeartbeatConsumer:
         self.kafka_errors = 0
         self._quiet = QuietLog(log)
         self._kafka: Assignment | None = None
-        self._unopened: set[int] = set()  # assigned while the database was away: paused
-        self._unvalidated: set[int] = set()  # assigned at a stored leader epoch: paused
         self._lag: dict[int, int] = {}
 
     @property
@@ -144,7 +145,7 @@ class HeartbeatConsumer:
                     continue
                 try:
                     self._ensure_partitions()
-                    self._validate_positions()
+                    self.positions.validate(self.kafka)
                     messages = self.kafka.client.consume(c.batch_size, timeout=c.max_wait_s)
                     if messages:
                         activity.received(time.monotonic())
@@ -175,7 +176,7 @@ class HeartbeatConsumer:
         c = self.config
         client = self._new_client(self._settings)
         incremental = assigns_incrementally(self._settings)
-        self._kafka = Assignment(client, c.topic, incremental, self._positions)
+        self._kafka = Assignment(client, c.topic, incremental, self.positions.offsets)
         client.subscribe([c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                          on_lost=self._on_lost)
         self.topics.joined(time.monotonic())
@@ -262,14 +263,13 @@ class HeartbeatConsumer:
             with needs_database("reconnect"):
                 self.writer.ping()
                 self.cursors.reload(list(self.cursors))
-                opened = self._open(sorted(self._unopened)) if self._unopened else {}
+                unopened = self.positions.unopened
+                opened = self._open(sorted(unopened)) if unopened else {}
         except DatabaseUnavailable as exc:
             log.error("%s; retrying in %.1fs", exc, self.outage.failed(now))
             return
-        self._unopened.clear()
         self._watch(opened)
-        self._seek_all()  # with the stored leader epochs: validated by the client
-        self._unvalidated.clear()
+        self.positions.recovered(self.kafka, paused=self.outage.active)
         self.kafka.resume()
         self.activity.last = time.monotonic()  # the outage is not idleness
         log.info("database is back after %.1f s: resuming from the stored progress",
@@ -288,8 +288,7 @@ class HeartbeatConsumer:
                     opened = self._open(ids)
             except DatabaseUnavailable as exc:
                 self._lost_database(exc)
-        for tp in partitions:
-            tp.offset = position(opened[tp.partition]) if opened else OFFSET_BEGINNING
+        self.positions.assigned(partitions, opened)
         self.kafka.add(partitions)
         self.activity.partitions_seen.update(ids)
         self.activity.last = time.monotonic()
@@ -297,7 +296,6 @@ class HeartbeatConsumer:
         if not ids:
             return
         if opened is None:  # sought once the database is back and their progress known
-            self._unopened.update(ids)
             consumer.pause(partitions)
             log.warning("assigned partitions %s while the database is unavailable: paused "
                         "until it is back", ids)
@@ -307,12 +305,9 @@ class HeartbeatConsumer:
         self.kafka.resume(partitions)
         self._watch(opened)
         # An assign does not validate an offset with its leader epoch; a seek does, once
-        # the partition fetches: until then it stays paused (`_validate_positions`).
-        epochs = self._epochs()
-        held = [tp for tp in partitions if tp.partition in epochs]
-        if held:
+        # the partition fetches: until then it stays paused (`Positions.validate`).
+        if held := self.positions.hold_for_validation(partitions):
             consumer.pause(held)
-            self._unvalidated.update(tp.partition for tp in held)
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -344,42 +339,13 @@ class HeartbeatConsumer:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.cursors.pop(tp.partition, None)
-            self._unopened.discard(tp.partition)
-            self._unvalidated.discard(tp.partition)
+            self.positions.forget(tp.partition)
             self.logs.watch.forget(tp.partition)
         self.kafka.remove(partitions)
 
-    # -- the client's position and commits --------------------------------------------------
-    def _positions(self) -> dict[int, int]:
-        """Where each assigned partition is read next (a partition not opened yet: from the
-        log's start, paused until its progress is known)."""
-        offsets = {p: position(cursor) for p, cursor in self.cursors.items()}
-        return offsets | dict.fromkeys(self._unopened, OFFSET_BEGINNING)
-
+    # -- the client's positions and commits -------------------------------------------------
     def _seek_all(self) -> None:
-        self.kafka.seek({p: position(c) for p, c in self.cursors.items()},
-                        paused=self.outage.active, epochs=self._epochs())
-
-    def _epochs(self) -> dict[int, int]:
-        """The leader epoch of the message before each cursor's offset, where it is known
-        (stored with the progress, sql/014): a seek with it lets the client find a log
-        truncated below the offset (an unclean leader election), and where it diverged."""
-        return {p: c.stored.leader_epoch for p, c in self.cursors.items()
-                if c.stored is not None and c.stored.leader_epoch is not None
-                and c.stored.next_offset == c.next_offset}
-
-    def _validate_positions(self) -> None:
-        """Seek each partition assigned at a stored leader epoch with it, and read it."""
-        if not self._unvalidated:
-            return
-        epochs = self._epochs()
-        for partition in sorted(self._unvalidated):
-            cursor, epoch = self.cursors.get(partition), epochs.get(partition)
-            if cursor is not None and epoch is not None and not self.kafka.validate(
-                    partition, cursor.next_offset, epoch):
-                continue  # not fetching yet: next round
-            self._unvalidated.discard(partition)
-            self.kafka.resume([TopicPartition(self.config.topic, partition)])
+        self.positions.seek_all(self.kafka, paused=self.outage.active)
 
     def _commit_offsets(self, force: bool = False) -> None:
         """Tell Kafka what PostgreSQL holds, for lag tools (see `offset_commits`)."""

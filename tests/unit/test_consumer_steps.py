@@ -1,5 +1,6 @@
 """The consumer's steps one at a time, over the doubles of test_consumer_loop: landing a
-batch (and giving it up when the database goes away), the client's positions, quiet logs."""
+batch (and giving it up when the database goes away), the client's positions, the
+partitions that wait paused before reading, quiet logs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from heartbeat_platform.domain.alerts import AlertManager
 from heartbeat_platform.domain.retention import RetentionPolicy
@@ -18,6 +19,7 @@ from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import LOCKED_RETRY_S, DayPartitions
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.outage import DatabaseUnavailable
+from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
 from tests.unit.test_consumer_loop import TOPIC, Broker, Client, Database, Message
@@ -87,6 +89,60 @@ def test_a_seek_the_client_refuses_assigns_the_partition_again_at_that_offset(in
         assert client.paused == {1} and client.position == {0: 0, 1: 7, 2: 0}
     else:  # eager: everything assigned again, each at its own position
         assert client.paused == {0, 1, 2} and client.position == {0: 5, 1: 7, 2: 9}
+
+
+class FetchingFrom(Client):
+    """librdkafka refuses a seek until it fetches the partition (here: `fetching`)."""
+
+    def __init__(self, broker: Broker, settings: dict):
+        super().__init__(broker, settings)
+        self.fetching: set[int] = set()
+
+    def seek(self, tp) -> None:
+        if tp.partition not in self.fetching:
+            raise KafkaException("Local: Erroneous state")
+        super().seek(tp)
+
+
+def test_a_partition_assigned_at_a_stored_leader_epoch_is_read_only_once_sought_with_it():
+    database = Database()
+    database.progress = {0: PartitionProgress(0, 40, leader_epoch=3), 1: PartitionProgress(0, 9)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    positions = Positions(cursors, TOPIC)
+    client = FetchingFrom(Broker(), {})
+    client.pending.clear()
+    kafka = Assignment(client, TOPIC, False, positions.offsets)
+    partitions = [TopicPartition(TOPIC, p) for p in (0, 1, 2)]
+    positions.assigned(partitions, cursors.open([0, 1, 2]))
+    kafka.add(partitions)
+    held = positions.hold_for_validation(partitions)
+    client.pause(held)
+    assert [tp.offset for tp in partitions][:2] == [40, 9] and [tp.partition for tp in held] == [0]
+    positions.validate(kafka)  # not fetching yet: still held
+    assert client.paused == {0} and positions.unvalidated == {0} and not client.seeks
+    client.fetching.add(0)
+    positions.validate(kafka)
+    assert [(tp.partition, tp.offset, tp.leader_epoch) for tp in client.seeks] == [(0, 40, 3)]
+    assert not client.paused and not positions.unvalidated
+
+
+def test_partitions_assigned_while_the_database_is_away_are_read_from_their_cursors_after():
+    database = Database()
+    database.progress = {1: PartitionProgress(0, 7)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    positions = Positions(cursors, TOPIC)
+    partitions = [TopicPartition(TOPIC, 1)]
+    positions.assigned(partitions, None)  # the database is away: no cursor to read from
+    assert positions.unopened == {1} and positions.offsets() == {1: OFFSET_BEGINNING}
+    client = FetchingFrom(Broker(), {})
+    client.pending.clear()
+    client.assign(partitions)
+    cursors.open(sorted(positions.unopened))  # the database is back
+    positions.recovered(Assignment(client, TOPIC, False, positions.offsets), paused=True)
+    assert not positions.unopened and positions.offsets() == {1: 7}
+    assert client.position == {1: 7} and client.paused == {1}, "assigned again, still paused"
+    positions.forget(1)
+    assert not positions.unopened and not positions.unvalidated
 
 
 def test_a_repeated_warning_is_logged_once_per_interval(caplog):

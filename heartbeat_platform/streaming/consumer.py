@@ -5,8 +5,9 @@ elsewhere: `batch_builder` (messages in, rows and progress out), `landing` (a ba
 PostgreSQL on the writer's thread), `cursors` (where each partition stands, and the
 progress behind it), `log_checks` (is the stored offset still right for the broker's
 log?), `assignment` (the Kafka client's assignment, pauses and commits), `positions`
-(where each partition is read from, and which wait paused), `outage` (what to do while
-PostgreSQL is away), `day_partitions`, `topic_watch` (was the topic created again?) and
+(where each partition is read from, and which wait paused), `outage` (what a step says
+while PostgreSQL is away, and the backoff), `outage_wait` (trying it again, and back at
+the stored progress), `day_partitions`, `topic_watch` (was the topic created again?) and
 `consumer_report`. The steps never wait for the database: they raise
 `DatabaseUnavailable`, and only the loop decides.
 
@@ -42,12 +43,13 @@ from heartbeat_platform.streaming.consumer_config import (
     no_assignment_hint,
 )
 from heartbeat_platform.streaming.consumer_report import Activity, ConsumerReport
-from heartbeat_platform.streaming.cursors import Cursors, position
+from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import DayPartitions
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.log_checks import LogChecks
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database
+from heartbeat_platform.streaming.outage_wait import OutageWait
 from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
@@ -95,7 +97,8 @@ class HeartbeatConsumer:
         self.logs = LogChecks(self.cursors)
         self.positions = Positions(self.cursors, c.topic)
         self.day_partitions = DayPartitions(self.writer, c.retention, c.partition_check_every_s)
-        self.outage = Outage()
+        self.outage_wait = OutageWait(Outage(), self.writer, self.cursors, self.positions,
+                                      self._open)
         self.activity = Activity()
         self.snapshot = ConsumerSnapshot()  # published by the loop once a round
         self.kafka_errors = 0
@@ -111,6 +114,10 @@ class HeartbeatConsumer:
     @property
     def last_reading_at(self) -> datetime | None:
         return self.landing.last_reading_at
+
+    @property
+    def outage(self) -> Outage:
+        return self.outage_wait.outage
 
     @property
     def database_unavailable(self) -> bool:
@@ -245,7 +252,7 @@ class HeartbeatConsumer:
         """Stop reading until the database is back: every cursor back where the table
         stands as far as this consumer knows, every assigned partition paused and sought
         there, so nothing fetched and not written is passed over."""
-        log.error("%s; retrying in %.1fs", exc, self.outage.failed(time.monotonic()))
+        self.outage_wait.failed(exc, time.monotonic())
         self.landing.abandon()
         self.kafka.pause_all()
         self._seek_all()
@@ -256,26 +263,14 @@ class HeartbeatConsumer:
         and try the database when the outage's backoff says so."""
         if self.kafka.client.consume(self.config.batch_size, timeout=_OUTAGE_POLL_S):
             self.kafka.pause_all()
-        now = time.monotonic()
-        if not self.outage.due(now):
-            return
-        try:
-            with needs_database("reconnect"):
-                self.writer.ping()
-                self.cursors.reload(list(self.cursors))
-                unopened = self.positions.unopened
-                opened = self._open(sorted(unopened)) if unopened else {}
-        except DatabaseUnavailable as exc:
-            log.error("%s; retrying in %.1fs", exc, self.outage.failed(now))
+        opened = self.outage_wait.attempt(time.monotonic())
+        if opened is None:
             return
         self._watch(opened)
         self.positions.recovered(self.kafka, paused=self.outage.active)
         self.kafka.resume()
         self.activity.last = time.monotonic()  # the outage is not idleness
-        log.info("database is back after %.1f s: resuming from the stored progress",
-                 self.outage.ended(self.activity.last))
-        if opened:
-            log.info("assigned at offsets %s", {p: position(c) for p, c in opened.items()})
+        self.outage_wait.ended(self.activity.last, opened)
 
     # -- rebalance ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -1,12 +1,13 @@
 """The consumer's steps one at a time, over the doubles of test_consumer_loop: landing a
 batch (and giving it up when the database goes away), the client's positions, the
-partitions that wait paused before reading, quiet logs."""
+partitions that wait paused before reading, the wait for the database, quiet logs."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
@@ -18,7 +19,8 @@ from heartbeat_platform.streaming.batch_builder import BatchBuilder
 from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import LOCKED_RETRY_S, DayPartitions
 from heartbeat_platform.streaming.landing import Landing
-from heartbeat_platform.streaming.outage import DatabaseUnavailable
+from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage
+from heartbeat_platform.streaming.outage_wait import OutageWait
 from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
@@ -143,6 +145,29 @@ def test_partitions_assigned_while_the_database_is_away_are_read_from_their_curs
     assert client.position == {1: 7} and client.paused == {1}, "assigned again, still paused"
     positions.forget(1)
     assert not positions.unopened and not positions.unvalidated
+
+
+def test_the_database_is_tried_at_the_backoff_and_back_at_the_stored_progress():
+    database = Database()
+    database.progress = {0: PartitionProgress(0, 30), 1: PartitionProgress(0, 5)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    cursors.open([0])
+    positions = Positions(cursors, TOPIC)
+    positions.assigned([TopicPartition(TOPIC, 1)], None)  # assigned in the outage
+    wait = OutageWait(Outage(first_wait_s=1.0, longest_wait_s=4.0), database, cursors,
+                      positions, cursors.open)
+    cursors[0].next_offset = 80  # read on, then the batch was abandoned
+    database.down = True
+    wait.failed(DatabaseUnavailable("write batch", psycopg.OperationalError("gone")), 10.0)
+    assert wait.attempt(10.5) is None, "not due before the first wait is over"
+    assert wait.attempt(11.0) is None and wait.outage.retry_at == 13.0, "failed: wait doubles"
+    database.down = False
+    assert wait.attempt(12.0) is None and wait.outage.active
+    opened = wait.attempt(13.0)
+    assert opened is not None and {p: c.next_offset for p, c in opened.items()} == {1: 5}
+    assert {p: c.next_offset for p, c in cursors.items()} == {0: 30, 1: 5}
+    wait.ended(14.0, opened)
+    assert not wait.outage.active
 
 
 def test_a_repeated_warning_is_logged_once_per_interval(caplog):

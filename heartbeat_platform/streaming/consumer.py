@@ -4,9 +4,11 @@ This module is the loop and the rebalance callbacks. Each step they call has one
 elsewhere: `batch_builder` (messages in, rows and progress out), `landing` (a batch into
 PostgreSQL on the writer's thread), `cursors` (where each partition stands, and the
 progress behind it), `log_checks` (is the stored offset still right for the broker's
-log?), `assignment` (the Kafka client's positions, pauses and commits), `outage` (what
-to do while PostgreSQL is away), `day_partitions`, `topic_watch` (was the topic created
-again?) and `consumer_report`. The steps never wait for the database: they raise
+log?), `assignment` (the Kafka client's assignment, pauses and commits), `positions`
+(where each partition is read from, and which wait paused), `outage` (what a step says
+while PostgreSQL is away, and the backoff), `outage_wait` (trying it again, and back at
+the stored progress), `day_partitions`, `topic_watch` (was the topic created again?) and
+`consumer_report`. The steps never wait for the database: they raise
 `DatabaseUnavailable`, and only the loop decides.
 
 One place polls: `run`. Every message it gets is built into a batch, or its partition is
@@ -25,7 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.alerting.delivery import AlertDelivery
@@ -41,12 +43,14 @@ from heartbeat_platform.streaming.consumer_config import (
     no_assignment_hint,
 )
 from heartbeat_platform.streaming.consumer_report import Activity, ConsumerReport
-from heartbeat_platform.streaming.cursors import Cursors, position
+from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import DayPartitions
 from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.log_checks import LogChecks
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database
+from heartbeat_platform.streaming.outage_wait import OutageWait
+from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
 
@@ -91,15 +95,15 @@ class HeartbeatConsumer:
         self.landing = Landing(self.writer, self.cursors, c.stats_every, c.name,
                                self.metrics.batch_committed, on_batch)
         self.logs = LogChecks(self.cursors)
+        self.positions = Positions(self.cursors, c.topic)
         self.day_partitions = DayPartitions(self.writer, c.retention, c.partition_check_every_s)
-        self.outage = Outage()
+        self.outage_wait = OutageWait(Outage(), self.writer, self.cursors, self.positions,
+                                      self._open)
         self.activity = Activity()
         self.snapshot = ConsumerSnapshot()  # published by the loop once a round
         self.kafka_errors = 0
         self._quiet = QuietLog(log)
         self._kafka: Assignment | None = None
-        self._unopened: set[int] = set()  # assigned while the database was away: paused
-        self._unvalidated: set[int] = set()  # assigned at a stored leader epoch: paused
         self._lag: dict[int, int] = {}
 
     @property
@@ -110,6 +114,10 @@ class HeartbeatConsumer:
     @property
     def last_reading_at(self) -> datetime | None:
         return self.landing.last_reading_at
+
+    @property
+    def outage(self) -> Outage:
+        return self.outage_wait.outage
 
     @property
     def database_unavailable(self) -> bool:
@@ -144,7 +152,7 @@ class HeartbeatConsumer:
                     continue
                 try:
                     self._ensure_partitions()
-                    self._validate_positions()
+                    self.positions.validate(self.kafka)
                     messages = self.kafka.client.consume(c.batch_size, timeout=c.max_wait_s)
                     if messages:
                         activity.received(time.monotonic())
@@ -175,7 +183,7 @@ class HeartbeatConsumer:
         c = self.config
         client = self._new_client(self._settings)
         incremental = assigns_incrementally(self._settings)
-        self._kafka = Assignment(client, c.topic, incremental, self._positions)
+        self._kafka = Assignment(client, c.topic, incremental, self.positions.offsets)
         client.subscribe([c.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
                          on_lost=self._on_lost)
         self.topics.joined(time.monotonic())
@@ -244,7 +252,7 @@ class HeartbeatConsumer:
         """Stop reading until the database is back: every cursor back where the table
         stands as far as this consumer knows, every assigned partition paused and sought
         there, so nothing fetched and not written is passed over."""
-        log.error("%s; retrying in %.1fs", exc, self.outage.failed(time.monotonic()))
+        self.outage_wait.failed(exc, time.monotonic())
         self.landing.abandon()
         self.kafka.pause_all()
         self._seek_all()
@@ -255,27 +263,14 @@ class HeartbeatConsumer:
         and try the database when the outage's backoff says so."""
         if self.kafka.client.consume(self.config.batch_size, timeout=_OUTAGE_POLL_S):
             self.kafka.pause_all()
-        now = time.monotonic()
-        if not self.outage.due(now):
+        opened = self.outage_wait.attempt(time.monotonic())
+        if opened is None:
             return
-        try:
-            with needs_database("reconnect"):
-                self.writer.ping()
-                self.cursors.reload(list(self.cursors))
-                opened = self._open(sorted(self._unopened)) if self._unopened else {}
-        except DatabaseUnavailable as exc:
-            log.error("%s; retrying in %.1fs", exc, self.outage.failed(now))
-            return
-        self._unopened.clear()
         self._watch(opened)
-        self._seek_all()  # with the stored leader epochs: validated by the client
-        self._unvalidated.clear()
+        self.positions.recovered(self.kafka, paused=self.outage.active)
         self.kafka.resume()
         self.activity.last = time.monotonic()  # the outage is not idleness
-        log.info("database is back after %.1f s: resuming from the stored progress",
-                 self.outage.ended(self.activity.last))
-        if opened:
-            log.info("assigned at offsets %s", {p: position(c) for p, c in opened.items()})
+        self.outage_wait.ended(self.activity.last, opened)
 
     # -- rebalance ------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -288,8 +283,7 @@ class HeartbeatConsumer:
                     opened = self._open(ids)
             except DatabaseUnavailable as exc:
                 self._lost_database(exc)
-        for tp in partitions:
-            tp.offset = position(opened[tp.partition]) if opened else OFFSET_BEGINNING
+        self.positions.assigned(partitions, opened)
         self.kafka.add(partitions)
         self.activity.partitions_seen.update(ids)
         self.activity.last = time.monotonic()
@@ -297,7 +291,6 @@ class HeartbeatConsumer:
         if not ids:
             return
         if opened is None:  # sought once the database is back and their progress known
-            self._unopened.update(ids)
             consumer.pause(partitions)
             log.warning("assigned partitions %s while the database is unavailable: paused "
                         "until it is back", ids)
@@ -307,12 +300,9 @@ class HeartbeatConsumer:
         self.kafka.resume(partitions)
         self._watch(opened)
         # An assign does not validate an offset with its leader epoch; a seek does, once
-        # the partition fetches: until then it stays paused (`_validate_positions`).
-        epochs = self._epochs()
-        held = [tp for tp in partitions if tp.partition in epochs]
-        if held:
+        # the partition fetches: until then it stays paused (`Positions.validate`).
+        if held := self.positions.hold_for_validation(partitions):
             consumer.pause(held)
-            self._unvalidated.update(tp.partition for tp in held)
         log.info("assigned at offsets %s", {tp.partition: tp.offset for tp in partitions})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -344,42 +334,13 @@ class HeartbeatConsumer:
     def _drop(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.cursors.pop(tp.partition, None)
-            self._unopened.discard(tp.partition)
-            self._unvalidated.discard(tp.partition)
+            self.positions.forget(tp.partition)
             self.logs.watch.forget(tp.partition)
         self.kafka.remove(partitions)
 
-    # -- the client's position and commits --------------------------------------------------
-    def _positions(self) -> dict[int, int]:
-        """Where each assigned partition is read next (a partition not opened yet: from the
-        log's start, paused until its progress is known)."""
-        offsets = {p: position(cursor) for p, cursor in self.cursors.items()}
-        return offsets | dict.fromkeys(self._unopened, OFFSET_BEGINNING)
-
+    # -- the client's positions and commits -------------------------------------------------
     def _seek_all(self) -> None:
-        self.kafka.seek({p: position(c) for p, c in self.cursors.items()},
-                        paused=self.outage.active, epochs=self._epochs())
-
-    def _epochs(self) -> dict[int, int]:
-        """The leader epoch of the message before each cursor's offset, where it is known
-        (stored with the progress, sql/014): a seek with it lets the client find a log
-        truncated below the offset (an unclean leader election), and where it diverged."""
-        return {p: c.stored.leader_epoch for p, c in self.cursors.items()
-                if c.stored is not None and c.stored.leader_epoch is not None
-                and c.stored.next_offset == c.next_offset}
-
-    def _validate_positions(self) -> None:
-        """Seek each partition assigned at a stored leader epoch with it, and read it."""
-        if not self._unvalidated:
-            return
-        epochs = self._epochs()
-        for partition in sorted(self._unvalidated):
-            cursor, epoch = self.cursors.get(partition), epochs.get(partition)
-            if cursor is not None and epoch is not None and not self.kafka.validate(
-                    partition, cursor.next_offset, epoch):
-                continue  # not fetching yet: next round
-            self._unvalidated.discard(partition)
-            self.kafka.resume([TopicPartition(self.config.topic, partition)])
+        self.positions.seek_all(self.kafka, paused=self.outage.active)
 
     def _commit_offsets(self, force: bool = False) -> None:
         """Tell Kafka what PostgreSQL holds, for lag tools (see `offset_commits`)."""

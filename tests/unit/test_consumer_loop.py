@@ -243,7 +243,7 @@ def start():
             client=client, writer=database,
         )
         consumer.topics.current_id = consumer.cursors.topic_id = lambda: None  # no broker to ask
-        consumer.outage = Outage(first_wait_s=0.01, longest_wait_s=0.05)
+        consumer.outage_wait.outage = Outage(first_wait_s=0.01, longest_wait_s=0.05)
         runner = threading.Thread(target=consumer.run, daemon=True)
         runner.start()
         running.append((consumer, runner))

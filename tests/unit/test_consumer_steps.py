@@ -1,13 +1,15 @@
 """The consumer's steps one at a time, over the doubles of test_consumer_loop: landing a
-batch (and giving it up when the database goes away), the client's positions, quiet logs."""
+batch (and giving it up when the database goes away), the client's positions, the
+partitions that wait paused before reading, the wait for the database, quiet logs."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from heartbeat_platform.domain.alerts import AlertManager
 from heartbeat_platform.domain.retention import RetentionPolicy
@@ -17,7 +19,9 @@ from heartbeat_platform.streaming.batch_builder import BatchBuilder
 from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import LOCKED_RETRY_S, DayPartitions
 from heartbeat_platform.streaming.landing import Landing
-from heartbeat_platform.streaming.outage import DatabaseUnavailable
+from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage
+from heartbeat_platform.streaming.outage_wait import OutageWait
+from heartbeat_platform.streaming.positions import Positions
 from heartbeat_platform.streaming.quiet_log import QuietLog
 from heartbeat_platform.streaming.topic_watch import TopicWatch
 from tests.unit.test_consumer_loop import TOPIC, Broker, Client, Database, Message
@@ -87,6 +91,83 @@ def test_a_seek_the_client_refuses_assigns_the_partition_again_at_that_offset(in
         assert client.paused == {1} and client.position == {0: 0, 1: 7, 2: 0}
     else:  # eager: everything assigned again, each at its own position
         assert client.paused == {0, 1, 2} and client.position == {0: 5, 1: 7, 2: 9}
+
+
+class FetchingFrom(Client):
+    """librdkafka refuses a seek until it fetches the partition (here: `fetching`)."""
+
+    def __init__(self, broker: Broker, settings: dict):
+        super().__init__(broker, settings)
+        self.fetching: set[int] = set()
+
+    def seek(self, tp) -> None:
+        if tp.partition not in self.fetching:
+            raise KafkaException("Local: Erroneous state")
+        super().seek(tp)
+
+
+def test_a_partition_assigned_at_a_stored_leader_epoch_is_read_only_once_sought_with_it():
+    database = Database()
+    database.progress = {0: PartitionProgress(0, 40, leader_epoch=3), 1: PartitionProgress(0, 9)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    positions = Positions(cursors, TOPIC)
+    client = FetchingFrom(Broker(), {})
+    client.pending.clear()
+    kafka = Assignment(client, TOPIC, False, positions.offsets)
+    partitions = [TopicPartition(TOPIC, p) for p in (0, 1, 2)]
+    positions.assigned(partitions, cursors.open([0, 1, 2]))
+    kafka.add(partitions)
+    held = positions.hold_for_validation(partitions)
+    client.pause(held)
+    assert [tp.offset for tp in partitions][:2] == [40, 9] and [tp.partition for tp in held] == [0]
+    positions.validate(kafka)  # not fetching yet: still held
+    assert client.paused == {0} and positions.unvalidated == {0} and not client.seeks
+    client.fetching.add(0)
+    positions.validate(kafka)
+    assert [(tp.partition, tp.offset, tp.leader_epoch) for tp in client.seeks] == [(0, 40, 3)]
+    assert not client.paused and not positions.unvalidated
+
+
+def test_partitions_assigned_while_the_database_is_away_are_read_from_their_cursors_after():
+    database = Database()
+    database.progress = {1: PartitionProgress(0, 7)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    positions = Positions(cursors, TOPIC)
+    partitions = [TopicPartition(TOPIC, 1)]
+    positions.assigned(partitions, None)  # the database is away: no cursor to read from
+    assert positions.unopened == {1} and positions.offsets() == {1: OFFSET_BEGINNING}
+    client = FetchingFrom(Broker(), {})
+    client.pending.clear()
+    client.assign(partitions)
+    cursors.open(sorted(positions.unopened))  # the database is back
+    positions.recovered(Assignment(client, TOPIC, False, positions.offsets), paused=True)
+    assert not positions.unopened and positions.offsets() == {1: 7}
+    assert client.position == {1: 7} and client.paused == {1}, "assigned again, still paused"
+    positions.forget(1)
+    assert not positions.unopened and not positions.unvalidated
+
+
+def test_the_database_is_tried_at_the_backoff_and_back_at_the_stored_progress():
+    database = Database()
+    database.progress = {0: PartitionProgress(0, 30), 1: PartitionProgress(0, 5)}
+    cursors = Cursors(database, TOPIC, lambda: None, lambda _: False)
+    cursors.open([0])
+    positions = Positions(cursors, TOPIC)
+    positions.assigned([TopicPartition(TOPIC, 1)], None)  # assigned in the outage
+    wait = OutageWait(Outage(first_wait_s=1.0, longest_wait_s=4.0), database, cursors,
+                      positions, cursors.open)
+    cursors[0].next_offset = 80  # read on, then the batch was abandoned
+    database.down = True
+    wait.failed(DatabaseUnavailable("write batch", psycopg.OperationalError("gone")), 10.0)
+    assert wait.attempt(10.5) is None, "not due before the first wait is over"
+    assert wait.attempt(11.0) is None and wait.outage.retry_at == 13.0, "failed: wait doubles"
+    database.down = False
+    assert wait.attempt(12.0) is None and wait.outage.active
+    opened = wait.attempt(13.0)
+    assert opened is not None and {p: c.next_offset for p, c in opened.items()} == {1: 5}
+    assert {p: c.next_offset for p, c in cursors.items()} == {0: 30, 1: 5}
+    wait.ended(14.0, opened)
+    assert not wait.outage.active
 
 
 def test_a_repeated_warning_is_logged_once_per_interval(caplog):

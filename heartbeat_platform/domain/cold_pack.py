@@ -39,9 +39,14 @@ Plain Python: no database here.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+import sys
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate, repeat
+from operator import mul
 from typing import NamedTuple
 
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate
@@ -182,6 +187,88 @@ def unpack(customer_id: str, packed: Pack) -> list[ColdReading]:
                 raise ValueError(f"the anomaly at {when.isoformat()} lost its payload")
         readings.append(ColdReading(when, bpm, payload))
     return readings
+
+
+class Columns(NamedTuple):
+    """A pack's readings as columns (what `unpack_columns` gives): the same readings as
+    `unpack`, in the same order, without a Python object per reading beyond its values."""
+
+    when: list[datetime]  # UTC
+    bpm: list[int]
+    payload: list[str | None]  # None for a NORMAL reading only
+    reading_class: list[str]  # HeartbeatClass values
+
+
+_NORMAL = HeartbeatClass.NORMAL.value
+# the class of each byte of `bpm` (0 stands for a rate of bpm_wide: patched per reading)
+_BYTE_CLASS = [classify_heart_rate(b).value for b in range(256)]
+# `bpm` translated to one byte a reading: b"." for a NORMAL rate, b"!" for any other
+_ANOMALY_BYTES = bytes(
+    0x2E if _BYTE_CLASS[b] == _NORMAL and b else 0x21 for b in range(256))
+_ANOMALY = re.compile(rb"!")
+_ENDIAN_SWAP = sys.byteorder == "little"  # `micros` entries are big-endian
+_HOUR_SECONDS = 3600
+_MINUTE_OF = [s // 60 for s in range(_HOUR_SECONDS)]  # of a second of the hour
+_SECOND_OF = [s % 60 for s in range(_HOUR_SECONDS)]
+
+
+def micro_entries(micros: bytes, n: int) -> Sequence[int]:
+    """The n entries of `micros` (each 0-3 bytes, big-endian) as integers, unpacked by
+    array slicing, not a loop per reading."""
+    width, rest = divmod(len(micros), n) if n else (0, 0)
+    if rest or width > MICRO_BYTES:
+        raise ValueError("a pack's arrays differ in length")
+    if width == 0:
+        return [0] * n
+    if width == 1:
+        return micros
+    if width == 2:
+        wide = array("H", micros)
+    else:  # 3 bytes: widen each to 4, big-endian, then read as one native integer
+        padded = bytearray(4 * n)
+        padded[1::4], padded[2::4], padded[3::4] = micros[0::3], micros[1::3], micros[2::3]
+        wide = array("I", padded)
+    if _ENDIAN_SWAP:
+        wide.byteswap()
+    return wide
+
+
+def unpack_columns(customer_id: str, hour: datetime, seconds: Sequence[int],
+                   micro_step: int, micros: bytes, bpm: bytes, bpm_wide: Sequence[int],
+                   payloads: Sequence[str | None]) -> Columns:
+    """`unpack` of a pack given as its stored columns, done column by column (C-level
+    slicing, `accumulate` and `map`; a Python step per reading only for an anomaly whose
+    payload is rebuilt and for a rate kept in `bpm_wide`): what reading a customer-day or
+    -month from cold goes through. tests/unit/test_cold_pack.py holds it to `unpack`."""
+    n = len(seconds)
+    if not (len(bpm) == len(payloads) == n):
+        raise ValueError("a pack's arrays differ in length")
+    steps = micro_entries(micros, n)
+    start = hour.astimezone(UTC)  # arithmetic in UTC: a local hour may repeat (DST)
+    whole = list(accumulate(seconds))  # second of the hour, 0..3599
+    if whole and not 0 <= min(whole) <= whole[-1] < _HOUR_SECONDS:
+        raise ValueError("a pack's seconds leave its hour")
+    parts = map(mul, steps, repeat(micro_step)) if micro_step else repeat(0, n)
+    # datetime(...) from the hour's fields: half the cost of hour + timedelta(...)
+    when = list(map(datetime, repeat(start.year), repeat(start.month), repeat(start.day),
+                    repeat(start.hour), map(_MINUTE_OF.__getitem__, whole),
+                    map(_SECOND_OF.__getitem__, whole), parts, repeat(UTC)))
+    rates = list(bpm)
+    classes = list(map(_BYTE_CLASS.__getitem__, rates))
+    payload = list(payloads)
+    if bpm_wide or b"\0" in bpm:
+        wide = iter(bpm_wide)
+        for i, rate in enumerate(rates):
+            if not rate:
+                rates[i] = rate = next(wide)
+                classes[i] = classify_heart_rate(rate).value
+    for found in _ANOMALY.finditer(bpm.translate(_ANOMALY_BYTES)):
+        i = found.start()
+        if payload[i] is None and classes[i] != _NORMAL:
+            payload[i] = canonical_payload(customer_id, when[i], rates[i])
+            if payload[i] is None:
+                raise ValueError(f"the anomaly at {when[i].isoformat()} lost its payload")
+    return Columns(when, rates, payload, classes)
 
 
 def pack_hours(customer_id: str, readings: Iterable[ColdReading]) -> list[Pack]:

@@ -28,17 +28,21 @@ whose hot partitions are empty has nothing to do: compacting again changes nothi
 
 from __future__ import annotations
 
+import heapq
 import logging
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import repeat
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
 
-from heartbeat_platform.domain.cold_pack import ColdReading, Pack
+from heartbeat_platform.domain.cold_pack import ColdReading, Pack, unpack_columns
 from heartbeat_platform.domain.retention import DROP_GRACE, day_start
 from heartbeat_platform.storage.database import one_row
 from heartbeat_platform.storage.partitions import DDL_LOCK_TIMEOUT, partition_days
@@ -335,23 +339,67 @@ def compact_due(
 
 
 # -- reading ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    event_timestamp: datetime
+class StoredReading(NamedTuple):
+    event_timestamp: datetime  # UTC
     heart_rate: int
     reading_class: str
     raw_payload: str | None
     tier: str  # "hot" or "cold"
 
 
+# The hot rows of [start, end), in heartbeat_readings' order.
+_HOT_READINGS = """
+SELECT event_timestamp, heart_rate, heartbeat_class(heart_rate), raw_payload, 'hot'::text
+FROM (SELECT event_timestamp, heart_rate, NULL::text AS raw_payload FROM heartbeat_records
+      WHERE customer_id = %(c)s AND event_timestamp >= %(a)s AND event_timestamp < %(b)s
+      UNION ALL
+      SELECT event_timestamp, heart_rate, raw_payload FROM heartbeat_anomalies
+      WHERE customer_id = %(c)s AND event_timestamp >= %(a)s AND event_timestamp < %(b)s) AS r
+ORDER BY event_timestamp, heart_rate, raw_payload COLLATE "C" NULLS FIRST
+"""
+# The customer's packs that can hold a reading of [start, end): the primary key's range
+# (customer_id, hour) in each day partition the hours fall in.
+_COLD_PACKS = """
+SELECT hour, seconds, micro_step, micros, bpm, coalesce(bpm_wide, '{}'), payloads
+FROM heartbeat_cold
+WHERE customer_id = %(c)s AND hour >= date_trunc('hour', %(a)s::timestamptz, 'UTC')
+  AND hour < %(b)s
+ORDER BY hour
+"""
+
+
+def _order(reading: StoredReading) -> tuple[datetime, int, bool, str]:
+    """heartbeat_readings' order: time, rate, payload (NULL first, then as collation C)."""
+    return (reading.event_timestamp, reading.heart_rate, reading.raw_payload is not None,
+            reading.raw_payload or "")
+
+
 def readings(
     conn: psycopg.Connection, customer_id: str, start: datetime, end: datetime
 ) -> list[StoredReading]:
-    """One customer's readings of [start, end) from both tiers, in time order."""
-    rows = conn.execute(
-        "SELECT * FROM heartbeat_readings(%s, %s, %s)", (customer_id, start, end)
-    ).fetchall()
-    return [StoredReading(*row) for row in rows]
+    """One customer's readings of [start, end) from both tiers, in time order, times in
+    UTC: the same rows as the SQL function heartbeat_readings, but the packs are fetched
+    as they are stored (binary) and unpacked here column by column
+    (`cold_pack.unpack_columns`), several times faster than unpacking them in SQL."""
+    params = {"c": customer_id, "a": start, "b": end}
+    with conn.cursor(binary=True) as cur:
+        hot = [StoredReading(when.astimezone(UTC), *rest)
+               for when, *rest in cur.execute(_HOT_READINGS, params)]
+        packs = cur.execute(_COLD_PACKS, params).fetchall()
+    cold: list[StoredReading] = []
+    for hour, seconds, step, micros, bpm, wide, payloads in packs:
+        columns = unpack_columns(customer_id, hour, seconds, step, micros, bpm, wide, payloads)
+        first = bisect_left(columns.when, start)
+        last = bisect_left(columns.when, end, first)
+        cold.extend(map(tuple.__new__, repeat(StoredReading), zip(
+            columns.when[first:last], columns.bpm[first:last],
+            columns.reading_class[first:last], columns.payload[first:last],
+            repeat("cold"))))
+    if not hot:
+        return cold
+    if not cold:
+        return hot
+    return list(heapq.merge(hot, cold, key=_order))
 
 
 def write_pack(conn: psycopg.Connection, customer_id: str, packed: Pack) -> None:

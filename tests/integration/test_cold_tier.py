@@ -269,6 +269,29 @@ def test_late_readings_for_a_compacted_day_are_merged_never_lost_or_doubled(
     assert tiers(db)[0] == 0
 
 
+def test_reading_in_python_gives_the_sql_function_s_rows_in_its_order_over_both_tiers(
+        database_url, db, hot_day) -> None:
+    """`cold.readings` unpacks packs in Python; heartbeat_readings (sql/012) does it in SQL:
+    the same rows in the same order, for windows that cut hours, with hot and cold mixed."""
+    day, _ = hot_day
+    cold.compact_day(db, day)
+    start = midnight(day)
+    write_batch(database_url, [("CUST_00001", start + timedelta(hours=5, seconds=1), 99),
+                               ("CUST_00001", start + timedelta(hours=5, seconds=1), 98)],
+                [("CUST_00001", start + timedelta(hours=5, seconds=1), 200, "TACHYCARDIA", 900)])
+    windows = [(start, start + DAY),
+               (start + timedelta(hours=4, minutes=59, seconds=30, microseconds=5),
+                start + timedelta(hours=5, minutes=7)),
+               (start + timedelta(hours=22, minutes=30), start + DAY + timedelta(hours=1))]
+    for a, b in windows:
+        want = [(w.astimezone(UTC), *rest) for w, *rest in db.execute(
+            "SELECT * FROM heartbeat_readings('CUST_00001', %s, %s)", (a, b))]
+        got = cold.readings(db, "CUST_00001", a, b)
+        assert [tuple(r) for r in got] == want
+        tiers_read = {"hot", "cold"} if a.hour in (0, 4) else {"cold"}
+        assert {r.tier for r in got} == tiers_read, a
+
+
 def test_a_reading_written_while_its_day_is_compacted_waits_then_lands_hot_and_is_merged(
         database_url, db, hot_day) -> None:
     """The consumer writes a late reading into the day being compacted: its batch waits for

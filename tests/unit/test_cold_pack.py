@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from heartbeat_platform.domain.cold_pack import (
     ColdReading,
+    Columns,
     canonical_payload,
     hour_of,
     pack,
     pack_hours,
     sort_key,
     unpack,
+    unpack_columns,
 )
 from heartbeat_platform.domain.events import HeartbeatClass, classify_heart_rate, encode_event
 
@@ -165,3 +167,37 @@ def test_a_pack_refuses_readings_of_two_hours_and_a_class_without_its_payload() 
         pack(C, [ColdReading(start, 70, "{}")])
     with pytest.raises(ValueError, match="at least one"):
         pack(C, [])
+
+
+def columns_of(customer: str, packed) -> Columns:
+    return unpack_columns(customer, packed.hour, packed.seconds, packed.micro_step,
+                          packed.micros, packed.bpm, packed.bpm_wide, packed.payloads)
+
+
+@given(hours_of_readings())
+def test_the_column_by_column_unpack_gives_what_unpack_gives(rows: list[ColdReading]) -> None:
+    for packed in pack_hours(C, rows):
+        expected = unpack(C, packed)
+        got = columns_of(C, packed)
+        assert list(zip(got.when, got.bpm, got.payload, strict=True)) == [
+            (r.when, r.bpm, r.payload) for r in expected]
+        assert got.reading_class == [r.reading_class.value for r in expected]
+        assert all(w.tzinfo is UTC for w in got.when)
+
+
+@pytest.mark.parametrize("micro", [0, 7, 250, 2_500, 65_535, 65_536, 999_999])
+def test_the_column_by_column_unpack_reads_micros_of_every_width(micro: int) -> None:
+    start = datetime(2026, 12, 1, 5, tzinfo=UTC)
+    rows = [reading(start + timedelta(seconds=s, microseconds=micro * (s % 2)), bpm, None)
+            for s, bpm in enumerate([75, 0, 39, 181, 400, -1, 255, 1, 40, 180, 2**31 - 1])]
+    (packed,) = pack_hours(C, rows)
+    got = columns_of(C, packed)
+    assert list(zip(got.when, got.bpm, got.payload, strict=True)) == [
+        (r.when, r.bpm, r.payload) for r in unpack(C, packed)]
+
+
+def test_the_column_by_column_unpack_refuses_arrays_of_different_lengths() -> None:
+    (packed,) = pack_hours(C, [reading(datetime(2026, 12, 1, tzinfo=UTC), 75)])
+    with pytest.raises(ValueError, match="differ in length"):
+        unpack_columns(C, packed.hour, packed.seconds, packed.micro_step, packed.micros,
+                       packed.bpm + b"K", packed.bpm_wide, packed.payloads)

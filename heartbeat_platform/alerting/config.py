@@ -35,8 +35,11 @@ class AlertingConfig:
                 raise ValueError(f"two different receivers are named {receiver.name}")
 
     @property
+    def everyone(self) -> dict[str, Receiver]:
+        """Every receiver, escalation receivers too, by name (once each)."""
+        return {r.name: r for r in (*self.receivers, *self.escalation_receivers)}
+
+    @property
     def alertmanagers(self) -> tuple[Receiver, ...]:
         """The Alertmanager receivers, once each: re-sent every firing episode."""
-        found = {r.name: r for r in (*self.receivers, *self.escalation_receivers)
-                 if r.type == "alertmanager"}
-        return tuple(found.values())
+        return tuple(r for r in self.everyone.values() if r.type == "alertmanager")

@@ -163,8 +163,7 @@ def targets(row: OutboxRow, config: AlertingConfig) -> tuple[Receiver, ...]:
     elif row.state == "escalated" and config.escalation_receivers:
         chosen = config.escalation_receivers
     else:
-        everyone = {r.name: r for r in (*config.receivers, *config.escalation_receivers)}
-        chosen = tuple(r for name, r in everyone.items() if name in row.told)
+        chosen = tuple(r for name, r in config.everyone.items() if name in row.told)
     return tuple(r for r in chosen if r.name not in row.delivered_to)
 
 
@@ -366,7 +365,7 @@ class AlertDelivery:
                     release.items[0].outbox_id)
 
     def _receiver(self, name: str) -> Receiver | None:
-        return next((r for r in self.in_force.receivers if r.name == name), None)
+        return self.in_force.everyone.get(name)
 
     def _to_send(self, row: OutboxRow) -> list[Receiver]:
         """The receivers to POST this row to now: the ones outside storms, and the storms'
@@ -377,7 +376,7 @@ class AlertDelivery:
     def _forget(self, pending: set[int]) -> None:
         """Rows no longer pending (done, given up) leave the storms' books; a receiver gone
         from the settings and the table takes its storm with it."""
-        names = {r.name for r in self.in_force.receivers}
+        names = self.in_force.everyone.keys()
         for books in (self._offered, self._let_through):
             for name in list(books):
                 if name in names:

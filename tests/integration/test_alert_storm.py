@@ -82,3 +82,31 @@ def test_a_refused_group_is_sent_again_whole_and_its_rows_wait_for_it(prepared, 
                           "FROM alert_episodes").fetchone()
     assert named == fired, "each episode named once, none lost"
     assert any(b'"episodes"' in body for _, _, body in recorder.posts)
+
+
+def test_a_burst_of_escalations_reaches_the_escalation_webhook_grouped_each_once(
+    prepared, db
+) -> None:
+    """300 episodes fire together and nobody acknowledges them: they escalate together,
+    and the escalation receiver gets them in a few grouped requests, not 300 at once."""
+    recorder = Recorder()
+    proc = consumer(prepared, HEARTBEAT_ALERT_WEBHOOK_URL=f"{recorder.base}/hook",
+                    HEARTBEAT_ALERT_ESCALATION_URL=f"{recorder.base}/escalate",
+                    HEARTBEAT_ESCALATE_AFTER_S="2")
+    try:
+        start_at = datetime.now(UTC) - timedelta(minutes=5)
+        send(prepared, [(f"CUST_{n:05d}", 190, start_at + timedelta(milliseconds=5 * n))
+                        for n in range(1, 301)])
+        wait_for(lambda: db.execute(
+            "SELECT count(*) FROM alert_outbox WHERE state = 'escalated' AND done_at IS NOT NULL"
+        ).fetchone()[0] == 300, timeout=120, what="every escalation delivered")
+        (fired,) = db.execute("SELECT array_agg(episode_id ORDER BY episode_id) "
+                              "FROM alert_episodes").fetchone()
+    finally:
+        stop(proc)
+        recorder.close()
+    escalations = [body for path, _, body in recorder.posts if path == "/escalate"]
+    named = [episode for body in escalations for episode in episodes_in(body)]
+    assert sorted(named) == [(e, "escalated") for e in fired], "each escalation named once"
+    assert len(fired) == 300
+    assert len(escalations) <= 20, len(escalations)

@@ -206,6 +206,7 @@ _BYTE_CLASS = [classify_heart_rate(b).value for b in range(256)]
 _ANOMALY_BYTES = bytes(
     0x2E if _BYTE_CLASS[b] == _NORMAL and b else 0x21 for b in range(256))
 _ANOMALY = re.compile(rb"!")
+_WIDE = re.compile(rb"\0")
 _ENDIAN_SWAP = sys.byteorder == "little"  # `micros` entries are big-endian
 _HOUR_SECONDS = 3600
 _MINUTE_OF = [s // 60 for s in range(_HOUR_SECONDS)]  # of a second of the hour
@@ -256,12 +257,14 @@ def unpack_columns(customer_id: str, hour: datetime, seconds: Sequence[int],
     rates = list(bpm)
     classes = list(map(_BYTE_CLASS.__getitem__, rates))
     payload = list(payloads)
-    if bpm_wide or b"\0" in bpm:
-        wide = iter(bpm_wide)
-        for i, rate in enumerate(rates):
-            if not rate:
-                rates[i] = rate = next(wide)
-                classes[i] = classify_heart_rate(rate).value
+    wide = iter(bpm_wide)
+    for found in _WIDE.finditer(bpm):  # only the readings kept in `bpm_wide`
+        i = found.start()
+        rate = next(wide, None)
+        if rate is None:
+            raise ValueError("a pack's arrays differ in length")
+        rates[i] = rate
+        classes[i] = classify_heart_rate(rate).value
     for found in _ANOMALY.finditer(bpm.translate(_ANOMALY_BYTES)):
         i = found.start()
         if payload[i] is None and classes[i] != _NORMAL:

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.alerting.delivery import AlertDelivery
 from heartbeat_platform.domain.alerts import AlertManager, PipelineStats
+from heartbeat_platform.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.metrics import ConsumerMetrics, ConsumerSnapshot
 from heartbeat_platform.storage.writer import BatchWriter, WriteResult
 from heartbeat_platform.streaming.assignment import Assignment
@@ -45,7 +46,6 @@ from heartbeat_platform.streaming.consumer_config import (
 from heartbeat_platform.streaming.consumer_report import Activity, ConsumerReport
 from heartbeat_platform.streaming.cursors import Cursors
 from heartbeat_platform.streaming.day_partitions import DayPartitions
-from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.landing import Landing
 from heartbeat_platform.streaming.log_checks import LogChecks
 from heartbeat_platform.streaming.outage import DatabaseUnavailable, Outage, needs_database

@@ -79,8 +79,8 @@ from prometheus_client import CollectorRegistry
 
 from heartbeat_platform.domain.events import encode_event
 from heartbeat_platform.domain.generator import HeartbeatGenerator
+from heartbeat_platform.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.metrics import ProducerCollector
-from heartbeat_platform.streaming.gc_tuning import fewer_gc_pauses
 from heartbeat_platform.streaming.kafka_config import refuse_broken_guarantees
 from heartbeat_platform.streaming.quiet_log import client_logger
 

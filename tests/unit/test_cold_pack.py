@@ -201,3 +201,6 @@ def test_the_column_by_column_unpack_refuses_arrays_of_different_lengths() -> No
     with pytest.raises(ValueError, match="differ in length"):
         unpack_columns(C, packed.hour, packed.seconds, packed.micro_step, packed.micros,
                        packed.bpm + b"K", packed.bpm_wide, packed.payloads)
+    with pytest.raises(ValueError, match="differ in length"):  # a 0 with no wide rate
+        unpack_columns(C, packed.hour, packed.seconds, packed.micro_step, packed.micros,
+                       b"\0", packed.bpm_wide, packed.payloads)

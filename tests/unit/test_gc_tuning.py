@@ -1,7 +1,7 @@
 import gc
 import threading
 
-from heartbeat_platform.streaming.gc_tuning import YOUNG_GENERATION_THRESHOLD, fewer_gc_pauses
+from heartbeat_platform.gc_tuning import YOUNG_GENERATION_THRESHOLD, fewer_gc_pauses
 
 
 def test_threshold_is_raised_while_in_use_and_restored_after() -> None:

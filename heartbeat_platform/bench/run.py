@@ -46,7 +46,9 @@ def run_bench(
         plan = HistoryPlan.ending_at(
             started_at, history, settings.heartbeat_customer_count,
             settings.kafka_partitions, history_span_hours,
-            max_span=timedelta(days=settings.heartbeat_raw_retention_days),
+            # --cold keeps its history beyond the raw retention: the cold tier's days
+            max_span=timedelta(days=settings.heartbeat_cold_retention_days if cold
+                               else settings.heartbeat_raw_retention_days),
         )
     elif dashboard_only or cold:
         raise HistoryPlanError("--dashboard-only and --cold measure on history: "

@@ -47,3 +47,24 @@ def test_cold_stage_reports_sizes_rates_reads_and_equality(embedded_postgres) ->
     assert equality["customers_checked"] == 2 * CUSTOMERS
     assert equality["days_differing"] == []
     assert equality["passed"] is True
+
+
+def test_a_history_of_28_days_covers_a_customer_month(embedded_postgres) -> None:
+    url = embedded_postgres.url()
+    settings = load_settings(
+        _env_file=None, database_url=url, kafka_bootstrap_servers="127.0.0.1:9",  # unused
+        heartbeat_customer_count=2, kafka_partitions=3,
+    )
+    readings = 2 * 28 * 50  # 50 a customer-day
+    try:
+        result = cold_stage(settings, readings, span_hours=28 * 24)
+    finally:
+        drop_database(url, COLD_DATABASE)
+
+    assert len(result["hot"]["days"]) == 28
+    month = result["reads"]["month"]
+    assert month["runs"] == 3
+    assert month["readings_python"] == month["readings_sql"] == month["readings_hot_before"]
+    assert month["readings_hot_before"] == readings // 2
+    assert result["reads"]["day"]["readings_python"] == 50
+    assert result["equality"]["passed"] is True

@@ -35,6 +35,10 @@ Stages, in the order `run.run_bench` runs them, each in a module of its own:
   the last 6 hours and the last 7 days, the bytes each stored reading costs are measured
   and projected to a day at the design rate (`storage`), and all of it is held against the
   issue's targets (`targets`).
+- cold (`cold`; only with `history` and `cold`, alone): the history loaded to end
+  HEARTBEAT_HOT_DAYS ago, compacted by `storage.cold.compact_due`: hot and cold bytes per
+  reading, the compaction rate, customer-day and -month reads through both readers, every
+  compacted day's digest against its hot original (README "Cold tier").
 The bench's own database, topics and groups are `services`; the consumer child process and
 its peak RSS are `processes`.
 """

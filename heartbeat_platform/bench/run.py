@@ -13,6 +13,7 @@ from heartbeat_platform import readiness
 from heartbeat_platform.bench.alerting import MODES, consume_alerting
 from heartbeat_platform.bench.alerting import targets_met as alerting_targets
 from heartbeat_platform.bench.baselines import copy_baseline, parse_baseline
+from heartbeat_platform.bench.cold import cold_stage
 from heartbeat_platform.bench.dashboard_states import dashboard_states
 from heartbeat_platform.bench.growth import measure_growth
 from heartbeat_platform.bench.history import HistoryPlan, HistoryPlanError
@@ -32,10 +33,12 @@ def run_bench(
     history_span_hours: float | None = None,
     dashboard_only: bool = False,
     alerting_rounds: int = 1,
+    cold: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """`dashboard_only`: only `dashboard_states` on `history` readings (no other stage).
-    `alerting_rounds`: how often `consume_alerting` runs each of its modes (0: not at all)."""
+    `alerting_rounds`: how often `consume_alerting` runs each of its modes (0: not at all).
+    `cold`: only `cold_stage` on `history` readings (compaction, sizes, reads; no other stage)."""
     # Every event the stages produce is stamped after this moment; the history ends here.
     started_at = datetime.now(UTC)
     plan = None
@@ -43,17 +46,23 @@ def run_bench(
         plan = HistoryPlan.ending_at(
             started_at, history, settings.heartbeat_customer_count,
             settings.kafka_partitions, history_span_hours,
-            max_span=timedelta(days=settings.heartbeat_raw_retention_days),
+            # --cold keeps its history beyond the raw retention: the cold tier's days
+            max_span=timedelta(days=settings.heartbeat_cold_retention_days if cold
+                               else settings.heartbeat_raw_retention_days),
         )
-    elif dashboard_only:
-        raise HistoryPlanError("--dashboard-only measures the dashboard on history: "
+    elif dashboard_only or cold:
+        raise HistoryPlanError("--dashboard-only and --cold measure on history: "
                                "give --history N")
+    if dashboard_only and cold:
+        raise HistoryPlanError("--dashboard-only and --cold are separate runs: give one")
     endpoints = readiness.prepare(settings).endpoints
-    if dashboard_only:
+    if dashboard_only or cold:
         on_server = settings.model_copy(update={
             "database_url": endpoints.database_url,
             "kafka_bootstrap_servers": endpoints.bootstrap_servers,
         })
+        if cold:
+            return {"cold": cold_stage(on_server, history, history_span_hours, log)}
         return {"dashboard_states": dashboard_states(on_server, history, history_span_hours, log)}
     database_url = fresh_database(endpoints.database_url)
     bench = settings.model_copy(

@@ -48,6 +48,15 @@ def bench(
             "rollups behind, rollups current), no producer or consumer stages.",
         ),
     ] = False,
+    cold: Annotated[
+        bool,
+        typer.Option(
+            "--cold",
+            help="With --history: only the cold tier on N readings ending HEARTBEAT_HOT_DAYS "
+            "days ago: hot and cold bytes per reading, compaction rate, customer-day and "
+            "-month reads, each compacted day held to its hot original.",
+        ),
+    ] = False,
     alerting_rounds: Annotated[
         int,
         typer.Option(
@@ -72,7 +81,8 @@ def bench(
     """Measure producer, consume-to-PostgreSQL, end-to-end latency and consumer RSS (JSON).
 
     With --history N, also how all of it holds up once the database holds N readings
-    (with --dashboard-only, only the dashboard's rollup states on N readings).
+    (with --dashboard-only, only the dashboard's rollup states on N readings; with
+    --cold, only the cold tier on N readings).
     With --soak S, only the long run at the design rate (see `heartbeat_platform.soak`).
     """
     settings = settings_or_exit(heartbeat_local_broker=broker)
@@ -95,7 +105,7 @@ def bench(
             settings, events=events, latency_rate=latency_rate,
             latency_seconds=latency_seconds, history=history,
             history_span_hours=history_span_hours, dashboard_only=dashboard_only,
-            alerting_rounds=alerting_rounds,
+            alerting_rounds=alerting_rounds, cold=cold,
             log=lambda message: err.print(f"[dim]bench: {message}[/dim]"),
         )
     except HistoryPlanError as exc:

@@ -339,6 +339,34 @@ def compact_due(
     return report
 
 
+
+def hot_day_digest(conn: psycopg.Connection, day: date) -> dict[str, tuple]:
+    """Per customer, the (count, sum, sum of squares, checksum) of the day's hot rows:
+    the note compaction checks its packs against (step 4), to hold a compacted day to its
+    hot original after the commit (the bench does)."""
+    records, anomalies = _names(day)
+    rows = conn.execute(sql.SQL(
+        f"SELECT customer_id, {_CHECKSUM} FROM ("
+        "SELECT customer_id, event_timestamp, heart_rate, NULL::text AS raw_payload FROM {} "
+        "UNION ALL SELECT customer_id, event_timestamp, heart_rate, raw_payload FROM {}"
+        ") AS r GROUP BY customer_id"
+    ).format(sql.Identifier(records), sql.Identifier(anomalies))).fetchall()
+    return {customer: tuple(rest) for customer, *rest in rows}
+
+
+def cold_day_digest(conn: psycopg.Connection, day: date) -> dict[str, tuple]:
+    """`hot_day_digest` of the day's cold packs, unpacked in SQL (heartbeat_cold_unpack)."""
+    lo = day_start(day)
+    rows = conn.execute(
+        f"SELECT customer_id, {_CHECKSUM} FROM ("
+        " SELECT c.customer_id, u.* FROM heartbeat_cold c, heartbeat_cold_unpack("
+        " c.customer_id, c.hour, c.seconds, c.micro_step, c.micros, c.bpm, c.bpm_wide,"
+        " c.payloads) u WHERE c.hour >= %s AND c.hour < %s) AS r GROUP BY customer_id",
+        (lo, lo + timedelta(days=1)),
+    ).fetchall()
+    return {customer: tuple(rest) for customer, *rest in rows}
+
+
 # -- reading ----------------------------------------------------------------------------------
 class StoredReading(NamedTuple):
     event_timestamp: datetime  # UTC

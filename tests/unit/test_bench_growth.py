@@ -34,6 +34,13 @@ def test_dashboard_only_without_history_is_refused_before_anything_starts() -> N
         run_bench(load_settings(_env_file=None), dashboard_only=True)
 
 
+def test_cold_without_history_or_with_dashboard_only_is_refused() -> None:
+    with pytest.raises(HistoryPlanError, match="give --history N"):
+        run_bench(load_settings(_env_file=None), cold=True)
+    with pytest.raises(HistoryPlanError, match="separate runs"):
+        run_bench(load_settings(_env_file=None), history=10, cold=True, dashboard_only=True)
+
+
 def test_history_spread_over_hours_fits_inside_them() -> None:
     plan = HistoryPlan.ending_at(END, 20_000_000, 10_000, 3, span_hours=168)
     assert plan.step == timedelta(seconds=302.4)  # 2,000 readings per customer in a week
